@@ -1,0 +1,393 @@
+//! The engine loop: one OS thread that owns the scheduler (with its block manager), the executor
+//! and the journey observer, and talks to the rest of the process only through channels.
+//!
+//! Each turn of the loop first drains the command channel (add, abort, stats, shutdown), then
+//! runs one step: schedule → build the batch → execute → commit → sample → append → emit → free.
+//! With nothing to do it blocks on the channel, so an idle engine costs nothing.
+//!
+//! Every request ends with exactly one [`RequestOutput::Finished`] on its stream and exactly one
+//! FINISHED journey event: when it stops or hits its length, when it is aborted (by
+//! [`EngineHandle::abort`], by dropping its stream, or by shutdown), when its prompt can never
+//! fit, and when the executor fails.
+
+use std::collections::HashMap;
+use std::sync::mpsc::{Receiver, TryRecvError};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::clock::monotonic_now;
+use crate::executor::{Batch, Executor, ExecutorError, Logits};
+use crate::handle::{Command, EngineStats};
+use crate::journey::{JourneyEvent, JourneyEventKind, JourneyFields, JourneyObserver};
+use crate::output::{FinishedOutput, RequestOutput, TokenOutput, Usage};
+use crate::request::EngineRequest;
+use crate::sampling::Sampler;
+use crate::scheduler::{AddOutcome, Scheduler, SchedulerConfig, SchedulerOutput};
+use crate::sequence::{FinishStatus, Phase, RequestTimestamps, SeqId, Sequence};
+
+pub use crate::handle::{EngineError, EngineHandle, RequestStream};
+
+/// Everything the engine needs besides its executor and observer.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EngineConfig {
+    /// Scheduler and KV-cache sizing.
+    pub scheduler: SchedulerConfig,
+    /// The model's end-of-sequence tokens (honoured unless a request sets `ignore_eos`).
+    pub eos_token_ids: Vec<u32>,
+    /// Seeds the RNGs of requests without a seed of their own; random when `None`.
+    pub seed: Option<u64>,
+}
+
+/// A live request's link to its caller.
+struct Client {
+    tx: UnboundedSender<RequestOutput>,
+    rng: StdRng,
+}
+
+/// What a command asks of the loop.
+#[derive(PartialEq, Eq)]
+enum Flow {
+    Continue,
+    Stop,
+}
+
+pub(crate) struct EngineLoop {
+    scheduler: Scheduler,
+    executor: Box<dyn Executor>,
+    observer: Option<Box<dyn JourneyObserver>>,
+    clients: HashMap<SeqId, Client>,
+    /// Client request id → engine id, for abort by id and duplicate detection.
+    ids: HashMap<String, SeqId>,
+    eos_token_ids: Vec<u32>,
+    seeds: StdRng,
+    sampler: Sampler,
+    batch: Batch,
+}
+
+impl EngineLoop {
+    pub(crate) fn new(
+        config: EngineConfig,
+        executor: Box<dyn Executor>,
+        observer: Option<Box<dyn JourneyObserver>>,
+    ) -> Result<Self, EngineError> {
+        let scheduler = Scheduler::new(config.scheduler)?;
+        Ok(Self {
+            scheduler,
+            executor,
+            observer,
+            clients: HashMap::new(),
+            ids: HashMap::new(),
+            eos_token_ids: config.eos_token_ids,
+            seeds: config
+                .seed
+                .map_or_else(StdRng::from_os_rng, StdRng::seed_from_u64),
+            sampler: Sampler::default(),
+            batch: Batch::default(),
+        })
+    }
+
+    /// Runs until shutdown or until every handle and stream is gone.
+    pub(crate) fn run(mut self, commands: &Receiver<Command>) {
+        loop {
+            let command = if self.scheduler.has_work() {
+                match commands.try_recv() {
+                    Ok(c) => Some(c),
+                    Err(TryRecvError::Empty) => None,
+                    Err(TryRecvError::Disconnected) => break,
+                }
+            } else {
+                match commands.recv() {
+                    Ok(c) => Some(c),
+                    Err(_) => break,
+                }
+            };
+            match command {
+                Some(c) => {
+                    if self.handle(c) == Flow::Stop {
+                        break;
+                    }
+                }
+                None => self.step(),
+            }
+        }
+        self.abort_all();
+    }
+
+    fn handle(&mut self, command: Command) -> Flow {
+        match command {
+            Command::Add { seq, request, tx } => self.add(seq, *request, tx),
+            Command::Abort(seq) => self.finish(seq, FinishStatus::Aborted, None),
+            Command::AbortById(id) => {
+                if let Some(&seq) = self.ids.get(&id) {
+                    self.finish(seq, FinishStatus::Aborted, None);
+                }
+            }
+            Command::Stats(reply) => {
+                // The caller may have given up waiting; nothing to do then.
+                let _ = reply.send(self.stats());
+            }
+            Command::Shutdown => return Flow::Stop,
+        }
+        Flow::Continue
+    }
+
+    fn stats(&self) -> EngineStats {
+        let blocks = self.scheduler.block_manager();
+        EngineStats {
+            num_running: self.scheduler.num_running(),
+            num_waiting: self.scheduler.num_waiting(),
+            num_total_blocks: blocks.num_total_blocks(),
+            num_free_blocks: blocks.num_free_blocks(),
+            num_steps: self.scheduler.num_steps(),
+        }
+    }
+
+    fn add(&mut self, seq: SeqId, mut request: EngineRequest, tx: UnboundedSender<RequestOutput>) {
+        let now = monotonic_now();
+        if self.ids.contains_key(request.id()) {
+            let rejection = FinishedOutput {
+                status: FinishStatus::Error,
+                usage: Usage {
+                    prompt_tokens: request.prompt().len(),
+                    completion_tokens: 0,
+                },
+                timestamps: RequestTimestamps {
+                    arrival: request.arrival_time(),
+                    queued: now,
+                    finished: Some(now),
+                    ..RequestTimestamps::default()
+                },
+                num_preemptions: 0,
+                error: Some(format!("request id {:?} is already in use", request.id())),
+            };
+            let _ = tx.send(RequestOutput::Finished(rejection));
+            return;
+        }
+        if self.observer.is_none() {
+            // No observer, no per-request tracing state.
+            drop(request.take_carrier());
+        }
+        let rng = StdRng::seed_from_u64(
+            request
+                .sampling()
+                .seed
+                .unwrap_or_else(|| self.seeds.random()),
+        );
+        let request_id = request.id().to_owned();
+        let client = Client { tx, rng };
+        match self.scheduler.add(seq, request, now) {
+            AddOutcome::Queued => {
+                let s = self.scheduler.get(seq).expect("just queued");
+                journey(
+                    &mut self.observer,
+                    &self.scheduler,
+                    s,
+                    JourneyEventKind::Queued,
+                    Phase::Waiting,
+                    now,
+                );
+                self.ids.insert(request_id, seq);
+                self.clients.insert(seq, client);
+            }
+            AddOutcome::Ignored(s) => {
+                journey(
+                    &mut self.observer,
+                    &self.scheduler,
+                    &s,
+                    JourneyEventKind::Queued,
+                    Phase::Waiting,
+                    now,
+                );
+                self.ended(&s, FinishStatus::Ignored, None, &client);
+            }
+        }
+    }
+
+    fn step(&mut self) {
+        let now = monotonic_now();
+        let out = self.scheduler.schedule(now);
+        self.journey_transitions(&out, now);
+        if out.scheduled.is_empty() {
+            debug_assert!(false, "a step with live requests scheduled nothing");
+            return;
+        }
+        let mut batch = std::mem::take(&mut self.batch);
+        batch.fill(&out, &self.scheduler);
+        let result = self.executor.execute(&batch).and_then(|logits| {
+            let rows = batch.num_logits_rows();
+            if logits.num_rows() == rows && logits.vocab_size() == self.executor.vocab_size() {
+                Ok(logits)
+            } else {
+                Err(ExecutorError(format!(
+                    "returned {} logits rows of {} for {rows} requests",
+                    logits.num_rows(),
+                    logits.vocab_size()
+                )))
+            }
+        });
+        match result {
+            Ok(logits) => {
+                self.scheduler.commit(&out);
+                self.sample_and_emit(&batch, logits);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, step = out.step, "executor failed; ending the step's requests");
+                for s in &out.scheduled {
+                    self.finish(s.id, FinishStatus::Error, Some(e.to_string()));
+                }
+            }
+        }
+        self.batch = batch;
+    }
+
+    fn sample_and_emit(&mut self, batch: &Batch, mut logits: Logits) {
+        let now = monotonic_now();
+        let wanted = batch.seqs.iter().filter(|s| s.needs_logits);
+        for (row, bs) in wanted.enumerate() {
+            let id = bs.seq_id;
+            let (Some(seq), Some(client)) = (self.scheduler.get(id), self.clients.get_mut(&id))
+            else {
+                continue;
+            };
+            let sampled = self.sampler.sample(
+                logits.row_mut(row),
+                seq.sampling(),
+                seq.prompt(),
+                seq.output(),
+                &mut client.rng,
+            );
+            let token = TokenOutput {
+                token_id: sampled.token,
+                logprobs: sampled.logprobs,
+            };
+            let delivered = client.tx.send(RequestOutput::Token(token)).is_ok();
+            let finished = self
+                .scheduler
+                .append_token(id, sampled.token, &self.eos_token_ids, now);
+            let seq = finished
+                .as_ref()
+                .or_else(|| self.scheduler.get(id))
+                .expect("live");
+            if seq.num_output_tokens() == 1 {
+                journey(
+                    &mut self.observer,
+                    &self.scheduler,
+                    seq,
+                    JourneyEventKind::FirstToken,
+                    Phase::Decode,
+                    now,
+                );
+            }
+            if let Some(done) = finished {
+                let status = done.finish_status().expect("finished");
+                self.close(&done, status, None);
+            } else if !delivered {
+                // The stream is gone; its drop also sends an abort, which will find nothing.
+                self.finish(id, FinishStatus::Aborted, None);
+            }
+        }
+    }
+
+    fn journey_transitions(&mut self, out: &SchedulerOutput, now: f64) {
+        if self.observer.is_none() {
+            return;
+        }
+        for p in &out.preempted {
+            let seq = self.scheduler.get(p.id).expect("preempted request is live");
+            journey(
+                &mut self.observer,
+                &self.scheduler,
+                seq,
+                JourneyEventKind::Preempted(p.reason),
+                p.phase,
+                now,
+            );
+        }
+        for s in &out.scheduled {
+            if let Some(kind) = s.transition {
+                let seq = self.scheduler.get(s.id).expect("scheduled request is live");
+                journey(
+                    &mut self.observer,
+                    &self.scheduler,
+                    seq,
+                    JourneyEventKind::Scheduled(kind),
+                    seq.phase(),
+                    now,
+                );
+            }
+        }
+    }
+
+    /// Ends a live request with `status` (no-op if it already ended).
+    fn finish(&mut self, id: SeqId, status: FinishStatus, error: Option<String>) {
+        if let Some(seq) = self.scheduler.finish(id, status, monotonic_now()) {
+            self.close(&seq, status, error);
+        }
+    }
+
+    /// Reports a request that left the scheduler and forgets its client.
+    fn close(&mut self, seq: &Sequence, status: FinishStatus, error: Option<String>) {
+        self.ids.remove(seq.request_id());
+        if let Some(client) = self.clients.remove(&seq.id()) {
+            self.ended(seq, status, error, &client);
+        }
+    }
+
+    fn ended(
+        &mut self,
+        seq: &Sequence,
+        status: FinishStatus,
+        error: Option<String>,
+        client: &Client,
+    ) {
+        let now = seq.timestamps().finished.unwrap_or_else(monotonic_now);
+        journey(
+            &mut self.observer,
+            &self.scheduler,
+            seq,
+            JourneyEventKind::Finished(status),
+            seq.phase(),
+            now,
+        );
+        let _ = client.tx.send(RequestOutput::Finished(FinishedOutput::of(
+            seq, status, error,
+        )));
+    }
+
+    fn abort_all(&mut self) {
+        let live: Vec<SeqId> = self.clients.keys().copied().collect();
+        for id in live {
+            self.finish(id, FinishStatus::Aborted, None);
+        }
+    }
+}
+
+/// Tells the observer, if any, about `kind` for `seq`.
+fn journey(
+    observer: &mut Option<Box<dyn JourneyObserver>>,
+    scheduler: &Scheduler,
+    seq: &Sequence,
+    kind: JourneyEventKind,
+    phase: Phase,
+    now: f64,
+) {
+    let Some(observer) = observer.as_mut() else {
+        return;
+    };
+    let fields = JourneyFields::of(
+        seq,
+        phase,
+        scheduler.num_steps(),
+        now,
+        scheduler.config().max_model_len,
+    );
+    observer.on_event(&JourneyEvent {
+        seq_id: seq.id(),
+        request_id: seq.request_id(),
+        carrier: seq.carrier(),
+        kind,
+        fields,
+    });
+}

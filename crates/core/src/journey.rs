@@ -1,0 +1,107 @@
+//! Journey hooks: what the engine tells an observer at each step of a request's path.
+//!
+//! The engine calls [`JourneyObserver::on_event`] at QUEUED, SCHEDULED (FIRST or RESUME),
+//! FIRST_TOKEN, PREEMPTED (with its reason) and FINISHED (with its status), with the fields the
+//! journey contract (`shared/JOURNEY_CONTRACT.md`) lists for `journey.*` events and the request's
+//! carrier. A run without preemption reads QUEUED → SCHEDULED(FIRST) → FIRST_TOKEN → FINISHED;
+//! each preemption adds PREEMPTED → SCHEDULED(RESUME). FINISHED comes exactly once, on every path.
+//!
+//! The OpenTelemetry observer (in `wayfinder-trace`) makes the `llm_core` span from the carrier
+//! at QUEUED and ends it at FINISHED. With no observer the engine builds no events and keeps no
+//! carrier: there is no per-request tracing state at all.
+
+use crate::request::Carrier;
+use crate::scheduler::{PreemptReason, ScheduleKind};
+use crate::sequence::{FinishStatus, Phase, SeqId, Sequence};
+
+/// Which journey event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JourneyEventKind {
+    /// The scheduler accepted the request.
+    Queued,
+    /// WAITING or PREEMPTED → RUNNING.
+    Scheduled(ScheduleKind),
+    /// The first output token was produced.
+    FirstToken,
+    /// Taken off the running set.
+    Preempted(PreemptReason),
+    /// Any ending.
+    Finished(FinishStatus),
+}
+
+impl JourneyEventKind {
+    /// The contract's `event.type` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "QUEUED",
+            Self::Scheduled(_) => "SCHEDULED",
+            Self::FirstToken => "FIRST_TOKEN",
+            Self::Preempted(_) => "PREEMPTED",
+            Self::Finished(_) => "FINISHED",
+        }
+    }
+}
+
+/// The fields every journey event carries.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct JourneyFields {
+    /// Engine monotonic clock, seconds (`ts.monotonic`).
+    pub ts_monotonic: f64,
+    /// Scheduler steps begun so far (`scheduler.step`).
+    pub scheduler_step: u64,
+    /// `phase`.
+    pub phase: Phase,
+    /// Prompt tokens computed so far, a high-water mark (`prefill.done_tokens`).
+    pub prefill_done_tokens: usize,
+    /// Prompt length (`prefill.total_tokens`).
+    pub prefill_total_tokens: usize,
+    /// Output tokens so far (`decode.done_tokens`).
+    pub decode_done_tokens: usize,
+    /// The output limit (`decode.max_tokens`).
+    pub decode_max_tokens: usize,
+    /// Preemptions so far (`num_preemptions`).
+    pub num_preemptions: u32,
+}
+
+impl JourneyFields {
+    /// The fields of `seq` at time `now`, step `step`, with `phase` (the phase *before* a
+    /// transition, for PREEMPTED and FINISHED).
+    pub fn of(seq: &Sequence, phase: Phase, step: u64, now: f64, max_model_len: usize) -> Self {
+        Self {
+            ts_monotonic: now,
+            scheduler_step: step,
+            phase,
+            prefill_done_tokens: seq.prefill_done_tokens(),
+            prefill_total_tokens: seq.num_prompt_tokens(),
+            decode_done_tokens: seq.num_output_tokens(),
+            decode_max_tokens: seq.max_output_tokens(max_model_len),
+            num_preemptions: seq.num_preemptions(),
+        }
+    }
+
+    /// `ts.monotonic_ns`: `round(ts.monotonic * 1e9)`.
+    pub fn ts_monotonic_ns(&self) -> i64 {
+        (self.ts_monotonic * 1e9).round() as i64
+    }
+}
+
+/// One journey event.
+#[derive(Debug, Clone, Copy)]
+pub struct JourneyEvent<'a> {
+    /// The engine's id for the request (stable across its events; key per-request state by it).
+    pub seq_id: SeqId,
+    /// The client's request id (`gen_ai.request.id`).
+    pub request_id: &'a str,
+    /// The request's trace-context carrier, as the API layer sent it.
+    pub carrier: &'a Carrier,
+    /// Which event.
+    pub kind: JourneyEventKind,
+    /// Its fields.
+    pub fields: JourneyFields,
+}
+
+/// Receives journey events on the engine thread. Must be quick: it runs inside the step.
+pub trait JourneyObserver: Send {
+    /// Called for every journey event, in order.
+    fn on_event(&mut self, event: &JourneyEvent<'_>);
+}

@@ -1,0 +1,49 @@
+//! # wayfinder-core
+//!
+//! The engine core of wayfinder: what happens to a request between the API layer handing it
+//! over and its last token. No HTTP, no model code, no OpenTelemetry SDK.
+//!
+//! # Layout
+//! - [`request`]: validated [`EngineRequest`]s — prompt, sampling, stop conditions, priority,
+//!   arrival time and the opaque trace-context carrier.
+//! - [`sequence`]: a request inside the engine, its state machine and finish statuses.
+//! - [`block_manager`]: the paged KV cache's block bookkeeping.
+//! - [`scheduler`]: continuous batching with one token budget per step, chunked prefill,
+//!   preemption by recompute, FCFS and priority policies. Pure and synchronous.
+//! - [`executor`]: the [`Executor`] trait and the flattened [`Batch`] it runs.
+//! - [`sampling`]: next-token choice, shared by every executor.
+//! - [`engine`]: the loop on its own OS thread; [`EngineHandle`] and [`RequestStream`] are the
+//!   way in and out.
+//! - [`journey`]: the observer hooks that the tracing crate turns into `llm_core` spans.
+//! - [`clock`]: the monotonic clock every timestamp uses.
+//! - `testing` (feature `testing`): a deterministic executor and a recording observer.
+//!
+//! # Data path
+//! ```text
+//! EngineHandle::add_request ──▶ engine thread: Scheduler::add ─▶ loop {
+//!     schedule ─▶ Batch::fill ─▶ Executor::execute ─▶ commit ─▶ sample ─▶ append_token
+//!     ─▶ RequestOutput on the request's stream ─▶ free what finished }
+//! ```
+
+pub mod block_manager;
+pub mod clock;
+pub mod engine;
+pub mod executor;
+mod handle;
+pub mod journey;
+pub mod output;
+pub mod request;
+pub mod sampling;
+pub mod scheduler;
+pub mod sequence;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use engine::{EngineConfig, EngineError, EngineHandle, RequestStream};
+pub use executor::{Batch, BatchSeq, Executor, ExecutorError, Logits};
+pub use handle::EngineStats;
+pub use journey::{JourneyEvent, JourneyEventKind, JourneyFields, JourneyObserver};
+pub use output::{FinishedOutput, RequestOutput, TokenOutput, Usage};
+pub use request::{Carrier, EngineRequest, InvalidRequest, SamplingParams, StopConditions};
+pub use scheduler::{PreemptReason, ScheduleKind, SchedulerConfig, SchedulingPolicy};
+pub use sequence::{FinishStatus, Phase, RequestTimestamps, SeqId};

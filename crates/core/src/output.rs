@@ -1,0 +1,64 @@
+//! What the engine sends back on a request's own output stream.
+//!
+//! Zero or more [`RequestOutput::Token`]s as they are sampled, then exactly one
+//! [`RequestOutput::Finished`], then the stream ends.
+
+use crate::sampling::TokenLogprobs;
+use crate::sequence::{FinishStatus, RequestTimestamps, Sequence};
+
+/// Prompt and completion token counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Usage {
+    /// Prompt tokens.
+    pub prompt_tokens: usize,
+    /// Generated tokens.
+    pub completion_tokens: usize,
+}
+
+/// One sampled token.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenOutput {
+    /// The token id.
+    pub token_id: u32,
+    /// Present when the request asked for logprobs.
+    pub logprobs: Option<TokenLogprobs>,
+}
+
+/// The end of a request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FinishedOutput {
+    /// How it ended.
+    pub status: FinishStatus,
+    /// Token counts.
+    pub usage: Usage,
+    /// Its monotonic timestamps.
+    pub timestamps: RequestTimestamps,
+    /// Preemptions it went through.
+    pub num_preemptions: u32,
+    /// Why, for `error` (and for rejections such as a duplicate request id).
+    pub error: Option<String>,
+}
+
+impl FinishedOutput {
+    pub(crate) fn of(seq: &Sequence, status: FinishStatus, error: Option<String>) -> Self {
+        Self {
+            status,
+            usage: Usage {
+                prompt_tokens: seq.num_prompt_tokens(),
+                completion_tokens: seq.num_output_tokens(),
+            },
+            timestamps: *seq.timestamps(),
+            num_preemptions: seq.num_preemptions(),
+            error,
+        }
+    }
+}
+
+/// An item on a request's output stream.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RequestOutput {
+    /// A token, as soon as it is sampled.
+    Token(TokenOutput),
+    /// The final item.
+    Finished(FinishedOutput),
+}
