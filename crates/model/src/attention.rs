@@ -1,0 +1,151 @@
+//! Paged attention on the CPU: every query token of a step against its own request's KV.
+//!
+//! A query at position `p` attends to positions `lo..=p` of its request (causal; `lo > 0` only
+//! under a sliding window), read through the request's block table from the [`PagedKvStore`]
+//! layout. Prefill chunks, decode tokens and recomputation after preemption are all the same
+//! case. Work is split into one task per (query token, key/value head); each task handles the
+//! query heads that share that key/value head (grouped-query attention), so each key and value
+//! vector is loaded once per group.
+//!
+//! [`PagedKvStore`]: crate::kv_store::PagedKvStore
+
+use rayon::prelude::*;
+use wayfinder_core::Batch;
+
+use crate::dispatch;
+use crate::kv_store::{KvGeometry, LayerKv};
+use crate::simd::{Isa, axpy, dot, softmax};
+
+/// Attention shape of a model.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AttentionParams {
+    /// Query heads.
+    pub num_heads: usize,
+    /// Key/value heads.
+    pub num_kv_heads: usize,
+    /// Per-head width.
+    pub head_dim: usize,
+    /// Score scale, usually `1 / sqrt(head_dim)`.
+    pub scale: f32,
+    /// Attend only to the last `w` positions.
+    pub sliding_window: Option<usize>,
+}
+
+/// What every layer's attention of one step shares.
+#[derive(Debug)]
+pub struct StepContext<'a> {
+    /// The step.
+    pub batch: &'a Batch,
+    /// `token_seq[t]`: index in `batch.seqs` of token `t`'s request.
+    pub token_seq: Vec<usize>,
+    /// The KV store's layout.
+    pub geometry: KvGeometry,
+    /// Kernels to run.
+    pub isa: Isa,
+}
+
+impl<'a> StepContext<'a> {
+    /// The context of `batch` over a store laid out as `geometry`.
+    pub fn new(batch: &'a Batch, geometry: KvGeometry, isa: Isa) -> Self {
+        let mut token_seq = vec![0; batch.num_tokens()];
+        for (i, s) in batch.seqs.iter().enumerate() {
+            token_seq[s.tokens.clone()].fill(i);
+        }
+        Self {
+            batch,
+            token_seq,
+            geometry,
+            isa,
+        }
+    }
+}
+
+/// Computes attention for every token of the step.
+///
+/// `q` and `out` are `[tokens, num_heads · head_dim]`. Keys and values of this step's tokens
+/// must already be in `kv`.
+pub fn paged_attention(
+    q: &[f32],
+    out: &mut [f32],
+    step: &StepContext<'_>,
+    kv: &LayerKv,
+    params: &AttentionParams,
+) {
+    let StepContext {
+        batch,
+        ref token_seq,
+        ref geometry,
+        isa,
+    } = *step;
+    let AttentionParams {
+        num_heads,
+        num_kv_heads,
+        head_dim,
+        ..
+    } = *params;
+    let group = num_heads / num_kv_heads;
+    let width = num_heads * head_dim;
+    debug_assert_eq!(q.len(), batch.num_tokens() * width);
+    debug_assert_eq!(out.len(), q.len());
+    out.par_chunks_mut(group * head_dim)
+        .enumerate()
+        .for_each_init(Vec::new, |scores, (task, o)| {
+            let (t, g) = (task / num_kv_heads, task % num_kv_heads);
+            let seq = &batch.seqs[token_seq[t]];
+            let unit = Unit {
+                q: &q[t * width + g * group * head_dim..][..group * head_dim],
+                table: batch.block_table(seq),
+                position: batch.positions[t] as usize,
+                head: g,
+                group,
+            };
+            dispatch!(isa, || attend(&unit, o, kv, geometry, params, scores));
+        });
+}
+
+/// One task: one query token, one key/value head.
+struct Unit<'a> {
+    /// The group's query heads, `[group, head_dim]`.
+    q: &'a [f32],
+    table: &'a [u32],
+    position: usize,
+    head: usize,
+    group: usize,
+}
+
+#[inline(always)]
+fn attend(
+    unit: &Unit<'_>,
+    out: &mut [f32],
+    kv: &LayerKv,
+    geometry: &KvGeometry,
+    params: &AttentionParams,
+    scores: &mut Vec<f32>,
+) {
+    let (hd, bs) = (params.head_dim, geometry.block_size);
+    let lo = params
+        .sliding_window
+        .map_or(0, |w| (unit.position + 1).saturating_sub(w));
+    let n = unit.position + 1 - lo;
+    scores.clear();
+    scores.resize(unit.group * n, 0.0);
+    let slot = |j: usize| unit.table[j / bs] as usize * bs + j % bs;
+    for j in lo..=unit.position {
+        let off = geometry.offset(slot(j), unit.head);
+        let k = &kv.k[off..off + hd];
+        for h in 0..unit.group {
+            scores[h * n + j - lo] = dot(&unit.q[h * hd..(h + 1) * hd], k) * params.scale;
+        }
+    }
+    for h in 0..unit.group {
+        softmax(&mut scores[h * n..(h + 1) * n]);
+    }
+    out.fill(0.0);
+    for j in lo..=unit.position {
+        let off = geometry.offset(slot(j), unit.head);
+        let v = &kv.v[off..off + hd];
+        for h in 0..unit.group {
+            axpy(&mut out[h * hd..(h + 1) * hd], scores[h * n + j - lo], v);
+        }
+    }
+}

@@ -1,0 +1,70 @@
+//! Errors of model loading and running. Each names the file or tensor it is about.
+
+use std::path::PathBuf;
+
+/// Why a model could not be loaded or run.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// A file the model needs is not in the folder.
+    #[error("missing file {}", .0.display())]
+    MissingFile(PathBuf),
+    /// A file could not be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A JSON file is malformed.
+    #[error("invalid JSON in {}: {source}", path.display())]
+    Json {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: serde_json::Error,
+    },
+    /// The model uses something wayfinder does not implement.
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+    /// `config.json` is inconsistent.
+    #[error("invalid config: {0}")]
+    InvalidConfig(String),
+    /// A weight is absent from every safetensors file.
+    #[error("tensor {name:?} not found in {}", file.display())]
+    MissingTensor {
+        /// The tensor's name.
+        name: String,
+        /// The file (or index) searched.
+        file: PathBuf,
+    },
+    /// A weight has the wrong shape for the config.
+    #[error("tensor {name:?} in {} has shape {got:?}, expected {expected:?}", file.display())]
+    ShapeMismatch {
+        /// The tensor's name.
+        name: String,
+        /// Where it came from.
+        file: PathBuf,
+        /// The shape `config.json` implies.
+        expected: Vec<usize>,
+        /// The shape in the file.
+        got: Vec<usize>,
+    },
+    /// A safetensors file is malformed.
+    #[error("invalid safetensors file {}: {message}", path.display())]
+    Safetensors {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// The tokenizer could not be loaded or used.
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    /// The chat template could not be compiled or rendered.
+    #[error("chat template: {0}")]
+    Template(String),
+    /// A tensor operation failed.
+    #[error("tensor operation failed: {0}")]
+    Candle(#[from] candle_core::Error),
+}

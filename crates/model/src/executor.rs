@@ -1,0 +1,107 @@
+//! The model executor: a [`Decoder`] and its paged KV store behind the engine's [`Executor`]
+//! trait. This is what `wayfinder serve` runs.
+
+use wayfinder_core::{Batch, Executor, ExecutorError, Logits};
+
+use crate::config::ModelConfig;
+use crate::decoder::Decoder;
+use crate::kv_store::{KvGeometry, PagedKvStore};
+
+/// How big the KV cache is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KvCacheSize {
+    /// Exactly this many blocks.
+    Blocks(usize),
+    /// As many blocks as fit in this many bytes.
+    Bytes(u64),
+}
+
+impl KvCacheSize {
+    /// Blocks of `block_size` tokens this size gives for `config`.
+    pub fn num_blocks(self, config: &ModelConfig, block_size: usize) -> usize {
+        match self {
+            Self::Blocks(n) => n,
+            Self::Bytes(bytes) => {
+                let per_block =
+                    geometry(config, 1, block_size).bytes_per_token(config.num_layers) * block_size;
+                (bytes / per_block as u64) as usize
+            }
+        }
+    }
+}
+
+fn geometry(config: &ModelConfig, num_blocks: usize, block_size: usize) -> KvGeometry {
+    KvGeometry {
+        num_blocks,
+        block_size,
+        num_kv_heads: config.num_kv_heads,
+        head_dim: config.head_dim,
+    }
+}
+
+/// Runs a decoder over engine batches.
+#[derive(Debug)]
+pub struct ModelExecutor {
+    decoder: Decoder,
+    kv: PagedKvStore,
+}
+
+impl ModelExecutor {
+    /// An executor with a KV store of `num_blocks` blocks of `block_size` slots.
+    pub fn new(decoder: Decoder, num_blocks: usize, block_size: usize) -> Self {
+        let g = geometry(decoder.config(), num_blocks, block_size);
+        let kv = PagedKvStore::new(g, decoder.config().num_layers);
+        Self { decoder, kv }
+    }
+
+    /// The decoder.
+    pub fn decoder(&self) -> &Decoder {
+        &self.decoder
+    }
+
+    /// Bytes of KV cache held.
+    pub fn kv_cache_bytes(&self) -> usize {
+        let g = self.kv.geometry();
+        g.bytes_per_token(self.decoder.config().num_layers) * g.num_blocks * g.block_size
+    }
+}
+
+impl Executor for ModelExecutor {
+    fn vocab_size(&self) -> usize {
+        self.decoder.config().vocab_size
+    }
+
+    fn execute(&mut self, batch: &Batch) -> Result<Logits, ExecutorError> {
+        let g = *self.kv.geometry();
+        if batch.block_size != g.block_size {
+            return Err(ExecutorError(format!(
+                "batch block size {} differs from the KV store's {}",
+                batch.block_size, g.block_size
+            )));
+        }
+        let slots = g.num_blocks * g.block_size;
+        if let Some(&s) = batch.slot_mapping.iter().find(|&&s| s as usize >= slots) {
+            return Err(ExecutorError(format!(
+                "slot {s} beyond the KV store's {slots}"
+            )));
+        }
+        if let Some(&b) = batch
+            .block_tables
+            .iter()
+            .find(|&&b| b as usize >= g.num_blocks)
+        {
+            return Err(ExecutorError(format!(
+                "block {b} beyond the KV store's {}",
+                g.num_blocks
+            )));
+        }
+        let max = self.decoder.max_positions();
+        if let Some(&p) = batch.positions.iter().find(|&&p| p as usize >= max) {
+            return Err(ExecutorError(format!(
+                "position {p} beyond the rotary table's {max}"
+            )));
+        }
+        let logits = self.decoder.forward(batch, &mut self.kv);
+        Ok(Logits::new(logits, self.vocab_size()))
+    }
+}

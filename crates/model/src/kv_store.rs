@@ -1,0 +1,103 @@
+//! The paged KV store: keys and values of every layer, laid out by the block manager's blocks.
+//!
+//! Per layer, K and V are each `[num_blocks, num_kv_heads, block_size, head_dim]` f32. A token in
+//! slot `s` (block `s / block_size`, offset `s % block_size`) keeps its key for head `g` at
+//! `((block · num_kv_heads + g) · block_size + offset) · head_dim`. Keeping one head's positions
+//! of one block contiguous lets attention stream a whole block per head.
+//!
+//! The store knows nothing of sequences: the engine's block tables say which blocks a sequence
+//! owns, and a freed block is simply overwritten by its next owner.
+
+/// Keys and values of one layer.
+#[derive(Debug, Clone)]
+pub struct LayerKv {
+    /// Keys.
+    pub k: Vec<f32>,
+    /// Values.
+    pub v: Vec<f32>,
+}
+
+/// Geometry of the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KvGeometry {
+    /// Blocks in the pool.
+    pub num_blocks: usize,
+    /// Slots per block.
+    pub block_size: usize,
+    /// Key/value heads.
+    pub num_kv_heads: usize,
+    /// Per-head width.
+    pub head_dim: usize,
+}
+
+impl KvGeometry {
+    /// Floats of K (or V) per layer.
+    pub fn floats_per_layer(&self) -> usize {
+        self.num_blocks * self.num_kv_heads * self.block_size * self.head_dim
+    }
+
+    /// Bytes one token takes across `num_layers` layers (K and V).
+    pub fn bytes_per_token(&self, num_layers: usize) -> usize {
+        2 * num_layers * self.num_kv_heads * self.head_dim * std::mem::size_of::<f32>()
+    }
+
+    /// Offset of `slot`'s vector for `head`.
+    #[inline]
+    pub fn offset(&self, slot: usize, head: usize) -> usize {
+        let (block, off) = (slot / self.block_size, slot % self.block_size);
+        ((block * self.num_kv_heads + head) * self.block_size + off) * self.head_dim
+    }
+
+    /// Offset of the start of `block` for `head` (then `block_size` vectors follow).
+    #[inline]
+    pub fn block_offset(&self, block: usize, head: usize) -> usize {
+        (block * self.num_kv_heads + head) * self.block_size * self.head_dim
+    }
+}
+
+/// The whole store.
+#[derive(Debug, Clone)]
+pub struct PagedKvStore {
+    geometry: KvGeometry,
+    layers: Vec<LayerKv>,
+}
+
+impl PagedKvStore {
+    /// A zeroed store for `num_layers` layers.
+    pub fn new(geometry: KvGeometry, num_layers: usize) -> Self {
+        let n = geometry.floats_per_layer();
+        let layers = (0..num_layers)
+            .map(|_| LayerKv {
+                k: vec![0.0; n],
+                v: vec![0.0; n],
+            })
+            .collect();
+        Self { geometry, layers }
+    }
+
+    /// Its geometry.
+    pub fn geometry(&self) -> &KvGeometry {
+        &self.geometry
+    }
+
+    /// One layer.
+    pub fn layer(&self, layer: usize) -> &LayerKv {
+        &self.layers[layer]
+    }
+
+    /// Writes the keys and values of a step's tokens (`[tokens, kv_heads · head_dim]` each) into
+    /// their slots.
+    pub fn write(&mut self, layer: usize, slots: &[u32], k: &[f32], v: &[f32]) {
+        let g = self.geometry;
+        let width = g.num_kv_heads * g.head_dim;
+        let kv = &mut self.layers[layer];
+        for (t, &slot) in slots.iter().enumerate() {
+            for head in 0..g.num_kv_heads {
+                let src = t * width + head * g.head_dim;
+                let dst = g.offset(slot as usize, head);
+                kv.k[dst..dst + g.head_dim].copy_from_slice(&k[src..src + g.head_dim]);
+                kv.v[dst..dst + g.head_dim].copy_from_slice(&v[src..src + g.head_dim]);
+            }
+        }
+    }
+}

@@ -1,0 +1,231 @@
+//! Reading weights from memory-mapped safetensors files.
+//!
+//! One [`WeightLoader`] spans all shards of a checkpoint and routes each tensor name to the file
+//! that holds it. Every read checks the shape the config implies and converts to the dtype the
+//! model runs in; errors name the tensor and the file.
+
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+
+use candle_core::safetensors::MmapedSafetensors;
+use candle_core::{DType, Device, Tensor};
+use half::{bf16, f16};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::error::ModelError;
+use crate::linear::{Linear, WeightData};
+
+/// The dtype weights are kept in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Dtype {
+    /// 32-bit floats.
+    F32,
+    /// bfloat16.
+    Bf16,
+    /// IEEE half.
+    F16,
+}
+
+impl Dtype {
+    /// Parses `f32`, `bf16`, `f16` (and the `torch_dtype` spellings `float32`, `bfloat16`,
+    /// `float16`).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "f32" | "float32" | "float" => Some(Self::F32),
+            "bf16" | "bfloat16" => Some(Self::Bf16),
+            "f16" | "float16" | "half" => Some(Self::F16),
+            _ => None,
+        }
+    }
+
+    /// The short name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::F32 => "f32",
+            Self::Bf16 => "bf16",
+            Self::F16 => "f16",
+        }
+    }
+
+    fn candle(self) -> DType {
+        match self {
+            Self::F32 => DType::F32,
+            Self::Bf16 => DType::BF16,
+            Self::F16 => DType::F16,
+        }
+    }
+}
+
+/// Every tensor of a checkpoint, across its shards.
+pub struct WeightLoader {
+    files: Vec<(PathBuf, MmapedSafetensors)>,
+    routing: HashMap<String, usize>,
+    progress: ProgressBar,
+}
+
+impl std::fmt::Debug for WeightLoader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WeightLoader")
+            .field(
+                "files",
+                &self.files.iter().map(|(p, _)| p).collect::<Vec<_>>(),
+            )
+            .field("tensors", &self.routing.len())
+            .finish()
+    }
+}
+
+impl WeightLoader {
+    /// Maps `paths` and indexes their tensors. Shows a progress bar on a terminal.
+    pub fn open(paths: &[PathBuf]) -> Result<Self, ModelError> {
+        let mut files = Vec::with_capacity(paths.len());
+        let mut routing = HashMap::new();
+        for (i, path) in paths.iter().enumerate() {
+            if !path.is_file() {
+                return Err(ModelError::MissingFile(path.clone()));
+            }
+            // SAFETY: the map is read-only; like every mmap-based loader we rely on the file not
+            // being truncated while the model loads (the mapping is dropped after loading).
+            let st =
+                unsafe { MmapedSafetensors::new(path) }.map_err(|e| ModelError::Safetensors {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })?;
+            for (name, _) in st.tensors() {
+                routing.insert(name, i);
+            }
+            files.push((path.clone(), st));
+        }
+        let progress = if std::io::stderr().is_terminal() {
+            let bar = ProgressBar::new(routing.len() as u64);
+            bar.set_style(
+                ProgressStyle::with_template("loading weights {bar:40} {pos}/{len} tensors")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            bar
+        } else {
+            ProgressBar::hidden()
+        };
+        Ok(Self {
+            files,
+            routing,
+            progress,
+        })
+    }
+
+    /// Whether a tensor exists.
+    pub fn contains(&self, name: &str) -> bool {
+        self.routing.contains_key(name)
+    }
+
+    /// Ends the progress bar.
+    pub fn finish(&self) {
+        self.progress.finish_and_clear();
+    }
+
+    fn describe(&self) -> PathBuf {
+        match self.files.as_slice() {
+            [(p, _)] => p.clone(),
+            _ => self
+                .files
+                .first()
+                .and_then(|(p, _)| p.parent())
+                .map_or_else(PathBuf::new, Path::to_path_buf),
+        }
+    }
+
+    /// Loads `name`, checking its shape.
+    fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor, ModelError> {
+        let &i = self
+            .routing
+            .get(name)
+            .ok_or_else(|| ModelError::MissingTensor {
+                name: name.to_owned(),
+                file: self.describe(),
+            })?;
+        let (path, st) = &self.files[i];
+        let t = st
+            .load(name, &Device::Cpu)
+            .map_err(|e| ModelError::Safetensors {
+                path: path.clone(),
+                message: format!("tensor {name:?}: {e}"),
+            })?;
+        if t.dims() != shape {
+            return Err(ModelError::ShapeMismatch {
+                name: name.to_owned(),
+                file: path.clone(),
+                expected: shape.to_vec(),
+                got: t.dims().to_vec(),
+            });
+        }
+        self.progress.inc(1);
+        Ok(t)
+    }
+
+    /// A 1-D tensor as f32.
+    pub fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>, ModelError> {
+        Ok(self
+            .tensor(name, &[len])?
+            .to_dtype(DType::F32)?
+            .to_vec1::<f32>()?)
+    }
+
+    /// `{prefix}.weight` (`[rows, cols]`) and, if `bias`, `{prefix}.bias`, as a layer in `dtype`.
+    pub fn linear(
+        &self,
+        prefix: &str,
+        rows: usize,
+        cols: usize,
+        dtype: Dtype,
+        bias: bool,
+    ) -> Result<Linear, ModelError> {
+        self.stacked_linear(&[(prefix, rows)], cols, dtype, bias)
+    }
+
+    /// Several layers with the same input stacked into one (e.g. q, k, v): their outputs are
+    /// concatenated in order.
+    pub fn stacked_linear(
+        &self,
+        parts: &[(&str, usize)],
+        cols: usize,
+        dtype: Dtype,
+        bias: bool,
+    ) -> Result<Linear, ModelError> {
+        let rows: usize = parts.iter().map(|(_, r)| r).sum();
+        let mut tensors = Vec::with_capacity(parts.len());
+        let mut biases = Vec::with_capacity(rows);
+        for (prefix, r) in parts {
+            tensors.push(self.tensor(&format!("{prefix}.weight"), &[*r, cols])?);
+            if bias {
+                biases.extend(self.vector(&format!("{prefix}.bias"), *r)?);
+            }
+        }
+        let stacked = Tensor::cat(&tensors, 0)?
+            .to_dtype(dtype.candle())?
+            .flatten_all()?;
+        let data = match dtype {
+            Dtype::F32 => WeightData::F32(stacked.to_vec1::<f32>()?),
+            Dtype::Bf16 => WeightData::Bf16(stacked.to_vec1::<bf16>()?),
+            Dtype::F16 => WeightData::F16(stacked.to_vec1::<f16>()?),
+        };
+        Ok(Linear::new(data, rows, cols, bias.then_some(biases)))
+    }
+
+    /// The dtype most of the checkpoint's floating-point tensors have.
+    pub fn stored_dtype(&self) -> Option<Dtype> {
+        let mut counts: HashMap<Dtype, usize> = HashMap::new();
+        for (_, st) in &self.files {
+            for (_, view) in st.tensors() {
+                let d = match view.dtype() {
+                    safetensors::Dtype::F32 => Dtype::F32,
+                    safetensors::Dtype::BF16 => Dtype::Bf16,
+                    safetensors::Dtype::F16 => Dtype::F16,
+                    _ => continue,
+                };
+                *counts.entry(d).or_default() += 1;
+            }
+        }
+        counts.into_iter().max_by_key(|(_, n)| *n).map(|(d, _)| d)
+    }
+}
