@@ -1,21 +1,91 @@
 //! # wayfinder
 //!
-//! The command-line entry point. Subcommands arrive with the issues that build them: `serve`
-//! (the OpenAI-compatible server), `bench` and `make-model`; today the binary carries the
-//! engine core and reports its version.
+//! The command-line entry point.
+//!
+//! - `wayfinder make-model --shape NAME --out DIR`: a random-weight model of a published shape.
+//! - `wayfinder bench throughput`: the engine alone (no HTTP) on a real model.
+//!
+//! `serve` arrives with the HTTP API.
 
-use clap::Parser;
+mod bench_throughput;
+mod model_arg;
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use wayfinder_model::synth::{PUBLISHED_SHAPES, published_shape, write_model};
 
 /// wayfinder: an OpenAI-compatible LLM inference server with request journey tracing.
 #[derive(Debug, Parser)]
 #[command(name = "wayfinder", version, about, long_about = None)]
-struct Cli {}
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
 
-fn main() {
-    let _cli = Cli::parse();
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Write a random-weight model of a published shape, as a Hugging Face folder.
+    MakeModel(MakeModelArgs),
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// Engine throughput without HTTP: prefill and decode tokens/s.
+    Throughput(bench_throughput::Args),
+}
+
+#[derive(Debug, clap::Args)]
+struct MakeModelArgs {
+    /// The shape: smollm2-135m, qwen2.5-0.5b or demo.
+    #[arg(long)]
+    shape: String,
+    /// The folder to write.
+    #[arg(long)]
+    out: PathBuf,
+    /// Weight dtype: f32, bf16 or f16.
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    /// RNG seed of the weights.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::MakeModel(args) => make_model(&args),
+        Command::Bench(BenchCommand::Throughput(args)) => bench_throughput::run(&args),
+    }
+}
+
+fn make_model(args: &MakeModelArgs) -> anyhow::Result<()> {
+    let spec = published_shape(&args.shape).with_context(|| {
+        format!(
+            "unknown shape {:?}; known: {}",
+            args.shape,
+            PUBLISHED_SHAPES.join(", ")
+        )
+    })?;
+    let dtype = model_arg::parse_dtype(&args.dtype)?
+        .context("make-model needs a concrete dtype: f32, bf16 or f16")?;
+    write_model(&args.out, &spec, args.seed, dtype, None)
+        .with_context(|| format!("writing {}", args.out.display()))?;
     println!(
-        "wayfinder {}: the engine core is built; `serve`, `bench` and `make-model` are not yet \
-         available in this build. See README.md.",
-        env!("CARGO_PKG_VERSION")
+        "wrote {} ({}) to {}",
+        args.shape,
+        dtype.as_str(),
+        args.out.display()
     );
+    Ok(())
 }

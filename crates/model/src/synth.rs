@@ -222,7 +222,6 @@ pub fn write_model(
         let text = serde_json::to_string_pretty(value).expect("JSON values serialise");
         std::fs::write(&path, text).map_err(io(&path))
     };
-    write_json("config.json", &spec.config_json(dtype, eos, bos))?;
     write_json(
         "tokenizer_config.json",
         &json!({
@@ -237,7 +236,9 @@ pub fn write_model(
         "generation_config.json",
         &json!({ "bos_token_id": bos, "eos_token_id": [eos, id("<|endoftext|>")] }),
     )?;
-    write_weights(dir, spec, seed, dtype, shard_bytes)
+    write_weights(dir, spec, seed, dtype, shard_bytes)?;
+    // Last, so that a folder with a config.json is complete.
+    write_json("config.json", &spec.config_json(dtype, eos, bos))
 }
 
 fn write_weights(
@@ -343,4 +344,61 @@ pub fn train_tokenizer(vocab_size: usize) -> Result<tokenizers::Tokenizer, Model
     tokenizer.train(&mut trainer, CORPUS.lines()).map_err(err)?;
     let json = tokenizer.to_string(false).map_err(err)?;
     json.parse::<tokenizers::Tokenizer>().map_err(err)
+}
+
+/// Names accepted by [`published_shape`].
+pub const PUBLISHED_SHAPES: [&str; 3] = ["smollm2-135m", "qwen2.5-0.5b", "demo"];
+
+/// Real published model shapes (random weights) for benchmarks, and the demo model's.
+pub fn published_shape(name: &str) -> Option<SynthSpec> {
+    match name {
+        // HuggingFaceTB/SmolLM2-135M: a Llama with tied embeddings.
+        "smollm2-135m" => Some(SynthSpec {
+            architecture: Architecture::Llama,
+            hidden_size: 576,
+            intermediate_size: 1536,
+            num_layers: 30,
+            num_heads: 9,
+            num_kv_heads: 3,
+            head_dim: None,
+            vocab_size: 49_152,
+            max_position_embeddings: 8192,
+            tie_word_embeddings: true,
+            rope_theta: 100_000.0,
+            rope_scaling: None,
+            sliding_window: None,
+        }),
+        // Qwen/Qwen2.5-0.5B: Qwen2 with q/k/v bias and tied embeddings.
+        "qwen2.5-0.5b" => Some(SynthSpec {
+            architecture: Architecture::Qwen2,
+            hidden_size: 896,
+            intermediate_size: 4864,
+            num_layers: 24,
+            num_heads: 14,
+            num_kv_heads: 2,
+            head_dim: None,
+            vocab_size: 151_936,
+            max_position_embeddings: 32_768,
+            tie_word_embeddings: true,
+            rope_theta: 1_000_000.0,
+            rope_scaling: None,
+            sliding_window: None,
+        }),
+        "demo" => Some(SynthSpec {
+            architecture: Architecture::Llama,
+            hidden_size: 256,
+            intermediate_size: 768,
+            num_layers: 4,
+            num_heads: 4,
+            num_kv_heads: 2,
+            head_dim: None,
+            vocab_size: 2048,
+            max_position_embeddings: 4096,
+            tie_word_embeddings: true,
+            rope_theta: 10_000.0,
+            rope_scaling: None,
+            sliding_window: None,
+        }),
+        _ => None,
+    }
 }
