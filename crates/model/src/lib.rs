@@ -27,6 +27,7 @@ mod error;
 pub mod executor;
 pub mod kv_store;
 pub mod linear;
+mod linear_avx512;
 pub mod loader;
 pub mod rope;
 pub mod simd;
