@@ -14,7 +14,10 @@ use wayfinder_core::Batch;
 
 use crate::dispatch;
 use crate::kv_store::{KvGeometry, LayerKv};
-use crate::simd::{Isa, axpy, dot, softmax};
+use crate::simd::{Isa, axpy, softmax};
+
+/// The largest block size attention supports (one accumulator array per block).
+pub const MAX_BLOCK: usize = 64;
 
 /// Attention shape of a model.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -129,18 +132,30 @@ fn attend(
     let n = unit.position + 1 - lo;
     scores.clear();
     scores.resize(unit.group * n, 0.0);
-    let slot = |j: usize| unit.table[j / bs] as usize * bs + j % bs;
-    for j in lo..=unit.position {
-        let off = geometry.offset(slot(j), unit.head);
-        let k = &kv.k[off..off + hd];
+    // Scores block by block: keys are stored transposed within a block ([head_dim, block]),
+    // so the scores of a whole block are `block_size` lanes accumulated over `head_dim`
+    // broadcast-multiply-adds — no horizontal sums.
+    let mut acc = [0f32; MAX_BLOCK];
+    for b in lo / bs..=unit.position / bs {
+        let kt = &kv.k[geometry.block_offset(unit.table[b] as usize, unit.head)..][..hd * bs];
+        let (first, last) = ((b * bs).max(lo), ((b + 1) * bs - 1).min(unit.position));
         for h in 0..unit.group {
-            scores[h * n + j - lo] = dot(&unit.q[h * hd..(h + 1) * hd], k) * params.scale;
+            let q = &unit.q[h * hd..(h + 1) * hd];
+            let acc = &mut acc[..bs];
+            acc.fill(0.0);
+            for (d, &qd) in q.iter().enumerate() {
+                axpy(acc, qd, &kt[d * bs..(d + 1) * bs]);
+            }
+            for j in first..=last {
+                scores[h * n + j - lo] = acc[j - b * bs] * params.scale;
+            }
         }
     }
     for h in 0..unit.group {
         softmax(&mut scores[h * n..(h + 1) * n]);
     }
     out.fill(0.0);
+    let slot = |j: usize| unit.table[j / bs] as usize * bs + j % bs;
     for j in lo..=unit.position {
         let off = geometry.offset(slot(j), unit.head);
         let v = &kv.v[off..off + hd];

@@ -3,8 +3,10 @@
 
 use wayfinder_core::{Batch, Executor, ExecutorError, Logits};
 
+pub use crate::attention::MAX_BLOCK as MAX_BLOCK_SIZE;
 use crate::config::ModelConfig;
 use crate::decoder::Decoder;
+use crate::error::ModelError;
 use crate::kv_store::{KvGeometry, PagedKvStore};
 
 /// How big the KV cache is.
@@ -40,18 +42,46 @@ fn geometry(config: &ModelConfig, num_blocks: usize, block_size: usize) -> KvGeo
 }
 
 /// Runs a decoder over engine batches.
+///
+/// The forward pass runs inside the executor's own thread pool (`RAYON_NUM_THREADS` threads,
+/// else one per core): the engine thread hands it over once per step, and every parallel loop
+/// inside then forks on pool threads cheaply instead of waking the pool from outside ~10 times
+/// per layer.
 #[derive(Debug)]
 pub struct ModelExecutor {
     decoder: Decoder,
     kv: PagedKvStore,
+    pool: rayon::ThreadPool,
 }
 
 impl ModelExecutor {
     /// An executor with a KV store of `num_blocks` blocks of `block_size` slots.
+    ///
+    /// # Panics
+    /// If `block_size` is 0 or above [`MAX_BLOCK_SIZE`]; check user input with
+    /// [`ModelExecutor::check_block_size`] first.
     pub fn new(decoder: Decoder, num_blocks: usize, block_size: usize) -> Self {
+        if let Err(e) = Self::check_block_size(block_size) {
+            panic!("{e}");
+        }
         let g = geometry(decoder.config(), num_blocks, block_size);
         let kv = PagedKvStore::new(g, decoder.config().num_layers);
-        Self { decoder, kv }
+        let pool = rayon::ThreadPoolBuilder::new()
+            .thread_name(|i| format!("wayfinder-model-{i}"))
+            .build()
+            .expect("the model thread pool starts");
+        Self { decoder, kv, pool }
+    }
+
+    /// Whether attention supports `block_size`.
+    pub fn check_block_size(block_size: usize) -> Result<(), ModelError> {
+        if (1..=MAX_BLOCK_SIZE).contains(&block_size) {
+            Ok(())
+        } else {
+            Err(ModelError::InvalidConfig(format!(
+                "block size {block_size} is not supported; use 1 to {MAX_BLOCK_SIZE} (16 is best)"
+            )))
+        }
     }
 
     /// The decoder.
@@ -101,7 +131,8 @@ impl Executor for ModelExecutor {
                 "position {p} beyond the rotary table's {max}"
             )));
         }
-        let logits = self.decoder.forward(batch, &mut self.kv);
+        let (decoder, kv) = (&self.decoder, &mut self.kv);
+        let logits = self.pool.install(|| decoder.forward(batch, kv));
         Ok(Logits::new(logits, self.vocab_size()))
     }
 }

@@ -1,9 +1,11 @@
 //! The paged KV store: keys and values of every layer, laid out by the block manager's blocks.
 //!
-//! Per layer, K and V are each `[num_blocks, num_kv_heads, block_size, head_dim]` f32. A token in
-//! slot `s` (block `s / block_size`, offset `s % block_size`) keeps its key for head `g` at
-//! `((block · num_kv_heads + g) · block_size + offset) · head_dim`. Keeping one head's positions
-//! of one block contiguous lets attention stream a whole block per head.
+//! Per layer, V is `[num_blocks, num_kv_heads, block_size, head_dim]` f32 and K is
+//! `[num_blocks, num_kv_heads, head_dim, block_size]`: keys are transposed within their block.
+//! A token in slot `s` (block `s / block_size`, offset `s % block_size`) keeps its value for
+//! head `g` at `block_offset(block, g) + offset · head_dim`, and dimension `d` of its key at
+//! `block_offset(block, g) + d · block_size + offset`. One head's block is contiguous in both, and
+//! the transposed keys let attention score a whole block with lane-wise multiply-adds.
 //!
 //! The store knows nothing of sequences: the engine's block tables say which blocks a sequence
 //! owns, and a freed block is simply overwritten by its next owner.
@@ -41,7 +43,7 @@ impl KvGeometry {
         2 * num_layers * self.num_kv_heads * self.head_dim * std::mem::size_of::<f32>()
     }
 
-    /// Offset of `slot`'s vector for `head`.
+    /// Offset of `slot`'s value vector for `head`.
     #[inline]
     pub fn offset(&self, slot: usize, head: usize) -> usize {
         let (block, off) = (slot / self.block_size, slot % self.block_size);
@@ -89,14 +91,19 @@ impl PagedKvStore {
     /// their slots.
     pub fn write(&mut self, layer: usize, slots: &[u32], k: &[f32], v: &[f32]) {
         let g = self.geometry;
-        let width = g.num_kv_heads * g.head_dim;
+        let (hd, bs) = (g.head_dim, g.block_size);
+        let width = g.num_kv_heads * hd;
         let kv = &mut self.layers[layer];
         for (t, &slot) in slots.iter().enumerate() {
+            let (block, off) = (slot as usize / bs, slot as usize % bs);
             for head in 0..g.num_kv_heads {
-                let src = t * width + head * g.head_dim;
+                let src = t * width + head * hd;
                 let dst = g.offset(slot as usize, head);
-                kv.k[dst..dst + g.head_dim].copy_from_slice(&k[src..src + g.head_dim]);
-                kv.v[dst..dst + g.head_dim].copy_from_slice(&v[src..src + g.head_dim]);
+                kv.v[dst..dst + hd].copy_from_slice(&v[src..src + hd]);
+                let kt = &mut kv.k[g.block_offset(block, head)..][..hd * bs];
+                for (d, &x) in k[src..src + hd].iter().enumerate() {
+                    kt[d * bs + off] = x;
+                }
             }
         }
     }

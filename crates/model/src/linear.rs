@@ -19,7 +19,8 @@ use rayon::prelude::*;
 use crate::dispatch;
 use crate::simd::{Element, Isa, dot};
 
-/// Up to this many rows, the streaming kernel beats packing for gemm.
+/// Up to this many rows, the streaming kernel beats packing for gemm (measured end to end on
+/// SmolLM2-135M: at 8 rows 127 vs 47 tok/s, at 32 rows even; at 512 rows gemm is 2.5× faster).
 pub const SMALL_M: usize = 32;
 
 /// Weight rows per parallel task in the streaming kernel (measured: 64 beats an even split of
