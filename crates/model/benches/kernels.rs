@@ -7,8 +7,10 @@ use std::hint::black_box;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use half::bf16;
 use wayfinder_model::linear::{Linear, WeightData};
+use wayfinder_model::team::Team;
 
 fn linear(c: &mut Criterion) {
+    let team = Team::per_core();
     // (name, out, in): the fused gate+up projection and the tied output head.
     for (name, rows, cols) in [("gate_up", 3072, 576), ("lm_head", 49_152, 576)] {
         let w: Vec<f32> = (0..rows * cols)
@@ -36,7 +38,7 @@ fn linear(c: &mut Criterion) {
                 let mut g = c.benchmark_group(format!("linear/{name}/{dtype}"));
                 g.throughput(Throughput::Bytes(layer.weight().size_in_bytes() as u64));
                 g.bench_function(format!("m{m}"), |b| {
-                    b.iter(|| layer.forward(black_box(&x), m, &mut y));
+                    b.iter(|| layer.forward(black_box(&x), m, &mut y, &team));
                 });
                 g.finish();
             }

@@ -9,12 +9,12 @@
 //!
 //! [`PagedKvStore`]: crate::kv_store::PagedKvStore
 
-use rayon::prelude::*;
 use wayfinder_core::Batch;
 
 use crate::dispatch;
 use crate::kv_store::{KvGeometry, LayerKv};
 use crate::simd::{Isa, axpy, softmax};
+use crate::team::Team;
 
 /// The largest block size attention supports (one accumulator array per block).
 pub const MAX_BLOCK: usize = 64;
@@ -45,11 +45,13 @@ pub struct StepContext<'a> {
     pub geometry: KvGeometry,
     /// Kernels to run.
     pub isa: Isa,
+    /// Threads to run them on.
+    pub team: &'a Team,
 }
 
 impl<'a> StepContext<'a> {
     /// The context of `batch` over a store laid out as `geometry`.
-    pub fn new(batch: &'a Batch, geometry: KvGeometry, isa: Isa) -> Self {
+    pub fn new(batch: &'a Batch, geometry: KvGeometry, isa: Isa, team: &'a Team) -> Self {
         let mut token_seq = vec![0; batch.num_tokens()];
         for (i, s) in batch.seqs.iter().enumerate() {
             token_seq[s.tokens.clone()].fill(i);
@@ -59,6 +61,7 @@ impl<'a> StepContext<'a> {
             token_seq,
             geometry,
             isa,
+            team,
         }
     }
 }
@@ -79,6 +82,7 @@ pub fn paged_attention(
         ref token_seq,
         ref geometry,
         isa,
+        ..
     } = *step;
     let AttentionParams {
         num_heads,
@@ -90,20 +94,25 @@ pub fn paged_attention(
     let width = num_heads * head_dim;
     debug_assert_eq!(q.len(), batch.num_tokens() * width);
     debug_assert_eq!(out.len(), q.len());
-    out.par_chunks_mut(group * head_dim)
-        .enumerate()
-        .for_each_init(Vec::new, |scores, (task, o)| {
-            let (t, g) = (task / num_kv_heads, task % num_kv_heads);
-            let seq = &batch.seqs[token_seq[t]];
-            let unit = Unit {
-                q: &q[t * width + g * group * head_dim..][..group * head_dim],
-                table: batch.block_table(seq),
-                position: batch.positions[t] as usize,
-                head: g,
-                group,
-            };
+    step.team.chunks(out, group * head_dim, &|task, o| {
+        let (t, g) = (task / num_kv_heads, task % num_kv_heads);
+        let seq = &batch.seqs[token_seq[t]];
+        let unit = Unit {
+            q: &q[t * width + g * group * head_dim..][..group * head_dim],
+            table: batch.block_table(seq),
+            position: batch.positions[t] as usize,
+            head: g,
+            group,
+        };
+        SCORES.with_borrow_mut(|scores| {
             dispatch!(isa, || attend(&unit, o, kv, geometry, params, scores));
         });
+    });
+}
+
+thread_local! {
+    /// Per-thread scratch for attention scores, reused across tasks and steps.
+    static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// One task: one query token, one key/value head.

@@ -18,7 +18,6 @@
 //! slots and block tables come from the engine's [`Batch`], so prefill chunks, decode tokens and
 //! recomputation mix freely in one step.
 
-use rayon::prelude::*;
 use wayfinder_core::Batch;
 
 use crate::attention::{AttentionParams, StepContext, paged_attention};
@@ -28,6 +27,7 @@ use crate::kv_store::PagedKvStore;
 use crate::linear::Linear;
 use crate::rope::RotaryTable;
 use crate::simd::Isa;
+use crate::team::Team;
 use crate::weights::{Dtype, WeightLoader};
 
 /// Token rows per parallel task in the element-wise passes.
@@ -153,11 +153,11 @@ impl Decoder {
 
     /// Runs one step: writes its tokens' keys and values into `kv` and returns the logits rows
     /// (`[requests that sample, vocab]`) in batch order.
-    pub fn forward(&self, batch: &Batch, kv: &mut PagedKvStore) -> Vec<f32> {
+    pub fn forward(&self, batch: &Batch, kv: &mut PagedKvStore, team: &Team) -> Vec<f32> {
         let c = &self.config;
         let (t, h) = (batch.num_tokens(), c.hidden_size);
         let (q_size, kv_size, inter) = (c.q_size(), c.kv_size(), c.intermediate_size);
-        let step = StepContext::new(batch, *kv.geometry(), self.isa);
+        let step = StepContext::new(batch, *kv.geometry(), self.isa, team);
 
         let mut x = vec![0f32; t * h];
         for (row, &token) in x.chunks_exact_mut(h).zip(&batch.token_ids) {
@@ -176,19 +176,20 @@ impl Decoder {
         let mut act = vec![0f32; t * inter];
 
         for (i, layer) in self.layers.iter().enumerate() {
-            rms_norm_rows(&x, &mut xn, &layer.input_norm, c.rms_norm_eps);
-            layer.qkv.forward(&xn, t, &mut qkv);
-            self.split_qkv(&qkv, &mut q, &mut k, &mut v, layer, &batch.positions);
+            rms_norm_rows(&x, &mut xn, &layer.input_norm, c.rms_norm_eps, team);
+            layer.qkv.forward(&xn, t, &mut qkv, team);
+            self.norm_and_rotate(&mut qkv, layer, &batch.positions, team);
+            split_qkv(&qkv, &mut q, &mut k, &mut v, q_size);
             kv.write(i, &batch.slot_mapping, &k, &v);
             paged_attention(&q, &mut attn, &step, kv.layer(i), &self.attention);
-            layer.o.forward(&attn, t, &mut proj);
-            add_rows(&mut x, &proj);
+            layer.o.forward(&attn, t, &mut proj, team);
+            add_rows(&mut x, &proj, team);
 
-            rms_norm_rows(&x, &mut xn, &layer.post_norm, c.rms_norm_eps);
-            layer.gate_up.forward(&xn, t, &mut gate_up);
-            swiglu_rows(&gate_up, &mut act, inter);
-            layer.down.forward(&act, t, &mut proj);
-            add_rows(&mut x, &proj);
+            rms_norm_rows(&x, &mut xn, &layer.post_norm, c.rms_norm_eps, team);
+            layer.gate_up.forward(&xn, t, &mut gate_up, team);
+            swiglu_rows(&gate_up, &mut act, inter, team);
+            layer.down.forward(&act, t, &mut proj, team);
+            add_rows(&mut x, &proj, team);
         }
 
         let last: Vec<usize> = batch
@@ -203,34 +204,22 @@ impl Decoder {
         }
         let head = self.lm_head.as_ref().unwrap_or(&self.embed);
         let mut logits = vec![0f32; last.len() * c.vocab_size];
-        head.forward(&hidden, last.len(), &mut logits);
+        head.forward(&hidden, last.len(), &mut logits, team);
         logits
     }
 
-    /// Splits the fused projection into q, k, v; applies the q/k norms and rotary embedding.
-    fn split_qkv(
-        &self,
-        qkv: &[f32],
-        q: &mut [f32],
-        k: &mut [f32],
-        v: &mut [f32],
-        layer: &Layer,
-        positions: &[u32],
-    ) {
+    /// Applies the q/k norms and the rotary embedding in place, token by token, on the fused
+    /// `[q | k | v]` rows.
+    fn norm_and_rotate(&self, qkv: &mut [f32], layer: &Layer, positions: &[u32], team: &Team) {
         let c = &self.config;
         let (qs, ks) = (c.q_size(), c.kv_size());
-        let eps = c.rms_norm_eps;
-        let hd = c.head_dim;
-        q.par_chunks_mut(qs)
-            .zip(k.par_chunks_mut(ks))
-            .zip(v.par_chunks_mut(ks))
-            .zip(qkv.par_chunks(qs + 2 * ks))
-            .zip(positions.par_iter())
-            .with_min_len(ROWS_PER_TASK)
-            .for_each(|((((qt, kt), vt), src), &pos)| {
-                qt.copy_from_slice(&src[..qs]);
-                kt.copy_from_slice(&src[qs..qs + ks]);
-                vt.copy_from_slice(&src[qs + ks..]);
+        let (eps, hd) = (c.rms_norm_eps, c.head_dim);
+        let width = qs + 2 * ks;
+        team.chunks(qkv, ROWS_PER_TASK * width, &|chunk, rows| {
+            for (r, row) in rows.chunks_exact_mut(width).enumerate() {
+                let pos = positions[chunk * ROWS_PER_TASK + r] as usize;
+                let (qt, rest) = row.split_at_mut(qs);
+                let kt = &mut rest[..ks];
                 if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
                     for head in qt.chunks_exact_mut(hd) {
                         rms_norm_in_place(head, qn, eps);
@@ -239,9 +228,26 @@ impl Decoder {
                         rms_norm_in_place(head, kn, eps);
                     }
                 }
-                self.rotary.apply(qt, pos as usize);
-                self.rotary.apply(kt, pos as usize);
-            });
+                self.rotary.apply(qt, pos);
+                self.rotary.apply(kt, pos);
+            }
+        });
+    }
+}
+
+/// Splits fused `[q | k | v]` rows into the three buffers (`[tokens, q_size]`, `[tokens,
+/// kv_size]` twice).
+fn split_qkv(qkv: &[f32], q: &mut [f32], k: &mut [f32], v: &mut [f32], q_size: usize) {
+    let kv_size = (qkv.len() / (q.len() / q_size).max(1) - q_size) / 2;
+    let rows = qkv.chunks_exact(q_size + 2 * kv_size);
+    let outs = q
+        .chunks_exact_mut(q_size)
+        .zip(k.chunks_exact_mut(kv_size))
+        .zip(v.chunks_exact_mut(kv_size));
+    for (src, ((qt, kt), vt)) in rows.zip(outs) {
+        qt.copy_from_slice(&src[..q_size]);
+        kt.copy_from_slice(&src[q_size..q_size + kv_size]);
+        vt.copy_from_slice(&src[q_size + kv_size..]);
     }
 }
 
@@ -262,29 +268,37 @@ fn rms_norm_in_place(x: &mut [f32], weight: &[f32], eps: f32) {
     }
 }
 
-fn rms_norm_rows(x: &[f32], out: &mut [f32], weight: &[f32], eps: f32) {
+fn rms_norm_rows(x: &[f32], out: &mut [f32], weight: &[f32], eps: f32, team: &Team) {
     let h = weight.len();
-    out.par_chunks_mut(h)
-        .zip(x.par_chunks(h))
-        .with_min_len(ROWS_PER_TASK)
-        .for_each(|(o, xi)| rms_norm(xi, o, weight, eps));
+    team.chunks(out, ROWS_PER_TASK * h, &|chunk, rows| {
+        let src = &x[chunk * ROWS_PER_TASK * h..];
+        for (o, xi) in rows.chunks_exact_mut(h).zip(src.chunks_exact(h)) {
+            rms_norm(xi, o, weight, eps);
+        }
+    });
 }
 
-fn add_rows(x: &mut [f32], y: &[f32]) {
-    x.par_chunks_mut(4096)
-        .zip(y.par_chunks(4096))
-        .for_each(|(a, b)| a.iter_mut().zip(b).for_each(|(a, b)| *a += b));
+fn add_rows(x: &mut [f32], y: &[f32], team: &Team) {
+    const CHUNK: usize = 4096;
+    team.chunks(x, CHUNK, &|chunk, a| {
+        for (a, b) in a.iter_mut().zip(&y[chunk * CHUNK..]) {
+            *a += b;
+        }
+    });
 }
 
 /// `act = silu(gate) ⊙ up` for rows of `[gate | up]`.
-fn swiglu_rows(gate_up: &[f32], act: &mut [f32], inter: usize) {
-    act.par_chunks_mut(inter)
-        .zip(gate_up.par_chunks(2 * inter))
-        .with_min_len(ROWS_PER_TASK)
-        .for_each(|(a, gu)| {
+fn swiglu_rows(gate_up: &[f32], act: &mut [f32], inter: usize, team: &Team) {
+    team.chunks(act, ROWS_PER_TASK * inter, &|chunk, rows| {
+        let src = &gate_up[chunk * ROWS_PER_TASK * 2 * inter..];
+        for (a, gu) in rows
+            .chunks_exact_mut(inter)
+            .zip(src.chunks_exact(2 * inter))
+        {
             let (g, u) = gu.split_at(inter);
             for ((a, &g), &u) in a.iter_mut().zip(g).zip(u) {
                 *a = g / (1.0 + crate::simd::exp(-g)) * u;
             }
-        });
+        }
+    });
 }

@@ -8,6 +8,7 @@ use crate::config::ModelConfig;
 use crate::decoder::Decoder;
 use crate::error::ModelError;
 use crate::kv_store::{KvGeometry, PagedKvStore};
+use crate::team::Team;
 
 /// How big the KV cache is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,15 +44,14 @@ fn geometry(config: &ModelConfig, num_blocks: usize, block_size: usize) -> KvGeo
 
 /// Runs a decoder over engine batches.
 ///
-/// The forward pass runs inside the executor's own thread pool (`RAYON_NUM_THREADS` threads,
-/// else one per core): the engine thread hands it over once per step, and every parallel loop
-/// inside then forks on pool threads cheaply instead of waking the pool from outside ~10 times
-/// per layer.
+/// The forward pass runs on the executor's own [`Team`] of threads (one per core, or
+/// `RAYON_NUM_THREADS`), the engine thread being its first member; the team stays hot across
+/// the ~10 parallel operations of every layer.
 #[derive(Debug)]
 pub struct ModelExecutor {
     decoder: Decoder,
     kv: PagedKvStore,
-    pool: rayon::ThreadPool,
+    team: Team,
 }
 
 impl ModelExecutor {
@@ -66,11 +66,11 @@ impl ModelExecutor {
         }
         let g = geometry(decoder.config(), num_blocks, block_size);
         let kv = PagedKvStore::new(g, decoder.config().num_layers);
-        let pool = rayon::ThreadPoolBuilder::new()
-            .thread_name(|i| format!("wayfinder-model-{i}"))
-            .build()
-            .expect("the model thread pool starts");
-        Self { decoder, kv, pool }
+        Self {
+            decoder,
+            kv,
+            team: Team::per_core(),
+        }
     }
 
     /// Whether attention supports `block_size`.
@@ -131,8 +131,7 @@ impl Executor for ModelExecutor {
                 "position {p} beyond the rotary table's {max}"
             )));
         }
-        let (decoder, kv) = (&self.decoder, &mut self.kv);
-        let logits = self.pool.install(|| decoder.forward(batch, kv));
+        let logits = self.decoder.forward(batch, &mut self.kv, &self.team);
         Ok(Logits::new(logits, self.vocab_size()))
     }
 }

@@ -33,6 +33,7 @@ pub mod rope;
 pub mod simd;
 pub mod stop;
 pub mod synth;
+pub mod team;
 pub mod tokenizer;
 pub mod weights;
 

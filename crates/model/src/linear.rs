@@ -14,10 +14,10 @@
 
 use gemm::Parallelism;
 use half::{bf16, f16};
-use rayon::prelude::*;
 
 use crate::dispatch;
 use crate::simd::{Element, Isa, dot};
+use crate::team::{SendPtr, Team};
 
 /// Up to this many rows, the streaming kernel beats packing for gemm (measured end to end on
 /// SmolLM2-135M: at 8 rows 127 vs 47 tok/s, at 32 rows even; at 512 rows gemm is 2.5× faster).
@@ -27,8 +27,8 @@ pub const SMALL_M: usize = 32;
 /// a few tasks per thread).
 const ROWS_PER_TASK: usize = 64;
 
-/// Weight rows widened per tile for gemm.
-const TILE_ROWS: usize = 256;
+/// Weight rows widened per tile for gemm (per member).
+const TILE_ROWS: usize = 1024;
 
 /// A weight matrix in its storage dtype.
 #[derive(Debug, Clone)]
@@ -129,11 +129,11 @@ impl Linear {
         &self.weight
     }
 
-    /// `y[m, out] = x[m, in] · Wᵀ + b`.
+    /// `y[m, out] = x[m, in] · Wᵀ + b`, computed by `team`.
     ///
     /// # Panics
     /// If `x` or `y` are not `m` whole rows.
-    pub fn forward(&self, x: &[f32], m: usize, y: &mut [f32]) {
+    pub fn forward(&self, x: &[f32], m: usize, y: &mut [f32], team: &Team) {
         assert_eq!(x.len(), m * self.cols, "input is not [{m}, {}]", self.cols);
         assert_eq!(y.len(), m * self.rows, "output is not [{m}, {}]", self.rows);
         if m == 0 {
@@ -141,16 +141,12 @@ impl Linear {
         }
         if m <= SMALL_M {
             match &self.weight {
-                WeightData::F32(w) => self.streaming(w, x, m, y),
-                WeightData::Bf16(w) => self.streaming(w, x, m, y),
-                WeightData::F16(w) => self.streaming(w, x, m, y),
+                WeightData::F32(w) => self.streaming(w, x, m, y, team),
+                WeightData::Bf16(w) => self.streaming(w, x, m, y, team),
+                WeightData::F16(w) => self.streaming(w, x, m, y, team),
             }
         } else {
-            match &self.weight {
-                WeightData::F32(w) => gemm_xwt(m, self.rows, self.cols, x, w, y, self.rows),
-                WeightData::Bf16(w) => self.tiled(w, x, m, y),
-                WeightData::F16(w) => self.tiled(w, x, m, y),
-            }
+            self.packed(x, m, y, team);
         }
         if let Some(b) = &self.bias {
             for row in y.chunks_exact_mut(self.rows) {
@@ -162,32 +158,36 @@ impl Linear {
     }
 
     /// The streaming kernel: each task computes `ROWS_PER_TASK` outputs for every input row.
-    fn streaming<E: Element + Wide>(&self, w: &[E], x: &[f32], m: usize, y: &mut [f32]) {
+    fn streaming<E: Element + Wide>(
+        &self,
+        w: &[E],
+        x: &[f32],
+        m: usize,
+        y: &mut [f32],
+        team: &Team,
+    ) {
         let (rows, cols, isa) = (self.rows, self.cols, self.isa);
         // Outputs transposed ([rows, m]) so that each task owns a contiguous range.
         let mut yt = vec![0f32; rows * m];
-        let per_task = ROWS_PER_TASK;
-        yt.par_chunks_mut(per_task * m)
-            .enumerate()
-            .for_each(|(task, out)| {
-                let first = task * per_task;
-                #[cfg(target_arch = "x86_64")]
-                if isa == Isa::Avx512 {
-                    let n = out.len() / m;
-                    let wt = &w[first * cols..(first + n) * cols];
-                    // SAFETY: `Isa::detect` found AVX-512F/BW/VL on this CPU.
-                    unsafe { crate::linear_avx512::rows_times_inputs(wt, cols, x, m, out) };
-                    return;
-                }
-                dispatch!(isa, || {
-                    for (r, o) in out.chunks_exact_mut(m).enumerate() {
-                        let row = &w[(first + r) * cols..(first + r + 1) * cols];
-                        for (i, oi) in o.iter_mut().enumerate() {
-                            *oi = dot(&x[i * cols..(i + 1) * cols], row);
-                        }
+        team.chunks(&mut yt, ROWS_PER_TASK * m, &|task, out| {
+            let first = task * ROWS_PER_TASK;
+            #[cfg(target_arch = "x86_64")]
+            if isa == Isa::Avx512 {
+                let n = out.len() / m;
+                let wt = &w[first * cols..(first + n) * cols];
+                // SAFETY: `Isa::detect` found AVX-512F/BW/VL on this CPU.
+                unsafe { crate::linear_avx512::rows_times_inputs(wt, cols, x, m, out) };
+                return;
+            }
+            dispatch!(isa, || {
+                for (r, o) in out.chunks_exact_mut(m).enumerate() {
+                    let row = &w[(first + r) * cols..(first + r + 1) * cols];
+                    for (i, oi) in o.iter_mut().enumerate() {
+                        *oi = dot(&x[i * cols..(i + 1) * cols], row);
                     }
-                });
+                }
             });
+        });
         for (r, o) in yt.chunks_exact(m).enumerate() {
             for (i, &v) in o.iter().enumerate() {
                 y[i * rows + r] = v;
@@ -195,40 +195,71 @@ impl Linear {
         }
     }
 
-    /// Half-precision weights through gemm: widen `TILE_ROWS` rows at a time.
-    fn tiled<E: Element>(&self, w: &[E], x: &[f32], m: usize, y: &mut [f32]) {
+    /// Many rows: each member runs gemm on its own block of output features (weight rows);
+    /// half-precision weights are widened `TILE_ROWS` rows at a time into a member's scratch.
+    fn packed(&self, x: &[f32], m: usize, y: &mut [f32], team: &Team) {
         let (rows, cols) = (self.rows, self.cols);
-        let mut tile = vec![0f32; TILE_ROWS * cols];
-        for start in (0..rows).step_by(TILE_ROWS) {
-            let n = TILE_ROWS.min(rows - start);
-            let src = &w[start * cols..(start + n) * cols];
-            tile[..n * cols]
-                .par_chunks_mut(cols * 16)
-                .zip(src.par_chunks(cols * 16))
-                .for_each(|(d, s)| widen(s, d));
-            gemm_xwt(m, n, cols, x, &tile[..n * cols], &mut y[start..], rows);
-        }
+        assert_eq!(y.len(), m * rows);
+        let out = SendPtr(y.as_mut_ptr());
+        let members = team.size();
+        team.run(&|tid| {
+            // Split on multiples of 16 outputs so that members write whole cache lines.
+            let bound = |t: usize| (rows * t / members).next_multiple_of(16).min(rows);
+            let (j0, j1) = (bound(tid), bound(tid + 1));
+            let out = &out;
+            let mut tile = Vec::new();
+            // f32 weights need no widening: one product for the member's whole block, so that
+            // the input is packed once.
+            let step = match &self.weight {
+                WeightData::F32(_) => (j1 - j0).max(1),
+                _ => TILE_ROWS,
+            };
+            for start in (j0..j1).step_by(step) {
+                let n = step.min(j1 - start);
+                let block: &[f32] = match &self.weight {
+                    WeightData::F32(w) => &w[start * cols..(start + n) * cols],
+                    WeightData::Bf16(w) => {
+                        widen_into(&w[start * cols..(start + n) * cols], &mut tile)
+                    }
+                    WeightData::F16(w) => {
+                        widen_into(&w[start * cols..(start + n) * cols], &mut tile)
+                    }
+                };
+                // SAFETY: `start + n <= rows`, so every element written, `(i, start + j)` for
+                // `i < m`, `j < n`, is inside `y` (`m * rows` long); members own disjoint
+                // column ranges `j0..j1`, so no element is written twice.
+                unsafe { gemm_xwt(m, n, cols, x, block, out.0.add(start), rows) };
+            }
+        });
     }
 }
 
-/// `y[i, j] = Σ_k x[i, k] · w[j, k]` for `i < m`, `j < n`, where `y` rows are `ldy` apart.
-fn gemm_xwt(m: usize, n: usize, k: usize, x: &[f32], w: &[f32], y: &mut [f32], ldy: usize) {
+/// Widens `src` into `buf` (resized) and returns it.
+fn widen_into<'a, E: Element>(src: &[E], buf: &'a mut Vec<f32>) -> &'a [f32] {
+    buf.resize(src.len(), 0.0);
+    widen(src, buf);
+    buf
+}
+
+/// `y[i, j] = Σ_k x[i, k] · w[j, k]` for `i < m`, `j < n`, where `y` rows are `ldy` apart;
+/// single-threaded (the caller splits the work).
+///
+/// # Safety
+/// `y` must be valid for writes at `i · ldy + j` for every `i < m`, `j < n`, and those elements
+/// must not be accessed by anyone else during the call.
+unsafe fn gemm_xwt(m: usize, n: usize, k: usize, x: &[f32], w: &[f32], y: *mut f32, ldy: usize) {
     assert!(
         x.len() >= m * k && w.len() >= n * k,
         "gemm inputs too short"
     );
-    assert!(
-        n <= ldy && y.len() >= (m - 1) * ldy + n,
-        "gemm output too short"
-    );
-    // SAFETY: the asserts above keep every access of this m×n×k product, with these strides,
-    // inside `x`, `w` and `y`; `y` is exclusively borrowed and does not overlap the inputs.
+    assert!(n <= ldy, "gemm output rows overlap");
+    // SAFETY: the asserts keep reads inside `x` and `w`; the caller vouches for `y`.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            y.as_mut_ptr(),
+            y,
             1,
             ldy as isize,
             false,
@@ -243,7 +274,7 @@ fn gemm_xwt(m: usize, n: usize, k: usize, x: &[f32], w: &[f32], y: &mut [f32], l
             false,
             false,
             false,
-            Parallelism::Rayon(0),
+            Parallelism::None,
         );
     }
 }
@@ -275,6 +306,7 @@ mod tests {
 
     #[test]
     fn both_kernels_and_every_dtype_match_a_plain_product() {
+        let team = Team::new(3);
         let (n, k) = (300, 70);
         let w: Vec<f32> = (0..n * k)
             .map(|i| ((i * 7 % 13) as f32 - 6.0) / 8.0)
@@ -294,7 +326,7 @@ mod tests {
             for data in datas {
                 let layer = Linear::new(data, n, k, Some(b.clone()));
                 let mut y = vec![0.0; m * n];
-                layer.forward(&x, m, &mut y);
+                layer.forward(&x, m, &mut y, &team);
                 for (g, e) in y.iter().zip(&want) {
                     assert!((g - e).abs() < 1e-3, "m {m}: {g} vs {e}");
                 }
