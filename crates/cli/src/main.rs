@@ -2,13 +2,13 @@
 //!
 //! The command-line entry point.
 //!
+//! - `wayfinder serve [MODEL]`: the OpenAI-compatible API on a model folder, `demo` or a shape.
 //! - `wayfinder make-model --shape NAME --out DIR`: a random-weight model of a published shape.
 //! - `wayfinder bench throughput`: the engine alone (no HTTP) on a real model.
-//!
-//! `serve` arrives with the HTTP API.
 
 mod bench_throughput;
 mod model_arg;
+mod serve;
 
 use std::path::PathBuf;
 
@@ -26,6 +26,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Serve the OpenAI-compatible API.
+    Serve(serve::Args),
     /// Write a random-weight model of a published shape, as a Hugging Face folder.
     MakeModel(MakeModelArgs),
     /// Benchmarks.
@@ -64,6 +66,7 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
+        Command::Serve(args) => serve::run(&args),
         Command::MakeModel(args) => make_model(&args),
         Command::Bench(BenchCommand::Throughput(args)) => bench_throughput::run(&args),
     }

@@ -1,0 +1,105 @@
+//! # wayfinder-server
+//!
+//! The OpenAI-compatible HTTP API (axum): chat and text completions, streaming over SSE or
+//! not, model listing, health and version, bearer auth, backpressure and graceful shutdown. It
+//! turns wire requests into the engine core's validated [`wayfinder_core::EngineRequest`]s and
+//! the engine's token streams back into OpenAI responses; no HTTP type crosses into the core.
+//!
+//! # Layout
+//! - [`app`]: the router, for in-process tests (`tower::ServiceExt::oneshot`); [`run`]: serve it
+//!   on a listener until a shutdown signal, then drain within the shutdown timeout.
+//! - [`state`]: [`AppState`], built from [`ServerParts`] (engine handle, tokenizer, chat
+//!   template, model name, limits): what handlers share, and the in-flight budget (429).
+//! - [`wire`]: the OpenAI request and response DTOs (serde only).
+//! - `validation`: wire request → engine requests, in one place; every 4xx but auth is here.
+//! - `generation`: one API request in flight — the `n` engine requests fanned out and merged,
+//!   detokenisation, stop strings, logprobs, usage — and its journey milestones (arrival,
+//!   hand-off, first output, departure or abort: where the `llm_request` span goes).
+//! - `sse`: OpenAI's streaming framing; `routes`: the handlers (`routes/chat.rs`,
+//!   `routes/completions.rs`, and the small endpoints); `auth`: the bearer check.
+//! - [`error`]: [`ApiError`], the one error type, with the one mapping to HTTP.
+//!
+//! # Request path
+//! ```text
+//! POST ─▶ Json<wire::…> (or JsonRejection ─▶ ApiError) ─▶ validation ─▶ ValidRequest
+//!   ─▶ Generation::start: permit (or 429), EngineHandle::add_request × n
+//!   ─▶ Generation::next: merged outputs ─▶ detokenizer ─▶ stop strings ─▶ Delta
+//!   ─▶ JSON body, or SSE chunks ─▶ [DONE]
+//! client gone ─▶ future or body stream dropped ─▶ Generation dropped ─▶ engine aborts, frees KV
+//! ```
+
+mod auth;
+pub mod error;
+mod generation;
+mod routes;
+mod sse;
+pub mod state;
+mod validation;
+pub mod wire;
+
+use std::future::{Future, IntoFuture};
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::middleware;
+use axum::routing::{get, post};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+pub use error::ApiError;
+pub use state::{AppState, Limits, ServerParts};
+pub use validation::{MAX_CHOICES, MAX_N};
+
+/// The router: `/v1/chat/completions`, `/v1/completions`, `/v1/models` (behind the API key
+/// when one is set), `/health` and `/version`.
+pub fn app(state: AppState) -> Router {
+    let v1 = Router::new()
+        .route("/v1/chat/completions", post(routes::chat::handle))
+        .route("/v1/completions", post(routes::completions::handle))
+        .route("/v1/models", get(routes::models))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_key,
+        ));
+    Router::new()
+        .route("/health", get(routes::health))
+        .route("/version", get(routes::version))
+        .merge(v1)
+        .fallback(routes::not_found)
+        .method_not_allowed_fallback(routes::method_not_allowed)
+        .layer(DefaultBodyLimit::max(state.limits().max_body_bytes))
+        .with_state(state)
+}
+
+/// Serves [`app`] on `listener` until `shutdown` resolves; then stops accepting connections,
+/// lets requests in flight finish within [`Limits::shutdown_timeout`], and after that aborts
+/// what is left by shutting the engine down.
+pub async fn run(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let timeout = state.limits().shutdown_timeout;
+    let engine = state.engine().clone();
+    let (signalled, on_signal) = oneshot::channel::<()>();
+    let server = axum::serve(listener, app(state))
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!("shutting down: no new connections; letting requests in flight finish");
+            let _ = signalled.send(());
+        })
+        .into_future();
+    tokio::pin!(server);
+    tokio::select! {
+        result = &mut server => return result,
+        Ok(()) = on_signal => {}
+    }
+    match tokio::time::timeout(timeout, &mut server).await {
+        Ok(result) => result,
+        Err(_) => {
+            tracing::warn!(?timeout, "aborting the requests still in flight");
+            let _ = tokio::task::spawn_blocking(move || engine.shutdown()).await;
+            server.await
+        }
+    }
+}

@@ -1,0 +1,153 @@
+//! `POST /v1/chat/completions`.
+
+use axum::Json;
+use axum::extract::State;
+use axum::extract::rejection::JsonRejection;
+use axum::response::sse::Event;
+use axum::response::{IntoResponse, Response};
+use wayfinder_core::clock::monotonic_now;
+
+use crate::error::ApiError;
+use crate::generation::{Delta, Generation, TokenInfo};
+use crate::routes::with_request_id;
+use crate::sse::{self, ChunkWriter, json_event};
+use crate::state::AppState;
+use crate::validation;
+use crate::wire::{
+    ChatChoice, ChatChunkChoice, ChatCompletionChunk, ChatCompletionRequest,
+    ChatCompletionResponse, ChatLogprobs, ChatMessageOut, ChatTokenLogprob, ChatTopLogprob,
+    UsageOut,
+};
+
+/// The handler.
+pub(crate) async fn handle(
+    State(state): State<AppState>,
+    body: Result<Json<ChatCompletionRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let arrival = monotonic_now();
+    let Json(request) = body?;
+    let valid = validation::chat(&state, &request, arrival)?;
+    let (id, created, model) = (valid.id.clone(), valid.created, valid.model.clone());
+    let (stream, include_usage, logprobs) = (valid.stream, valid.include_usage, valid.logprobs);
+    let indices: Vec<u32> = valid.choices.iter().map(|c| c.index).collect();
+    let mut generation = Generation::start(&state, valid)?;
+    let response = if stream {
+        let writer = ChatChunks {
+            id: id.clone(),
+            created,
+            model,
+            indices,
+            logprobs: logprobs.is_some(),
+        };
+        sse::respond(generation, writer, include_usage).into_response()
+    } else {
+        let choices = generation.collect().await?;
+        Json(ChatCompletionResponse {
+            id: generation.id().to_owned(),
+            object: "chat.completion",
+            created,
+            model,
+            choices: choices
+                .into_iter()
+                .map(|c| ChatChoice {
+                    index: c.index,
+                    message: ChatMessageOut {
+                        role: Some("assistant"),
+                        content: Some(c.text),
+                    },
+                    logprobs: logprobs.map(|_| chat_logprobs(&c.tokens)),
+                    finish_reason: c.finish_reason,
+                })
+                .collect(),
+            usage: generation.usage(),
+        })
+        .into_response()
+    };
+    Ok(with_request_id(response, &id))
+}
+
+fn chat_logprobs(tokens: &[TokenInfo]) -> ChatLogprobs {
+    ChatLogprobs {
+        content: tokens
+            .iter()
+            .map(|t| ChatTokenLogprob {
+                token: t.text.clone(),
+                logprob: t.logprob,
+                bytes: t.text.as_bytes().to_vec(),
+                top_logprobs: Some(
+                    t.top
+                        .iter()
+                        .map(|(text, lp)| ChatTopLogprob {
+                            token: text.clone(),
+                            logprob: *lp,
+                            bytes: text.as_bytes().to_vec(),
+                        })
+                        .collect(),
+                ),
+            })
+            .collect(),
+    }
+}
+
+/// Writes `chat.completion.chunk`s.
+struct ChatChunks {
+    id: String,
+    created: u64,
+    model: String,
+    indices: Vec<u32>,
+    logprobs: bool,
+}
+
+impl ChatChunks {
+    fn chunk(&self, choices: Vec<ChatChunkChoice>, usage: Option<UsageOut>) -> Event {
+        json_event(&ChatCompletionChunk {
+            id: self.id.clone(),
+            object: "chat.completion.chunk",
+            created: self.created,
+            model: self.model.clone(),
+            choices,
+            usage,
+        })
+    }
+}
+
+impl ChunkWriter for ChatChunks {
+    fn opening(&self) -> Vec<Event> {
+        self.indices
+            .iter()
+            .map(|&index| {
+                let role = ChatChunkChoice {
+                    index,
+                    delta: ChatMessageOut {
+                        role: Some("assistant"),
+                        content: Some(String::new()),
+                    },
+                    logprobs: None,
+                    finish_reason: None,
+                };
+                self.chunk(vec![role], None)
+            })
+            .collect()
+    }
+
+    fn delta(&self, delta: &Delta) -> Event {
+        let content = (delta.finish_reason.is_none()).then(|| delta.text.clone());
+        self.chunk(
+            vec![ChatChunkChoice {
+                index: delta.index,
+                delta: ChatMessageOut {
+                    role: None,
+                    content,
+                },
+                logprobs: (self.logprobs && !delta.tokens.is_empty())
+                    .then(|| chat_logprobs(&delta.tokens)),
+                finish_reason: delta.finish_reason,
+            }],
+            None,
+        )
+    }
+
+    fn usage(&self, usage: UsageOut) -> Event {
+        self.chunk(Vec::new(), Some(usage))
+    }
+}

@@ -1,0 +1,63 @@
+//! The handlers, one file per endpoint family, and the small informational endpoints here.
+
+pub(crate) mod chat;
+pub(crate) mod completions;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderValue, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+use crate::wire::{ModelCard, ModelList};
+
+/// The header that carries the response id.
+pub(crate) const REQUEST_ID: &str = "x-request-id";
+
+/// Adds the `x-request-id` header.
+pub(crate) fn with_request_id(mut response: Response, id: &str) -> Response {
+    if let Ok(v) = HeaderValue::from_str(id) {
+        response.headers_mut().insert(REQUEST_ID, v);
+    }
+    response
+}
+
+/// `GET /v1/models`.
+pub(crate) async fn models(State(state): State<AppState>) -> Json<ModelList> {
+    Json(ModelList {
+        object: "list",
+        data: vec![ModelCard {
+            id: state.model_name().to_owned(),
+            object: "model",
+            created: state.created(),
+            owned_by: "wayfinder",
+            max_model_len: state.max_model_len(),
+        }],
+    })
+}
+
+/// `GET /health`: 200 while the engine runs, 503 once it has stopped.
+pub(crate) async fn health(State(state): State<AppState>) -> Response {
+    if state.engine().is_running() {
+        (StatusCode::OK, Json(json!({ "status": "ok" }))).into_response()
+    } else {
+        ApiError::Unavailable("the engine is not running".into()).into_response()
+    }
+}
+
+/// `GET /version`.
+pub(crate) async fn version() -> Json<serde_json::Value> {
+    Json(json!({ "version": env!("CARGO_PKG_VERSION") }))
+}
+
+/// A known path with the wrong method.
+pub(crate) async fn method_not_allowed(method: Method) -> ApiError {
+    ApiError::MethodNotAllowed(method.to_string())
+}
+
+/// Any other path.
+pub(crate) async fn not_found(uri: Uri) -> ApiError {
+    ApiError::RouteNotFound(uri.path().to_owned())
+}

@@ -1,0 +1,150 @@
+//! [`AppState`]: what every handler shares — the engine handle, the text tools, the served
+//! model's name and limits, and the in-flight budget behind backpressure.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use wayfinder_core::EngineHandle;
+use wayfinder_model::chat_template::ChatTemplate;
+use wayfinder_model::tokenizer::Tokenizer;
+
+use crate::error::ApiError;
+
+/// Request and server limits.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limits {
+    /// The engine's `max_num_seqs`: requests it runs at once.
+    pub max_num_seqs: usize,
+    /// Engine requests allowed to wait beyond `max_num_seqs`; more get 429.
+    pub max_waiting_requests: usize,
+    /// The largest request body, in bytes; more get 413.
+    pub max_body_bytes: usize,
+    /// How long in-flight requests may run after a shutdown signal before they are aborted.
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_num_seqs: 256,
+            max_waiting_requests: 256,
+            max_body_bytes: 8 * 1024 * 1024,
+            shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The parts an [`AppState`] is made of.
+#[derive(Debug)]
+pub struct ServerParts {
+    /// The running engine.
+    pub engine: EngineHandle,
+    /// The model's tokenizer.
+    pub tokenizer: Arc<Tokenizer>,
+    /// The model's chat template.
+    pub chat_template: Arc<ChatTemplate>,
+    /// The name clients must send as `model`.
+    pub model_name: String,
+    /// The longest request, prompt plus output (the engine's `max_model_len`).
+    pub max_model_len: usize,
+    /// The model's end-of-sequence tokens (the engine stops on them itself; kept for reports).
+    pub eos_token_ids: Vec<u32>,
+    /// Limits.
+    pub limits: Limits,
+    /// When set, `/v1/*` needs `Authorization: Bearer <key>`.
+    pub api_key: Option<String>,
+}
+
+/// Shared by every handler; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    parts: ServerParts,
+    /// One permit per engine request the server may have in flight.
+    in_flight: Arc<Semaphore>,
+    capacity: usize,
+    created: u64,
+    id_prefix: u64,
+    next_id: AtomicU64,
+}
+
+impl AppState {
+    /// Builds the state from its parts.
+    pub fn new(parts: ServerParts) -> Self {
+        let capacity = parts.limits.max_num_seqs + parts.limits.max_waiting_requests;
+        let created = unix_now();
+        let id_prefix = StdRng::from_os_rng().random::<u64>();
+        Self {
+            inner: Arc::new(Inner {
+                parts,
+                in_flight: Arc::new(Semaphore::new(capacity)),
+                capacity,
+                created,
+                id_prefix,
+                next_id: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &EngineHandle {
+        &self.inner.parts.engine
+    }
+    /// The tokenizer.
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.inner.parts.tokenizer
+    }
+    /// The chat template.
+    pub fn chat_template(&self) -> &ChatTemplate {
+        &self.inner.parts.chat_template
+    }
+    /// The served model name.
+    pub fn model_name(&self) -> &str {
+        &self.inner.parts.model_name
+    }
+    /// The longest request.
+    pub fn max_model_len(&self) -> usize {
+        self.inner.parts.max_model_len
+    }
+    /// Limits.
+    pub fn limits(&self) -> &Limits {
+        &self.inner.parts.limits
+    }
+    /// The API key, if one is required.
+    pub fn api_key(&self) -> Option<&str> {
+        self.inner.parts.api_key.as_deref()
+    }
+    /// Unix seconds when the server started.
+    pub fn created(&self) -> u64 {
+        self.inner.created
+    }
+
+    /// A fresh response id: `{prefix}-` and 24 hex digits, unique for this process.
+    pub fn new_id(&self, prefix: &str) -> String {
+        let n = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        format!("{prefix}-{:016x}{n:08x}", self.inner.id_prefix)
+    }
+
+    /// Reserves room for `n` engine requests, or refuses with 429 when the server is full.
+    pub(crate) fn admit(&self, n: usize) -> Result<OwnedSemaphorePermit, ApiError> {
+        let n32 = u32::try_from(n).map_err(|_| ApiError::Overloaded(self.inner.capacity))?;
+        Arc::clone(&self.inner.in_flight)
+            .try_acquire_many_owned(n32)
+            .map_err(|_| ApiError::Overloaded(self.inner.capacity))
+    }
+}
+
+/// Unix seconds now.
+pub(crate) fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

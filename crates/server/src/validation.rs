@@ -1,0 +1,378 @@
+//! Wire requests → validated engine requests, in one place.
+//!
+//! [`chat`] and [`completion`] check everything a client can get wrong (model, ranges,
+//! unsupported features, context length), render and tokenize the prompt, and build one
+//! [`EngineRequest`] per choice with [`EngineRequest::builder`]. Whatever fails here is a 4xx and
+//! never reaches the engine.
+
+use wayfinder_core::request::MAX_TOP_LOGPROBS;
+use wayfinder_core::{EngineRequest, SamplingParams, StopConditions};
+use wayfinder_model::chat_template::ChatMessage;
+
+use crate::error::ApiError;
+use crate::state::{AppState, unix_now};
+use crate::wire::{
+    ChatCompletionRequest, CompletionRequest, MessageContent, PromptIn, SamplingFields, StopSpec,
+};
+
+/// The most choices (`n`) per prompt.
+pub const MAX_N: i64 = 16;
+/// The most choices one request may ask for, over all its prompts.
+pub const MAX_CHOICES: usize = 256;
+
+/// A request that passed validation: everything [`crate::generation`] needs.
+#[derive(Debug)]
+pub(crate) struct ValidRequest {
+    /// The response id (`chatcmpl-…`, `cmpl-…`).
+    pub(crate) id: String,
+    /// Unix seconds.
+    pub(crate) created: u64,
+    /// The served model's name.
+    pub(crate) model: String,
+    /// One per choice, in `index` order.
+    pub(crate) choices: Vec<ChoiceSpec>,
+    /// Prompt tokens, each distinct prompt counted once.
+    pub(crate) prompt_tokens: usize,
+    /// Stream over SSE.
+    pub(crate) stream: bool,
+    /// Send a usage chunk at the end of the stream.
+    pub(crate) include_usage: bool,
+    /// Logprobs asked for, with this many alternatives.
+    pub(crate) logprobs: Option<u32>,
+}
+
+/// One choice: its engine request and the stop strings to look for in its text.
+#[derive(Debug)]
+pub(crate) struct ChoiceSpec {
+    /// The choice's `index`.
+    pub(crate) index: u32,
+    /// The engine request (id `{response id}-{index}`).
+    pub(crate) request: EngineRequest,
+    /// Stop strings.
+    pub(crate) stop: Vec<String>,
+}
+
+/// Validates a chat request that arrived at `arrival` (monotonic seconds).
+pub(crate) fn chat(
+    state: &AppState,
+    req: &ChatCompletionRequest,
+    arrival: f64,
+) -> Result<ValidRequest, ApiError> {
+    check_model(state, &req.model)?;
+    refuse_tools(req)?;
+    if req.messages.is_empty() {
+        return Err(ApiError::invalid("messages", "must not be empty"));
+    }
+    let messages = req
+        .messages
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            Ok(ChatMessage::new(
+                m.role.clone(),
+                message_text(i, m.content.as_ref())?,
+            ))
+        })
+        .collect::<Result<Vec<_>, ApiError>>()?;
+    let logprobs = match (req.logprobs.unwrap_or(false), req.top_logprobs) {
+        (false, Some(_)) => {
+            return Err(ApiError::invalid(
+                "top_logprobs",
+                "needs `logprobs` set to true",
+            ));
+        }
+        (false, None) => None,
+        (true, top) => Some(top_logprobs("top_logprobs", top.unwrap_or(0))?),
+    };
+    let text = state.chat_template().render(&messages, true).map_err(|e| {
+        ApiError::invalid(
+            "messages",
+            format!("cannot be rendered by the chat template: {e}"),
+        )
+    })?;
+    let prompt = state
+        .tokenizer()
+        .encode(&text, false)
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let max_tokens = req.max_completion_tokens.or(req.sampling.max_tokens);
+    let id = state.new_id("chatcmpl");
+    build(
+        state,
+        id,
+        vec![prompt],
+        max_tokens,
+        &req.sampling,
+        logprobs,
+        arrival,
+    )
+}
+
+/// Validates a completion request that arrived at `arrival` (monotonic seconds).
+pub(crate) fn completion(
+    state: &AppState,
+    req: CompletionRequest,
+    arrival: f64,
+) -> Result<ValidRequest, ApiError> {
+    check_model(state, &req.model)?;
+    if req.echo.unwrap_or(false) {
+        return Err(ApiError::unsupported("echo", "`echo` is not supported"));
+    }
+    if req.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
+        return Err(ApiError::unsupported("suffix", "`suffix` is not supported"));
+    }
+    if req
+        .best_of
+        .is_some_and(|b| b != req.sampling.n.unwrap_or(1))
+    {
+        return Err(ApiError::unsupported(
+            "best_of",
+            "`best_of` other than `n` is not supported",
+        ));
+    }
+    let logprobs = req
+        .logprobs
+        .map(|n| top_logprobs("logprobs", n))
+        .transpose()?;
+    let encode = |text: &str| {
+        state
+            .tokenizer()
+            .encode(text, true)
+            .map_err(|e| ApiError::Internal(e.to_string()))
+    };
+    let prompts = match req.prompt {
+        PromptIn::Text(t) => vec![encode(&t)?],
+        PromptIn::Texts(ts) => ts.iter().map(|t| encode(t)).collect::<Result<_, _>>()?,
+        PromptIn::Tokens(ids) => vec![ids],
+        PromptIn::TokenLists(lists) => lists,
+    };
+    if prompts.is_empty() {
+        return Err(ApiError::invalid("prompt", "must not be empty"));
+    }
+    let vocab = state.tokenizer().vocab_size();
+    if let Some(bad) = prompts.iter().flatten().find(|&&t| t as usize >= vocab) {
+        return Err(ApiError::invalid(
+            "prompt",
+            format!("has token id {bad}, outside the vocabulary of {vocab} tokens"),
+        ));
+    }
+    let id = state.new_id("cmpl");
+    build(
+        state,
+        id,
+        prompts,
+        req.sampling.max_tokens,
+        &req.sampling,
+        logprobs,
+        arrival,
+    )
+}
+
+fn check_model(state: &AppState, model: &str) -> Result<(), ApiError> {
+    if model == state.model_name() {
+        Ok(())
+    } else {
+        Err(ApiError::ModelNotFound(model.to_owned()))
+    }
+}
+
+fn refuse_tools(req: &ChatCompletionRequest) -> Result<(), ApiError> {
+    let set = |v: &Option<serde_json::Value>| {
+        v.as_ref().is_some_and(|v| match v {
+            serde_json::Value::Null => false,
+            serde_json::Value::Array(a) => !a.is_empty(),
+            _ => true,
+        })
+    };
+    if set(&req.tools) {
+        return Err(ApiError::unsupported("tools", "tools are not supported"));
+    }
+    if set(&req.functions) {
+        return Err(ApiError::unsupported(
+            "functions",
+            "functions are not supported",
+        ));
+    }
+    if let Some(choice) = &req.tool_choice
+        && !(choice.is_null() || choice == "none")
+    {
+        return Err(ApiError::unsupported(
+            "tool_choice",
+            "tool_choice other than `none` is not supported",
+        ));
+    }
+    if let Some(format) = &req.response_format
+        && !(format.is_null() || format.get("type").is_some_and(|t| t == "text"))
+    {
+        return Err(ApiError::unsupported(
+            "response_format",
+            "response_format other than `text` is not supported",
+        ));
+    }
+    Ok(())
+}
+
+/// The text of message `i`: its string, or its text parts joined by newlines.
+fn message_text(i: usize, content: Option<&MessageContent>) -> Result<String, ApiError> {
+    match content {
+        None => Ok(String::new()),
+        Some(MessageContent::Text(t)) => Ok(t.clone()),
+        Some(MessageContent::Parts(parts)) => {
+            let mut texts = Vec::with_capacity(parts.len());
+            for part in parts {
+                match (part.kind.as_str(), &part.text) {
+                    ("text", Some(t)) => texts.push(t.as_str()),
+                    ("text", None) => {
+                        return Err(ApiError::invalid(
+                            format!("messages[{i}].content"),
+                            "has a text part without `text`",
+                        ));
+                    }
+                    (other, _) => {
+                        return Err(ApiError::unsupported(
+                            format!("messages[{i}].content"),
+                            format!(
+                                "content parts of type `{other}` are not supported; only `text`"
+                            ),
+                        ));
+                    }
+                }
+            }
+            Ok(texts.join("\n"))
+        }
+    }
+}
+
+fn top_logprobs(param: &'static str, n: i64) -> Result<u32, ApiError> {
+    u32::try_from(n)
+        .ok()
+        .filter(|&n| n <= MAX_TOP_LOGPROBS)
+        .ok_or_else(|| {
+            ApiError::invalid(
+                param,
+                format!("must be in [0, {MAX_TOP_LOGPROBS}], got {n}"),
+            )
+        })
+}
+
+/// Checks the shared fields and builds `n` engine requests per prompt.
+fn build(
+    state: &AppState,
+    id: String,
+    prompts: Vec<Vec<u32>>,
+    max_tokens: Option<i64>,
+    fields: &SamplingFields,
+    logprobs: Option<u32>,
+    arrival: f64,
+) -> Result<ValidRequest, ApiError> {
+    let n = fields.n.unwrap_or(1);
+    if !(1..=MAX_N).contains(&n) {
+        return Err(ApiError::invalid(
+            "n",
+            format!("must be in [1, {MAX_N}], got {n}"),
+        ));
+    }
+    let n = n as usize;
+    if prompts.len() * n > MAX_CHOICES {
+        return Err(ApiError::invalid(
+            "prompt",
+            format!("asks for more than {MAX_CHOICES} choices (prompts × n)"),
+        ));
+    }
+    if let Some(m) = max_tokens
+        && m < 1
+    {
+        return Err(ApiError::invalid(
+            "max_tokens",
+            format!("must be at least 1, got {m}"),
+        ));
+    }
+    let top_k = match fields.top_k {
+        None | Some(-1) => 0,
+        Some(k) => u32::try_from(k).map_err(|_| {
+            ApiError::invalid("top_k", format!("must be -1, 0 (off) or positive, got {k}"))
+        })?,
+    };
+    let defaults = SamplingParams::default();
+    let sampling = SamplingParams {
+        temperature: fields.temperature.unwrap_or(defaults.temperature),
+        top_p: fields.top_p.unwrap_or(defaults.top_p),
+        top_k,
+        min_p: fields.min_p.unwrap_or(defaults.min_p),
+        seed: fields.seed.map(|s| s as u64),
+        presence_penalty: fields.presence_penalty.unwrap_or(defaults.presence_penalty),
+        frequency_penalty: fields
+            .frequency_penalty
+            .unwrap_or(defaults.frequency_penalty),
+        repetition_penalty: fields
+            .repetition_penalty
+            .unwrap_or(defaults.repetition_penalty),
+        logprobs,
+    };
+    let stop = match &fields.stop {
+        None => Vec::new(),
+        Some(StopSpec::One(s)) => vec![s.clone()],
+        Some(StopSpec::Many(v)) => v.clone(),
+    };
+    let max_len = state.max_model_len();
+    let mut choices = Vec::with_capacity(prompts.len() * n);
+    let mut prompt_tokens = 0;
+    for prompt in prompts {
+        let len = prompt.len();
+        if len == 0 {
+            return Err(ApiError::invalid("prompt", "must not be empty"));
+        }
+        if len >= max_len {
+            return Err(ApiError::ContextLength(format!(
+                "this model's maximum context length is {max_len} tokens, and the prompt has \
+                 {len}; no room is left for output"
+            )));
+        }
+        let max_tokens = match max_tokens {
+            None => max_len - len,
+            Some(m) if len as i64 + m > max_len as i64 => {
+                return Err(ApiError::ContextLength(format!(
+                    "this model's maximum context length is {max_len} tokens; the prompt has \
+                     {len} and {m} more were asked for ({} in all)",
+                    len as i64 + m
+                )));
+            }
+            Some(m) => m as usize,
+        };
+        prompt_tokens += len;
+        for i in 0..n {
+            let index = choices.len();
+            let sampling = SamplingParams {
+                seed: sampling.seed.map(|s| s.wrapping_add(i as u64)),
+                ..sampling.clone()
+            };
+            let request = EngineRequest::builder(format!("{id}-{index}"), prompt.clone())
+                .sampling(sampling)
+                .stop(StopConditions {
+                    max_tokens: u32::try_from(max_tokens).unwrap_or(u32::MAX),
+                    stop_token_ids: Vec::new(),
+                    ignore_eos: fields.ignore_eos.unwrap_or(false),
+                })
+                .arrival_time(arrival)
+                .build()?;
+            choices.push(ChoiceSpec {
+                index: index as u32,
+                request,
+                stop: stop.clone(),
+            });
+        }
+    }
+    Ok(ValidRequest {
+        id,
+        created: unix_now(),
+        model: state.model_name().to_owned(),
+        choices,
+        prompt_tokens,
+        stream: fields.stream.unwrap_or(false),
+        include_usage: fields
+            .stream_options
+            .as_ref()
+            .and_then(|o| o.include_usage)
+            .unwrap_or(false),
+        logprobs,
+    })
+}

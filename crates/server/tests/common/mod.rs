@@ -1,0 +1,297 @@
+//! Shared setup of the server tests: an engine on the deterministic test executor, a small
+//! trained tokenizer and the ChatML template, wrapped in an [`AppState`].
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{HeaderMap, Request, StatusCode};
+use serde_json::Value;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tower::ServiceExt;
+use wayfinder_core::testing::{TestExecutor, TestExecutorConfig};
+use wayfinder_core::{EngineConfig, EngineHandle, EngineStats, SchedulerConfig};
+use wayfinder_model::chat_template::ChatTemplate;
+use wayfinder_model::synth::{CHATML_TEMPLATE, train_tokenizer};
+use wayfinder_model::tokenizer::Tokenizer;
+use wayfinder_server::{AppState, Limits, ServerParts, app};
+
+pub const MODEL: &str = "test-model";
+pub const BLOCK_SIZE: usize = 16;
+
+/// The tokenizer every test uses (trained once per test binary).
+pub fn tokenizer() -> Arc<Tokenizer> {
+    static TOKENIZER: OnceLock<Arc<Tokenizer>> = OnceLock::new();
+    TOKENIZER
+        .get_or_init(|| {
+            let inner = train_tokenizer(400).expect("the synthetic tokenizer trains");
+            Arc::new(Tokenizer::new(inner, None))
+        })
+        .clone()
+}
+
+/// The end-of-sequence ids: never produced by the test executor, so outputs run to length.
+pub fn eos_ids() -> Vec<u32> {
+    let t = tokenizer();
+    ["<|im_end|>", "<|endoftext|>"]
+        .iter()
+        .map(|s| t.token_to_id(s).expect("special token"))
+        .collect()
+}
+
+/// Knobs of a test server.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub step_delay: Duration,
+    pub max_num_seqs: usize,
+    pub max_waiting_requests: usize,
+    pub num_blocks: usize,
+    pub max_model_len: usize,
+    pub max_body_bytes: usize,
+    pub api_key: Option<String>,
+    pub shutdown_timeout: Duration,
+    /// Engine steps (from 1) on which the executor fails.
+    pub fail_on_steps: Vec<u64>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            step_delay: Duration::ZERO,
+            max_num_seqs: 8,
+            max_waiting_requests: 32,
+            num_blocks: 128,
+            max_model_len: 256,
+            max_body_bytes: 64 * 1024,
+            api_key: None,
+            shutdown_timeout: Duration::from_secs(10),
+            fail_on_steps: Vec::new(),
+        }
+    }
+}
+
+/// A server's state and its engine.
+#[derive(Debug, Clone)]
+pub struct TestServer {
+    pub state: AppState,
+    pub engine: EngineHandle,
+}
+
+impl TestServer {
+    pub fn new(options: &Options) -> Self {
+        let tokenizer = tokenizer();
+        let executor = TestExecutor::new(TestExecutorConfig {
+            vocab_size: tokenizer.vocab_size(),
+            num_slots: options.num_blocks * BLOCK_SIZE,
+            step_delay: options.step_delay,
+            avoid_tokens: eos_ids(),
+            fail_on_steps: options.fail_on_steps.clone(),
+        });
+        let engine = EngineHandle::spawn(
+            EngineConfig {
+                scheduler: SchedulerConfig {
+                    max_num_seqs: options.max_num_seqs,
+                    max_num_batched_tokens: 512,
+                    max_model_len: options.max_model_len,
+                    block_size: BLOCK_SIZE,
+                    num_blocks: options.num_blocks,
+                    ..SchedulerConfig::default()
+                },
+                eos_token_ids: eos_ids(),
+                seed: Some(7),
+            },
+            Box::new(executor),
+            None,
+        )
+        .expect("the engine starts");
+        let template = ChatTemplate::new(
+            Some(CHATML_TEMPLATE),
+            String::new(),
+            "<|im_end|>".to_owned(),
+        )
+        .expect("the template compiles");
+        let state = AppState::new(ServerParts {
+            engine: engine.clone(),
+            tokenizer,
+            chat_template: Arc::new(template),
+            model_name: MODEL.to_owned(),
+            max_model_len: options.max_model_len,
+            eos_token_ids: eos_ids(),
+            limits: Limits {
+                max_num_seqs: options.max_num_seqs,
+                max_waiting_requests: options.max_waiting_requests,
+                max_body_bytes: options.max_body_bytes,
+                shutdown_timeout: options.shutdown_timeout,
+            },
+            api_key: options.api_key.clone(),
+        });
+        Self { state, engine }
+    }
+
+    pub fn default_server() -> Self {
+        Self::new(&Options::default())
+    }
+
+    /// Sends one request in process.
+    pub async fn call(&self, request: Request<Body>) -> Reply {
+        let response = app(self.state.clone())
+            .oneshot(request)
+            .await
+            .expect("the router never fails");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .expect("the body is readable");
+        Reply {
+            status,
+            headers,
+            text: String::from_utf8(bytes.to_vec()).expect("utf-8 body"),
+        }
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> Reply {
+        self.call(post(path, body)).await
+    }
+
+    pub async fn get(&self, path: &str) -> Reply {
+        self.call(
+            Request::get(path)
+                .body(Body::empty())
+                .expect("valid request"),
+        )
+        .await
+    }
+
+    /// Waits (bounded) until the engine holds no request and every block is free.
+    pub async fn wait_idle(&self) -> EngineStats {
+        let mut stats = self.engine.stats().await.expect("engine up");
+        for _ in 0..500 {
+            if stats.num_running == 0
+                && stats.num_waiting == 0
+                && stats.num_free_blocks == stats.num_total_blocks
+            {
+                return stats;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            stats = self.engine.stats().await.expect("engine up");
+        }
+        panic!("the engine did not become idle: {stats:?}");
+    }
+}
+
+pub fn post(path: &str, body: &Value) -> Request<Body> {
+    Request::post(path)
+        .header("content-type", "application/json")
+        .body(Body::from(body.to_string()))
+        .expect("valid request")
+}
+
+/// A response, read whole.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub text: String,
+}
+
+impl Reply {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text))
+    }
+
+    /// Asserts an OpenAI error body with this status; returns `error`.
+    pub fn error(&self, status: StatusCode) -> Value {
+        assert_eq!(self.status, status, "{}", self.text);
+        let body = self.json();
+        let error = body["error"].clone();
+        for field in ["message", "type", "param", "code"] {
+            assert!(
+                error.get(field).is_some(),
+                "missing error.{field}: {}",
+                self.text
+            );
+        }
+        assert!(error["message"].as_str().is_some_and(|m| !m.is_empty()));
+        error
+    }
+
+    /// The `data:` payloads of an SSE body, in order.
+    pub fn sse_data(&self) -> Vec<String> {
+        sse_data(&self.text)
+    }
+}
+
+/// The `data:` payloads of an SSE body; asserts the framing (events end with a blank line).
+pub fn sse_data(text: &str) -> Vec<String> {
+    assert!(text.ends_with("\n\n"), "an SSE body ends with a blank line");
+    text.split("\n\n")
+        .filter(|e| !e.is_empty())
+        .map(|event| {
+            let data = event
+                .strip_prefix("data: ")
+                .unwrap_or_else(|| panic!("not a data event: {event:?}"));
+            assert!(!data.contains('\n'), "one line per event");
+            data.to_owned()
+        })
+        .collect()
+}
+
+/// The greedy output text of `prompt` continued by `n` tokens, as the engine should produce it.
+pub fn expected_text(prompt: &[u32], n: usize) -> String {
+    let t = tokenizer();
+    let executor = TestExecutor::new(TestExecutorConfig {
+        vocab_size: t.vocab_size(),
+        num_slots: 1,
+        avoid_tokens: eos_ids(),
+        ..TestExecutorConfig::default()
+    });
+    let ids = executor.expected_greedy(prompt, n);
+    t.decode(&ids, true).expect("decodes")
+}
+
+/// A server on a real socket with a shutdown trigger.
+pub struct Running {
+    pub server: TestServer,
+    pub addr: SocketAddr,
+    pub shutdown: Option<oneshot::Sender<()>>,
+    pub task: JoinHandle<std::io::Result<()>>,
+}
+
+impl Running {
+    pub async fn start(options: &Options) -> Self {
+        let server = TestServer::new(options);
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(wayfinder_server::run(
+            listener,
+            server.state.clone(),
+            async move {
+                let _ = rx.await;
+            },
+        ));
+        Self {
+            server,
+            addr,
+            shutdown: Some(tx),
+            task,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn post(&self, path: &str, body: &Value) -> reqwest::RequestBuilder {
+        reqwest::Client::new()
+            .post(self.url(path))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+    }
+}
