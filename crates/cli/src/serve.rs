@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
-use wayfinder_core::{EngineConfig, EngineHandle, SchedulerConfig};
+use wayfinder_core::{EngineConfig, EngineHandle, SamplingParams, SchedulerConfig};
 use wayfinder_model::{KvCacheSize, LoadOptions, ModelExecutor};
 use wayfinder_server::{AppState, Limits, ServerParts};
 
@@ -140,6 +140,7 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
             ..Limits::default()
         },
         api_key: args.api_key.clone().filter(|k| !k.is_empty()),
+        sampling_defaults: sampling_defaults(&model.generation),
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -220,6 +221,18 @@ pub(crate) fn parse_bytes(s: &str) -> Result<u64, String> {
         other => return Err(format!("unknown size unit {other:?} in {s:?}")),
     };
     Ok((value * scale as f64) as u64)
+}
+
+/// OpenAI's sampling defaults, overridden by the model's `generation_config.json`.
+fn sampling_defaults(g: &wayfinder_model::loader::GenerationDefaults) -> SamplingParams {
+    let base = SamplingParams::default();
+    SamplingParams {
+        temperature: g.temperature.unwrap_or(base.temperature),
+        top_p: g.top_p.unwrap_or(base.top_p),
+        top_k: g.top_k.unwrap_or(base.top_k),
+        repetition_penalty: g.repetition_penalty.unwrap_or(base.repetition_penalty),
+        ..base
+    }
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wayfinder_core::EngineHandle;
+use wayfinder_core::SamplingParams;
 use wayfinder_model::chat_template::ChatTemplate;
 use wayfinder_model::tokenizer::Tokenizer;
 
@@ -57,6 +58,9 @@ pub struct ServerParts {
     pub limits: Limits,
     /// When set, `/v1/*` needs `Authorization: Bearer <key>`.
     pub api_key: Option<String>,
+    /// Sampling values used where a request sets none: the model's `generation_config.json`
+    /// defaults over OpenAI's (as vLLM does).
+    pub sampling_defaults: SamplingParams,
 }
 
 /// Shared by every handler; cheap to clone.
@@ -109,6 +113,10 @@ impl AppState {
     /// The served model name.
     pub fn model_name(&self) -> &str {
         &self.inner.parts.model_name
+    }
+    /// Sampling values for fields a request leaves out.
+    pub fn sampling_defaults(&self) -> &SamplingParams {
+        &self.inner.parts.sampling_defaults
     }
     /// The longest request.
     pub fn max_model_len(&self) -> usize {

@@ -287,12 +287,13 @@ fn build(
         ));
     }
     let top_k = match fields.top_k {
-        None | Some(-1) => 0,
+        None => state.sampling_defaults().top_k,
+        Some(-1) => 0,
         Some(k) => u32::try_from(k).map_err(|_| {
             ApiError::invalid("top_k", format!("must be -1, 0 (off) or positive, got {k}"))
         })?,
     };
-    let defaults = SamplingParams::default();
+    let defaults = state.sampling_defaults();
     let sampling = SamplingParams {
         temperature: fields.temperature.unwrap_or(defaults.temperature),
         top_p: fields.top_p.unwrap_or(defaults.top_p),

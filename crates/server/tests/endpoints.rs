@@ -432,3 +432,27 @@ async fn engine_failures_are_500_or_an_sse_error_event() {
     assert_eq!(error["error"]["type"], "internal_error", "{error}");
     server.wait_idle().await;
 }
+
+#[tokio::test]
+async fn the_models_sampling_defaults_apply_where_a_request_sets_none() {
+    // A model whose generation_config.json asks for greedy decoding.
+    let server = TestServer::new(&Options {
+        sampling_defaults: wayfinder_core::SamplingParams::greedy(),
+        ..Options::default()
+    });
+    let ids = tokenizer().encode("The river", true).expect("encodes");
+    let reply = server
+        .post(
+            "/v1/completions",
+            &completion(&json!("The river"), &json!({"max_tokens": 6})),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    assert_eq!(reply.json()["choices"][0]["text"], expected_text(&ids, 6));
+    // A request's own value still wins: at temperature 2 with a seed the text differs.
+    let hot = json!({"max_tokens": 6, "temperature": 2.0, "seed": 5});
+    let reply = server
+        .post("/v1/completions", &completion(&json!("The river"), &hot))
+        .await;
+    assert_ne!(reply.json()["choices"][0]["text"], expected_text(&ids, 6));
+}

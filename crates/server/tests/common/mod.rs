@@ -57,6 +57,8 @@ pub struct Options {
     pub shutdown_timeout: Duration,
     /// Engine steps (from 1) on which the executor fails.
     pub fail_on_steps: Vec<u64>,
+    /// The model's sampling defaults.
+    pub sampling_defaults: wayfinder_core::SamplingParams,
 }
 
 impl Default for Options {
@@ -71,6 +73,7 @@ impl Default for Options {
             api_key: None,
             shutdown_timeout: Duration::from_secs(10),
             fail_on_steps: Vec::new(),
+            sampling_defaults: wayfinder_core::SamplingParams::default(),
         }
     }
 }
@@ -129,6 +132,7 @@ impl TestServer {
                 shutdown_timeout: options.shutdown_timeout,
             },
             api_key: options.api_key.clone(),
+            sampling_defaults: options.sampling_defaults.clone(),
         });
         Self { state, engine }
     }
