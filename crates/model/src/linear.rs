@@ -20,8 +20,9 @@ use crate::simd::{Element, Isa, dot};
 use crate::team::{SendPtr, Team};
 
 /// Up to this many rows, the streaming kernel beats packing for gemm (measured end to end on
-/// SmolLM2-135M: at 8 rows 127 vs 47 tok/s, at 32 rows even; at 512 rows gemm is 2.5× faster).
-pub const SMALL_M: usize = 32;
+/// SmolLM2-135M: at 8 rows 127 vs 47 tok/s; at 32 rows even in f32 and gemm 4 % ahead in bf16;
+/// at 512 rows gemm is 2.5× faster).
+pub const SMALL_M: usize = 16;
 
 /// Weight rows per parallel task in the streaming kernel (measured: 64 beats an even split of
 /// a few tasks per thread).
@@ -81,6 +82,7 @@ pub(crate) trait Wide {}
 #[cfg(not(target_arch = "x86_64"))]
 impl<T> Wide for T {}
 
+#[inline(always)]
 fn widen<E: Element>(src: &[E], dst: &mut [f32]) {
     for (d, s) in dst.iter_mut().zip(src) {
         *d = s.to_f32();
@@ -219,10 +221,10 @@ impl Linear {
                 let block: &[f32] = match &self.weight {
                     WeightData::F32(w) => &w[start * cols..(start + n) * cols],
                     WeightData::Bf16(w) => {
-                        widen_into(&w[start * cols..(start + n) * cols], &mut tile)
+                        widen_into(&w[start * cols..(start + n) * cols], &mut tile, self.isa)
                     }
                     WeightData::F16(w) => {
-                        widen_into(&w[start * cols..(start + n) * cols], &mut tile)
+                        widen_into(&w[start * cols..(start + n) * cols], &mut tile, self.isa)
                     }
                 };
                 // SAFETY: `start + n <= rows`, so every element written, `(i, start + j)` for
@@ -235,9 +237,9 @@ impl Linear {
 }
 
 /// Widens `src` into `buf` (resized) and returns it.
-fn widen_into<'a, E: Element>(src: &[E], buf: &'a mut Vec<f32>) -> &'a [f32] {
+fn widen_into<'a, E: Element>(src: &[E], buf: &'a mut Vec<f32>, isa: Isa) -> &'a [f32] {
     buf.resize(src.len(), 0.0);
-    widen(src, buf);
+    dispatch!(isa, || widen(src, buf));
     buf
 }
 

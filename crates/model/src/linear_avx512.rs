@@ -156,7 +156,9 @@ unsafe fn tile<E: WideLoad, const R: usize, const M: usize>(
                 // Ask for the weights a little ahead: rows are short, so the hardware
                 // prefetcher barely ramps up within one. Past a row's end is the next row,
                 // which the next tile reads; a prefetch never faults.
-                _mm_prefetch::<_MM_HINT_T0>(wp[r].add(kk).cast::<i8>().wrapping_add(E::PREFETCH_BYTES));
+                _mm_prefetch::<_MM_HINT_T0>(
+                    wp[r].add(kk).cast::<i8>().wrapping_add(E::PREFETCH_BYTES),
+                );
                 let wv = E::load(wp[r].add(kk));
                 for i in 0..M {
                     acc[r][i] = _mm512_fmadd_ps(wv, xv[i], acc[r][i]);
