@@ -182,6 +182,14 @@ pub fn load(dir: &Path, options: &LoadOptions) -> Result<Model, ModelError> {
     let max_model_len = options
         .max_model_len
         .unwrap_or(config.max_position_embeddings);
+    if max_model_len > config.max_position_embeddings {
+        return Err(ModelError::InvalidConfig(format!(
+            "max_model_len {max_model_len} exceeds the model's context of {} tokens \
+             (max_position_embeddings in {})",
+            config.max_position_embeddings,
+            dir.join("config.json").display()
+        )));
+    }
     let decoder = Decoder::load(config.clone(), &weights, dtype, max_model_len)?;
     weights.finish();
 

@@ -182,24 +182,31 @@ impl Drop for Team {
 fn member(s: &Shared, tid: usize) {
     let mut seen = 0;
     loop {
-        let mut idle = Instant::now();
+        // Spin for a while after each job (the next one usually follows within microseconds),
+        // then park until woken; a timed-out park goes straight back to parking, so an idle
+        // team costs nothing.
+        let idle = Instant::now();
         let mut spins = 0u32;
+        let mut spinning = true;
         let epoch = loop {
             let e = s.epoch.load(Ordering::Acquire);
             if e != seen {
                 break e;
             }
-            std::hint::spin_loop();
-            spins += 1;
-            if spins.is_multiple_of(1024) && idle.elapsed() > SPIN {
-                // SeqCst pairs with `run`'s bump-then-check: one of the two sees the other.
-                s.parked[tid].store(true, Ordering::SeqCst);
-                if s.epoch.load(Ordering::SeqCst) == seen {
-                    std::thread::park_timeout(Duration::from_millis(100));
+            if spinning {
+                std::hint::spin_loop();
+                spins += 1;
+                if spins.is_multiple_of(1024) && idle.elapsed() > SPIN {
+                    spinning = false;
                 }
-                s.parked[tid].store(false, Ordering::Release);
-                idle = Instant::now();
+                continue;
             }
+            // SeqCst pairs with `run`'s bump-then-check: one of the two sees the other.
+            s.parked[tid].store(true, Ordering::SeqCst);
+            if s.epoch.load(Ordering::SeqCst) == seen {
+                std::thread::park_timeout(Duration::from_millis(100));
+            }
+            s.parked[tid].store(false, Ordering::SeqCst);
         };
         seen = epoch;
         if s.stop.load(Ordering::Acquire) {

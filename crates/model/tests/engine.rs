@@ -157,3 +157,29 @@ fn the_demo_model_is_written_once_and_generates() {
     assert_eq!(tokens.len(), 8);
     e.shutdown();
 }
+
+#[test]
+fn a_max_model_len_beyond_the_models_context_is_refused_before_loading_weights() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_model(
+        dir.path(),
+        &SynthSpec::tiny(Architecture::Llama),
+        1,
+        Dtype::F32,
+        None,
+    )
+    .expect("write");
+    let err = wayfinder_model::load(
+        dir.path(),
+        &LoadOptions {
+            dtype: None,
+            max_model_len: Some(1 << 30),
+        },
+    )
+    .expect_err("beyond max_position_embeddings");
+    let text = err.to_string();
+    assert!(
+        text.contains("max_position_embeddings") && text.contains("config.json"),
+        "{text}"
+    );
+}
