@@ -24,6 +24,11 @@ use crate::team::{SendPtr, Team};
 /// at 512 rows gemm is 2.5× faster).
 pub const SMALL_M: usize = 16;
 
+/// Up to this many rows, bf16 weights use the bf16 dot-product kernel; beyond, widening for
+/// gemm's packed kernels wins (measured on SmolLM2-135M: 32 sequences 236 → 313 tok/s, a
+/// 512-token prefill 412 → 314 tok/s with the dot kernel).
+const BF16_DOT_MAX_M: usize = 64;
+
 /// Weight rows per parallel task in the streaming kernel (measured: 64 beats an even split of
 /// a few tasks per thread).
 const ROWS_PER_TASK: usize = 64;
@@ -97,6 +102,8 @@ pub struct Linear {
     cols: usize,
     bias: Option<Vec<f32>>,
     isa: Isa,
+    /// The CPU has AVX-512 BF16 dot products.
+    bf16_dot: bool,
 }
 
 impl Linear {
@@ -115,6 +122,7 @@ impl Linear {
             cols,
             bias,
             isa: Isa::detect(),
+            bf16_dot: bf16_dot_available(),
         }
     }
 
@@ -204,6 +212,30 @@ impl Linear {
         assert_eq!(y.len(), m * rows);
         let out = SendPtr(y.as_mut_ptr());
         let members = team.size();
+        #[cfg(target_arch = "x86_64")]
+        if let (WeightData::Bf16(w), true) = (&self.weight, self.bf16_dot && m <= BF16_DOT_MAX_M) {
+            // bf16 weights on a CPU with bf16 dot products: round the inputs to bf16 once (as
+            // llama.cpp does) and multiply at twice f32's rate, without widening weights.
+            let xb: Vec<bf16> = x.iter().map(|&v| bf16::from_f32(v)).collect();
+            team.run(&|tid| {
+                let bound = |t: usize| (rows * t / members).next_multiple_of(16).min(rows);
+                let (j0, j1) = (bound(tid), bound(tid + 1));
+                let out = &out;
+                // SAFETY: `has_bf16_dot` held at construction; rows `j0..j1` of every output
+                // row are inside `y` and owned by this member alone.
+                unsafe {
+                    crate::linear_avx512::bf16_dot_rows(
+                        &w[j0 * cols..j1 * cols],
+                        cols,
+                        &xb,
+                        m,
+                        out.0.add(j0),
+                        rows,
+                    );
+                }
+            });
+            return;
+        }
         team.run(&|tid| {
             // Split on multiples of 16 outputs so that members write whole cache lines.
             let bound = |t: usize| (rows * t / members).next_multiple_of(16).min(rows);
@@ -233,6 +265,17 @@ impl Linear {
                 unsafe { gemm_xwt(m, n, cols, x, block, out.0.add(start), rows) };
             }
         });
+    }
+}
+
+fn bf16_dot_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        crate::linear_avx512::has_bf16_dot()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
     }
 }
 

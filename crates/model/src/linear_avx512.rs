@@ -183,3 +183,105 @@ unsafe fn tile<E: WideLoad, const R: usize, const M: usize>(
         }
     }
 }
+
+/// Whether this CPU has the AVX-512 BF16 dot-product instructions.
+pub(crate) fn has_bf16_dot() -> bool {
+    std::arch::is_x86_feature_detected!("avx512bf16")
+        && std::arch::is_x86_feature_detected!("avx512bw")
+}
+
+/// `y[i · ldy + r] = Σ_k x[i, k] · w[r, k]` for every weight row `r` of `w` (rows of `k`) and
+/// input row `i < m`, with bf16 inputs and weights and f32 accumulation (`vdpbf16ps`: 32
+/// multiply-adds per instruction, twice f32 FMA's rate).
+///
+/// # Safety
+/// The CPU must have AVX-512F/BW/BF16 ([`has_bf16_dot`]); `y` must be valid for writes at every
+/// `i · ldy + r` and not accessed by anyone else meanwhile.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+pub(crate) unsafe fn bf16_dot_rows(
+    w: &[bf16],
+    k: usize,
+    x: &[bf16],
+    m: usize,
+    y: *mut f32,
+    ldy: usize,
+) {
+    let rows = w.len() / k;
+    debug_assert_eq!(x.len(), m * k);
+    for r0 in (0..rows).step_by(4) {
+        let nr = (rows - r0).min(4);
+        for i0 in (0..m).step_by(4) {
+            let ni = (m - i0).min(4);
+            // SAFETY: tiles stay inside `w` and `x`; the caller vouches for `y`.
+            unsafe {
+                match (nr, ni) {
+                    (4, 4) => dp_tile::<4, 4>(w, k, x, y, ldy, r0, i0),
+                    (4, 3) => dp_tile::<4, 3>(w, k, x, y, ldy, r0, i0),
+                    (4, 2) => dp_tile::<4, 2>(w, k, x, y, ldy, r0, i0),
+                    (4, 1) => dp_tile::<4, 1>(w, k, x, y, ldy, r0, i0),
+                    (nr, ni) => {
+                        for r in r0..r0 + nr {
+                            for i in i0..i0 + ni {
+                                dp_tile::<1, 1>(w, k, x, y, ldy, r, i);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)] // an inlined microkernel; a struct would cost registers
+unsafe fn dp_tile<const R: usize, const M: usize>(
+    w: &[bf16],
+    k: usize,
+    x: &[bf16],
+    y: *mut f32,
+    ldy: usize,
+    r0: usize,
+    i0: usize,
+) {
+    // SAFETY (whole body): pointers are offsets of in-bounds rows; loads stay within a row of
+    // `k` (the tail is masked); stores go where the caller allows.
+    unsafe {
+        let load = |p: *const bf16| -> __m512bh {
+            std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(p.cast()))
+        };
+        let load_tail = |p: *const bf16, n: usize| -> __m512bh {
+            let mask = if n >= 32 { u32::MAX } else { (1u32 << n) - 1 };
+            std::mem::transmute::<__m512i, __m512bh>(_mm512_maskz_loadu_epi16(mask, p.cast()))
+        };
+        let wp: [*const bf16; R] = std::array::from_fn(|r| w.as_ptr().add((r0 + r) * k));
+        let xp: [*const bf16; M] = std::array::from_fn(|i| x.as_ptr().add((i0 + i) * k));
+        let mut acc = [[_mm512_setzero_ps(); M]; R];
+        let full = k / 32 * 32;
+        let mut kk = 0;
+        while kk < full {
+            let xv: [__m512bh; M] = std::array::from_fn(|i| load(xp[i].add(kk)));
+            for r in 0..R {
+                let wv = load(wp[r].add(kk));
+                for i in 0..M {
+                    acc[r][i] = _mm512_dpbf16_ps(acc[r][i], wv, xv[i]);
+                }
+            }
+            kk += 32;
+        }
+        if kk < k {
+            let n = k - kk;
+            let xv: [__m512bh; M] = std::array::from_fn(|i| load_tail(xp[i].add(kk), n));
+            for r in 0..R {
+                let wv = load_tail(wp[r].add(kk), n);
+                for i in 0..M {
+                    acc[r][i] = _mm512_dpbf16_ps(acc[r][i], wv, xv[i]);
+                }
+            }
+        }
+        for (r, row) in acc.iter().enumerate() {
+            for (i, &a) in row.iter().enumerate() {
+                *y.add((i0 + i) * ldy + r0 + r) = _mm512_reduce_add_ps(a);
+            }
+        }
+    }
+}
