@@ -153,7 +153,7 @@ impl SynthSpec {
             "hidden_act": "silu",
             "bos_token_id": bos,
             "eos_token_id": eos,
-            "torch_dtype": match dtype { Dtype::F32 => "float32", Dtype::Bf16 => "bfloat16", Dtype::F16 => "float16" },
+            "torch_dtype": dtype.torch_name(),
         });
         if let Some(hd) = self.head_dim {
             c["head_dim"] = json!(hd);
@@ -258,11 +258,7 @@ fn write_weights(
         let mut bytes = Vec::with_capacity(n * 4);
         for _ in 0..n {
             let v = init.sample(&mut rng);
-            match dtype {
-                Dtype::F32 => bytes.extend(v.to_le_bytes()),
-                Dtype::Bf16 => bytes.extend(half::bf16::from_f32(v).to_le_bytes()),
-                Dtype::F16 => bytes.extend(half::f16::from_f32(v).to_le_bytes()),
-            }
+            dtype.encode_le(v, &mut bytes);
         }
         if shard_bytes.is_some_and(|limit| current > 0 && current + bytes.len() > limit) {
             shards.push(Vec::new());
@@ -274,11 +270,7 @@ fn write_weights(
             .expect("one shard at least")
             .push((name, shape, bytes));
     }
-    let st_dtype = match dtype {
-        Dtype::F32 => safetensors::Dtype::F32,
-        Dtype::Bf16 => safetensors::Dtype::BF16,
-        Dtype::F16 => safetensors::Dtype::F16,
-    };
+    let st_dtype = dtype.safetensors();
     let count = shards.len();
     let mut weight_map = serde_json::Map::new();
     for (i, shard) in shards.iter().enumerate() {

@@ -48,6 +48,38 @@ impl Dtype {
         }
     }
 
+    /// The `torch_dtype` spelling in `config.json`.
+    pub fn torch_name(self) -> &'static str {
+        match self {
+            Self::F32 => "float32",
+            Self::Bf16 => "bfloat16",
+            Self::F16 => "float16",
+        }
+    }
+
+    pub(crate) fn safetensors(self) -> safetensors::Dtype {
+        match self {
+            Self::F32 => safetensors::Dtype::F32,
+            Self::Bf16 => safetensors::Dtype::BF16,
+            Self::F16 => safetensors::Dtype::F16,
+        }
+    }
+
+    fn from_safetensors(d: safetensors::Dtype) -> Option<Self> {
+        [Self::F32, Self::Bf16, Self::F16]
+            .into_iter()
+            .find(|t| t.safetensors() == d)
+    }
+
+    /// Appends `v` in this dtype, little-endian.
+    pub(crate) fn encode_le(self, v: f32, out: &mut Vec<u8>) {
+        match self {
+            Self::F32 => out.extend(v.to_le_bytes()),
+            Self::Bf16 => out.extend(bf16::from_f32(v).to_le_bytes()),
+            Self::F16 => out.extend(f16::from_f32(v).to_le_bytes()),
+        }
+    }
+
     fn candle(self) -> DType {
         match self {
             Self::F32 => DType::F32,
@@ -217,13 +249,9 @@ impl WeightLoader {
         let mut counts: HashMap<Dtype, usize> = HashMap::new();
         for (_, st) in &self.files {
             for (_, view) in st.tensors() {
-                let d = match view.dtype() {
-                    safetensors::Dtype::F32 => Dtype::F32,
-                    safetensors::Dtype::BF16 => Dtype::Bf16,
-                    safetensors::Dtype::F16 => Dtype::F16,
-                    _ => continue,
-                };
-                *counts.entry(d).or_default() += 1;
+                if let Some(d) = Dtype::from_safetensors(view.dtype()) {
+                    *counts.entry(d).or_default() += 1;
+                }
             }
         }
         counts.into_iter().max_by_key(|(_, n)| *n).map(|(d, _)| d)
