@@ -1,16 +1,20 @@
 //! Linear layers: `y = x · Wᵀ + b` over a whole step's tokens at once.
 //!
 //! Weights stay in the checkpoint's layout (`[out, in]`, row-major) and in the dtype chosen at
-//! load time (f32, bf16 or f16); activations are f32. Two kernels, chosen by the number of rows
-//! `m` of `x`:
+//! load time (f32, bf16 or f16); activations are f32. The kernel depends on the number of rows
+//! `m` of `x` (thresholds measured, see `docs/BENCHMARKS.md`):
 //!
-//! - **few rows** (decode-heavy steps, `m <= SMALL_M`): every output is a dot product of a weight
-//!   row with each input row. The weight matrix is streamed once from memory, widened to f32 on
-//!   the fly, and the rows are split across threads. This is memory-bound, so reading bf16/f16
-//!   weights halves its time against f32.
-//! - **many rows** (prefill chunks, large batches): the `gemm` crate's packed, multi-threaded
-//!   f32 kernel. Half-precision weights are widened tile by tile into a scratch buffer first;
-//!   against `2·m` flops per weight that conversion is noise.
+//! - **few rows** (decode steps, `m <= SMALL_M`): the weight matrix is streamed once from memory,
+//!   with software prefetch, through a 4×4 register-tiled kernel (`linear_avx512.rs`; a
+//!   portable dot-product loop elsewhere) that widens bf16/f16 to f32 in registers. This is
+//!   memory-bound, so bf16/f16 weights nearly halve its time against f32.
+//! - **bf16 weights, up to `BF16_DOT_MAX_M` rows**, on CPUs with AVX-512 BF16: inputs rounded to
+//!   bf16 once, products with `vdpbf16ps`.
+//! - **many rows** (prefill chunks): the `gemm` crate's f32 kernels, each team member on its own
+//!   block of output features. Half-precision weights are widened tile by tile into the
+//!   member's scratch first; against `2·m` flops per weight that conversion is noise.
+//!
+//! Every kernel splits its work over the executor's [`Team`].
 
 use gemm::Parallelism;
 use half::{bf16, f16};
@@ -218,8 +222,7 @@ impl Linear {
             // llama.cpp does) and multiply at twice f32's rate, without widening weights.
             let xb: Vec<bf16> = x.iter().map(|&v| bf16::from_f32(v)).collect();
             team.run(&|tid| {
-                let bound = |t: usize| (rows * t / members).next_multiple_of(16).min(rows);
-                let (j0, j1) = (bound(tid), bound(tid + 1));
+                let (j0, j1) = member_rows(rows, members, tid);
                 let out = &out;
                 // SAFETY: `has_bf16_dot` held at construction; rows `j0..j1` of every output
                 // row are inside `y` and owned by this member alone.
@@ -237,9 +240,7 @@ impl Linear {
             return;
         }
         team.run(&|tid| {
-            // Split on multiples of 16 outputs so that members write whole cache lines.
-            let bound = |t: usize| (rows * t / members).next_multiple_of(16).min(rows);
-            let (j0, j1) = (bound(tid), bound(tid + 1));
+            let (j0, j1) = member_rows(rows, members, tid);
             let out = &out;
             let mut tile = Vec::new();
             // f32 weights need no widening: one product for the member's whole block, so that
@@ -266,6 +267,13 @@ impl Linear {
             }
         });
     }
+}
+
+/// The output features (weight rows) member `tid` of `members` computes: contiguous, split on
+/// multiples of 16 so that members write whole cache lines.
+fn member_rows(rows: usize, members: usize, tid: usize) -> (usize, usize) {
+    let bound = |t: usize| (rows * t / members).next_multiple_of(16).min(rows);
+    (bound(tid), bound(tid + 1))
 }
 
 fn bf16_dot_available() -> bool {
