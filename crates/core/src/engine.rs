@@ -20,7 +20,10 @@ use tokio::sync::mpsc::UnboundedSender;
 use crate::clock::monotonic_now;
 use crate::executor::{Batch, Executor, ExecutorError, Logits};
 use crate::handle::{Command, EngineStats};
-use crate::journey::{JourneyEvent, JourneyEventKind, JourneyFields, JourneyObserver};
+use crate::journey::{
+    JourneyEvent, JourneyEventKind, JourneyFields, JourneyObserver, StepDetail, StepReport,
+    StepRequest,
+};
 use crate::output::{FinishedOutput, RequestOutput, TokenOutput, Usage};
 use crate::request::EngineRequest;
 use crate::sampling::Sampler;
@@ -64,6 +67,8 @@ pub(crate) struct EngineLoop {
     seeds: StdRng,
     sampler: Sampler,
     batch: Batch,
+    /// Requests that ended since the current step began (for step reports).
+    finished_in_step: usize,
 }
 
 impl EngineLoop {
@@ -85,6 +90,7 @@ impl EngineLoop {
                 .map_or_else(StdRng::from_os_rng, StdRng::seed_from_u64),
             sampler: Sampler::default(),
             batch: Batch::default(),
+            finished_in_step: 0,
         })
     }
 
@@ -207,12 +213,23 @@ impl EngineLoop {
 
     fn step(&mut self) {
         let now = monotonic_now();
+        let next_step = self.scheduler.num_steps() + 1;
+        let detail = self
+            .observer
+            .as_mut()
+            .map_or(StepDetail::Skip, |o| o.step_detail(next_step));
+        self.finished_in_step = 0;
         let out = self.scheduler.schedule(now);
         self.journey_transitions(&out, now);
         if out.scheduled.is_empty() {
             debug_assert!(false, "a step with live requests scheduled nothing");
             return;
         }
+        let step_requests = if detail == StepDetail::Skip {
+            Vec::new()
+        } else {
+            self.step_requests(&out)
+        };
         let mut batch = std::mem::take(&mut self.batch);
         batch.fill(&out, &self.scheduler);
         let result = self.executor.execute(&batch).and_then(|logits| {
@@ -240,6 +257,63 @@ impl EngineLoop {
             }
         }
         self.batch = batch;
+        if detail != StepDetail::Skip {
+            self.report_step(&out, detail, now, &step_requests);
+        }
+    }
+
+    /// The step's requests as scheduled (before it ran).
+    fn step_requests(&self, out: &SchedulerOutput) -> Vec<StepRequest> {
+        let blocks = self.scheduler.block_manager();
+        out.scheduled
+            .iter()
+            .filter_map(|s| {
+                let seq = self.scheduler.get(s.id)?;
+                Some(StepRequest {
+                    seq_id: s.id,
+                    request_id: seq.request_id().to_owned(),
+                    phase: seq.phase(),
+                    num_prompt_tokens: seq.num_prompt_tokens(),
+                    num_computed_tokens: seq.num_computed_tokens(),
+                    num_output_tokens: seq.num_output_tokens(),
+                    num_preemptions: seq.num_preemptions(),
+                    scheduled_tokens: s.num_new_tokens,
+                    kv_blocks: blocks.block_table(s.id).map_or(0, <[_]>::len),
+                })
+            })
+            .collect()
+    }
+
+    fn report_step(
+        &mut self,
+        out: &SchedulerOutput,
+        detail: StepDetail,
+        start: f64,
+        requests: &[StepRequest],
+    ) {
+        let Some(observer) = self.observer.as_mut() else {
+            return;
+        };
+        let prefill = requests.iter().filter(|r| r.phase == Phase::Prefill);
+        let decode = requests.iter().filter(|r| r.phase != Phase::Prefill);
+        let blocks = self.scheduler.block_manager();
+        observer.on_step(&StepReport {
+            step: out.step,
+            detail,
+            start,
+            end: monotonic_now(),
+            running_depth: self.scheduler.num_running(),
+            waiting_depth: self.scheduler.num_waiting(),
+            num_prefill_reqs: prefill.clone().count(),
+            num_decode_reqs: decode.clone().count(),
+            prefill_tokens: prefill.map(|r| r.scheduled_tokens).sum(),
+            decode_tokens: decode.map(|r| r.scheduled_tokens).sum(),
+            num_finished: self.finished_in_step,
+            num_preempted: out.preempted.len(),
+            kv_blocks_total: blocks.num_total_blocks(),
+            kv_blocks_free: blocks.num_free_blocks(),
+            requests,
+        });
     }
 
     fn sample_and_emit(&mut self, batch: &Batch, mut logits: Logits) {
@@ -342,6 +416,7 @@ impl EngineLoop {
         error: Option<String>,
         client: &Client,
     ) {
+        self.finished_in_step += 1;
         let now = seq.timestamps().finished.unwrap_or_else(monotonic_now);
         journey(
             &mut self.observer,

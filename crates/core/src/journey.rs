@@ -100,8 +100,87 @@ pub struct JourneyEvent<'a> {
     pub fields: JourneyFields,
 }
 
+/// How much an observer wants to hear about one scheduler step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StepDetail {
+    /// Nothing (the default): the engine builds no report.
+    #[default]
+    Skip,
+    /// A [`StepReport`] with the batch's figures and its requests' ids.
+    Summary,
+    /// The same; the observer also wants each request's snapshot.
+    Rich,
+}
+
+/// One request of a reported step, as it was when the step was scheduled.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepRequest {
+    /// The engine's id.
+    pub seq_id: SeqId,
+    /// The client's request id.
+    pub request_id: String,
+    /// `PREFILL` or `DECODE` in this step.
+    pub phase: Phase,
+    /// Prompt length.
+    pub num_prompt_tokens: usize,
+    /// Tokens whose KV was computed before this step.
+    pub num_computed_tokens: usize,
+    /// Output tokens before this step.
+    pub num_output_tokens: usize,
+    /// Preemptions so far.
+    pub num_preemptions: u32,
+    /// Tokens computed for it in this step.
+    pub scheduled_tokens: usize,
+    /// KV blocks it holds.
+    pub kv_blocks: usize,
+}
+
+/// What happened in one scheduler step, for step tracing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepReport<'a> {
+    /// The step's number (`scheduler.step` of events in it).
+    pub step: u64,
+    /// What the observer asked for.
+    pub detail: StepDetail,
+    /// When the step began and ended (engine monotonic seconds).
+    pub start: f64,
+    /// When it ended.
+    pub end: f64,
+    /// Requests running as the step ended.
+    pub running_depth: usize,
+    /// Requests waiting as the step ended.
+    pub waiting_depth: usize,
+    /// Requests prefilling in this step.
+    pub num_prefill_reqs: usize,
+    /// Requests decoding in this step.
+    pub num_decode_reqs: usize,
+    /// Prompt tokens computed.
+    pub prefill_tokens: usize,
+    /// Decode tokens computed.
+    pub decode_tokens: usize,
+    /// Requests that finished in this step.
+    pub num_finished: usize,
+    /// Requests preempted in this step.
+    pub num_preempted: usize,
+    /// KV blocks in the pool.
+    pub kv_blocks_total: usize,
+    /// KV blocks free after the step.
+    pub kv_blocks_free: usize,
+    /// The step's requests.
+    pub requests: &'a [StepRequest],
+}
+
 /// Receives journey events on the engine thread. Must be quick: it runs inside the step.
 pub trait JourneyObserver: Send {
     /// Called for every journey event, in order.
     fn on_event(&mut self, event: &JourneyEvent<'_>);
+
+    /// Called as step `step` begins: how much to report about it. Default: nothing.
+    fn step_detail(&mut self, _step: u64) -> StepDetail {
+        StepDetail::Skip
+    }
+
+    /// Called as a step ends, when [`JourneyObserver::step_detail`] asked for it, after the
+    /// step's journey events.
+    fn on_step(&mut self, _report: &StepReport<'_>) {}
 }

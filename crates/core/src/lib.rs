@@ -42,7 +42,10 @@ pub mod testing;
 pub use engine::{EngineConfig, EngineError, EngineHandle, RequestStream};
 pub use executor::{Batch, BatchSeq, Executor, ExecutorError, Logits};
 pub use handle::EngineStats;
-pub use journey::{JourneyEvent, JourneyEventKind, JourneyFields, JourneyObserver};
+pub use journey::{
+    JourneyEvent, JourneyEventKind, JourneyFields, JourneyObserver, StepDetail, StepReport,
+    StepRequest,
+};
 pub use output::{FinishedOutput, RequestOutput, TokenOutput, Usage};
 pub use request::{Carrier, EngineRequest, InvalidRequest, SamplingParams, StopConditions};
 pub use scheduler::{PreemptReason, ScheduleKind, SchedulerConfig, SchedulingPolicy};

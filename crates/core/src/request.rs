@@ -213,6 +213,10 @@ impl EngineRequest {
     pub fn carrier(&self) -> &Carrier {
         &self.carrier
     }
+    /// Replaces the trace-context carrier (the API layer injects its span's context).
+    pub fn set_carrier(&mut self, carrier: Carrier) {
+        self.carrier = carrier;
+    }
     pub(crate) fn take_carrier(&mut self) -> Carrier {
         std::mem::take(&mut self.carrier)
     }

@@ -54,7 +54,10 @@ pub enum ApiError {
     /// The engine is not running (shut down or died) or the request was aborted by shutdown.
     #[error("{0}")]
     Unavailable(String),
-    /// The engine or the tokenizer failed.
+    /// The engine failed while generating (an executor error).
+    #[error("{0}")]
+    Generation(String),
+    /// The tokenizer or the server itself failed.
     #[error("{0}")]
     Internal(String),
 }
@@ -92,7 +95,26 @@ impl ApiError {
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Generation(_) | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The journey contract's `reason` for a request that ended with this error.
+    pub fn journey_reason(&self) -> &'static str {
+        use wayfinder_trace::names::reason;
+        match self {
+            Self::Json(_)
+            | Self::Invalid { .. }
+            | Self::Unsupported { .. }
+            | Self::ContextLength(_)
+            | Self::ModelNotFound(_)
+            | Self::RouteNotFound(_)
+            | Self::MethodNotAllowed(_)
+            | Self::Unauthorized => reason::VALIDATION_ERROR,
+            Self::Overloaded(_) => reason::OVERLOADED,
+            Self::Unavailable(_) => reason::ENGINE_UNAVAILABLE,
+            Self::Generation(_) => reason::GENERATION_ERROR,
+            Self::Internal(_) => reason::INTERNAL_ERROR,
         }
     }
 
@@ -126,7 +148,7 @@ impl ApiError {
             Self::Unauthorized => ("invalid_request_error", None, Some("invalid_api_key")),
             Self::Overloaded(_) => ("rate_limit_error", None, Some("too_many_requests")),
             Self::Unavailable(_) => ("service_unavailable", None, None),
-            Self::Internal(_) => ("internal_error", None, None),
+            Self::Generation(_) | Self::Internal(_) => ("internal_error", None, None),
         };
         ErrorBody {
             error: ErrorDetail {

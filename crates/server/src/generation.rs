@@ -1,20 +1,21 @@
 //! One API request in flight: its `n` engine requests fanned out and merged back, text out of
-//! tokens, stop strings, logprobs, usage, and the request's journey milestones.
+//! tokens, stop strings, logprobs, usage, and the request's [`Journey`].
 //!
-//! A [`Generation`] owns the engine's [`wayfinder_core::RequestStream`]s and the in-flight
-//! permit. Whoever holds it (the handler future, or the SSE body stream) dropping it — a client
-//! that went away — aborts every engine request and frees their KV blocks.
+//! A [`Generation`] owns the engine's [`wayfinder_core::RequestStream`]s, the in-flight permit
+//! and the journey. Whoever holds it (the handler future, or the SSE body stream) dropping it —
+//! a client that went away — aborts every engine request, frees their KV blocks, and ends the
+//! journey with `client_disconnect` unless it departed or failed first.
 
 use std::pin::Pin;
 
 use futures_util::stream::{self, SelectAll, Stream, StreamExt};
 use tokio::sync::OwnedSemaphorePermit;
-use wayfinder_core::clock::monotonic_now;
 use wayfinder_core::{EngineError, FinishStatus, RequestOutput, TokenOutput};
 use wayfinder_model::stop::StopMatcher;
 use wayfinder_model::tokenizer::IncrementalDetokenizer;
 
 use crate::error::ApiError;
+use crate::journey::Journey;
 use crate::state::AppState;
 use crate::validation::ValidRequest;
 use crate::wire::UsageOut;
@@ -67,6 +68,7 @@ pub(crate) struct Generation {
     outputs: SelectAll<OutputStream>,
     prompt_tokens: usize,
     logprobs: bool,
+    model: String,
     journey: Journey,
     _permit: OwnedSemaphorePermit,
 }
@@ -74,7 +76,7 @@ pub(crate) struct Generation {
 impl std::fmt::Debug for Generation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Generation")
-            .field("id", &self.journey.id)
+            .field("id", &self.journey.id())
             .field("choices", &self.choices.len())
             .finish_non_exhaustive()
     }
@@ -91,28 +93,42 @@ struct Choice {
 }
 
 impl Generation {
-    /// Admits the request (or 429) and hands its engine requests to the engine.
-    pub(crate) fn start(state: &AppState, valid: ValidRequest) -> Result<Self, ApiError> {
-        let permit = state.admit(valid.choices.len())?;
-        let arrival = valid
-            .choices
-            .first()
-            .map_or_else(monotonic_now, |c| c.request.arrival_time());
-        let mut journey = Journey::arrived(valid.id.clone(), arrival);
+    /// Admits the request (or 429) and hands its engine requests to the engine, each with the
+    /// journey's trace carrier. On failure the journey records it.
+    pub(crate) fn start(
+        state: &AppState,
+        valid: ValidRequest,
+        mut journey: Journey,
+    ) -> Result<Self, ApiError> {
+        journey.validated(&valid);
+        let permit = match state.admit(valid.choices.len()) {
+            Ok(p) => p,
+            Err(e) => {
+                journey.failed(&e);
+                return Err(e);
+            }
+        };
+        let carrier = journey.carrier();
         let mut choices = Vec::with_capacity(valid.choices.len());
         let mut outputs = SelectAll::new();
-        for (i, spec) in valid.choices.into_iter().enumerate() {
+        for (i, mut spec) in valid.choices.into_iter().enumerate() {
             let detok = IncrementalDetokenizer::new(spec.request.prompt(), true);
             let engine_id = spec.request.id().to_owned();
-            let rs = state
-                .engine()
-                .add_request(spec.request)
-                .map_err(|e| match e {
-                    EngineError::NotRunning => {
-                        ApiError::Unavailable("the engine is not running".into())
-                    }
-                    other => ApiError::Internal(other.to_string()),
-                })?;
+            if let Some(c) = &carrier {
+                spec.request.set_carrier(c.clone());
+            }
+            let added = state.engine().add_request(spec.request).map_err(|e| match e {
+                EngineError::NotRunning => ApiError::Unavailable("the engine is not running".into()),
+                other => ApiError::Internal(other.to_string()),
+            });
+            let rs = match added {
+                Ok(rs) => rs,
+                Err(e) => {
+                    // Choices already added are aborted as `outputs` drops.
+                    journey.failed(&e);
+                    return Err(e);
+                }
+            };
             let s = stream::unfold(rs, |mut rs| async move { rs.next().await.map(|o| (o, rs)) })
                 .map(move |o| (i, o));
             outputs.push(Box::pin(s) as OutputStream);
@@ -133,6 +149,7 @@ impl Generation {
             outputs,
             prompt_tokens: valid.prompt_tokens,
             logprobs: valid.logprobs.is_some(),
+            model: valid.model,
             journey,
             _permit: permit,
         })
@@ -140,18 +157,40 @@ impl Generation {
 
     /// The response id.
     pub(crate) fn id(&self) -> &str {
-        &self.journey.id
+        self.journey.id()
     }
 
-    /// The next piece of some choice; `None` once every choice has finished.
+    /// The next piece of some choice; `None` once every choice has finished. An error ends
+    /// the journey as failed; the end of the stream does not end it: call
+    /// [`Generation::depart`] once the response is written.
     pub(crate) async fn next(&mut self) -> Option<Result<Delta, ApiError>> {
         let result = self.advance().await;
         match &result {
             Some(Ok(_)) => self.journey.first_output(),
-            Some(Err(e)) => self.journey.departed(e.status().as_str()),
-            None => self.journey.departed("ok"),
+            Some(Err(e)) => {
+                self.record();
+                self.journey.failed(e);
+            }
+            None => {}
         }
         result
+    }
+
+    /// The response was completely written: records usage, finish reasons and latency, and
+    /// `api.DEPARTED`.
+    pub(crate) fn depart(&mut self) {
+        self.record();
+        self.journey.departed();
+    }
+
+    fn record(&mut self) {
+        let usage = self.usage();
+        let reasons: Vec<&'static str> = self
+            .choices
+            .iter()
+            .map(|c| c.finish.unwrap_or("abort"))
+            .collect();
+        self.journey.record(&self.model, &usage, &reasons);
     }
 
     async fn advance(&mut self) -> Option<Result<Delta, ApiError>> {
@@ -170,7 +209,10 @@ impl Generation {
             }
             let delta = match output {
                 RequestOutput::Token(token) => self.on_token(i, &token),
-                RequestOutput::Finished(f) => self.on_finished(i, f.status, f.error.as_deref()),
+                RequestOutput::Finished(f) => {
+                    self.journey.engine_finished(&f.timestamps);
+                    self.on_finished(i, f.status, f.error.as_deref())
+                }
             };
             match delta {
                 Ok(Some(d)) => return Some(Ok(d)),
@@ -244,7 +286,7 @@ impl Generation {
                 ));
             }
             FinishStatus::Error => {
-                return Err(ApiError::Internal(format!(
+                return Err(ApiError::Generation(format!(
                     "the engine failed: {}",
                     error.unwrap_or("unknown error")
                 )));
@@ -309,67 +351,17 @@ impl Generation {
     }
 }
 
+impl Drop for Generation {
+    fn drop(&mut self) {
+        // Gone before departing or failing (a client that went away): the journey still gets
+        // the tokens produced so far.
+        if !self.journey.is_ended() {
+            self.record();
+        }
+    }
+}
+
 /// The text of one token as logprobs show it.
 fn token_text(g: &Generation, id: u32) -> String {
     g.state.tokenizer().decode(&[id], false).unwrap_or_default()
-}
-
-/// The milestones of one API request: arrival, hand-off to the engine, first output, and
-/// departure (or abort, when dropped before the end). This is the one place per request where
-/// all four are known; the journey tracing layer hangs its `llm_request` span here.
-#[derive(Debug)]
-struct Journey {
-    id: String,
-    /// When the request arrived (monotonic seconds, the engine's clock).
-    arrival: f64,
-    first_output: Option<f64>,
-    departed: bool,
-}
-
-impl Journey {
-    fn arrived(id: String, arrival: f64) -> Self {
-        tracing::debug!(request_id = %id, "api.arrived");
-        Self {
-            id,
-            arrival,
-            first_output: None,
-            departed: false,
-        }
-    }
-
-    fn handed_off(&mut self) {
-        tracing::debug!(request_id = %self.id, "api.handed_off");
-    }
-
-    fn first_output(&mut self) {
-        if self.first_output.is_none() {
-            let now = monotonic_now();
-            self.first_output = Some(now);
-            tracing::debug!(
-                request_id = %self.id,
-                after_s = now - self.arrival,
-                "api.first_output"
-            );
-        }
-    }
-
-    fn departed(&mut self, outcome: &str) {
-        if !self.departed {
-            self.departed = true;
-            tracing::debug!(
-                request_id = %self.id,
-                outcome,
-                after_s = monotonic_now() - self.arrival,
-                "api.departed"
-            );
-        }
-    }
-}
-
-impl Drop for Journey {
-    fn drop(&mut self) {
-        if !self.departed {
-            tracing::debug!(request_id = %self.id, "api.aborted (client went away)");
-        }
-    }
 }

@@ -13,15 +13,18 @@
 //! - [`wire`]: the OpenAI request and response DTOs (serde only).
 //! - `validation`: wire request → engine requests, in one place; every 4xx but auth is here.
 //! - `generation`: one API request in flight — the `n` engine requests fanned out and merged,
-//!   detokenisation, stop strings, logprobs, usage — and its journey milestones (arrival,
-//!   hand-off, first output, departure or abort: where the `llm_request` span goes).
+//!   detokenisation, stop strings, logprobs, usage.
+//! - `journey`: each request's milestones (arrival, hand-off, first output, departure or
+//!   abort) and, when journey tracing samples it in, its `llm_request` span; the carrier it
+//!   puts in the engine requests makes the engine's `llm_core` span its child.
 //! - `sse`: OpenAI's streaming framing; `routes`: the handlers (`routes/chat.rs`,
 //!   `routes/completions.rs`, and the small endpoints); `auth`: the bearer check.
 //! - [`error`]: [`ApiError`], the one error type, with the one mapping to HTTP.
 //!
 //! # Request path
 //! ```text
-//! POST ─▶ Json<wire::…> (or JsonRejection ─▶ ApiError) ─▶ validation ─▶ ValidRequest
+//! POST ─▶ Journey (llm_request starts) ─▶ Json<wire::…> (or JsonRejection ─▶ ApiError)
+//!   ─▶ validation ─▶ ValidRequest
 //!   ─▶ Generation::start: permit (or 429), EngineHandle::add_request × n
 //!   ─▶ Generation::next: merged outputs ─▶ detokenizer ─▶ stop strings ─▶ Delta
 //!   ─▶ JSON body, or SSE chunks ─▶ [DONE]
@@ -31,6 +34,7 @@
 mod auth;
 pub mod error;
 mod generation;
+mod journey;
 mod routes;
 mod sse;
 pub mod state;

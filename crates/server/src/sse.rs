@@ -67,8 +67,16 @@ pub(crate) fn respond(
                             ));
                         }
                         Some(Err(e)) => vec![error_event(&e), done()],
-                        None if include_usage => vec![writer.usage(generation.usage()), done()],
-                        None => vec![done()],
+                        None => {
+                            let mut events = Vec::with_capacity(2);
+                            if include_usage {
+                                events.push(writer.usage(generation.usage()));
+                            }
+                            // The contract: streaming departs before `data: [DONE]`.
+                            generation.depart();
+                            events.push(done());
+                            events
+                        }
                     };
                     Some((events, (generation, writer, Phase::Done)))
                 }

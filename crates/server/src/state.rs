@@ -2,7 +2,7 @@
 //! model's name and limits, and the in-flight budget behind backpressure.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rand::rngs::StdRng;
@@ -12,6 +12,7 @@ use wayfinder_core::EngineHandle;
 use wayfinder_core::SamplingParams;
 use wayfinder_model::chat_template::ChatTemplate;
 use wayfinder_model::tokenizer::Tokenizer;
+use wayfinder_trace::Telemetry;
 
 use crate::error::ApiError;
 
@@ -61,6 +62,9 @@ pub struct ServerParts {
     /// Sampling values used where a request sets none: the model's `generation_config.json`
     /// defaults over OpenAI's (as vLLM does).
     pub sampling_defaults: SamplingParams,
+    /// Journey tracing (`--enable-journey-tracing`); `None` when off: no span is made and no
+    /// per-request tracing state exists.
+    pub tracing: Option<Telemetry>,
 }
 
 /// Shared by every handler; cheap to clone.
@@ -78,6 +82,8 @@ struct Inner {
     created: u64,
     id_prefix: u64,
     next_id: AtomicU64,
+    /// Whether a `traceparent` arriving with tracing off was already logged.
+    warned_traceparent: AtomicBool,
 }
 
 impl AppState {
@@ -94,6 +100,7 @@ impl AppState {
                 created,
                 id_prefix,
                 next_id: AtomicU64::new(0),
+                warned_traceparent: AtomicBool::new(false),
             }),
         }
     }
@@ -130,6 +137,22 @@ impl AppState {
     pub fn api_key(&self) -> Option<&str> {
         self.inner.parts.api_key.as_deref()
     }
+    /// Journey tracing, when on.
+    pub fn tracing(&self) -> Option<&Telemetry> {
+        self.inner.parts.tracing.as_ref()
+    }
+
+    /// Logs, once per server, that a request came with a `traceparent` while tracing is off.
+    pub(crate) fn warn_untraced_traceparent(&self) {
+        if !self.inner.warned_traceparent.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                "a request arrived with a `traceparent` header but journey tracing is off; \
+                 start the server with --enable-journey-tracing to trace requests \
+                 (logged once)"
+            );
+        }
+    }
+
     /// Unix seconds when the server started.
     pub fn created(&self) -> u64 {
         self.inner.created

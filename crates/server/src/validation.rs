@@ -23,8 +23,6 @@ pub const MAX_CHOICES: usize = 256;
 /// A request that passed validation: everything [`crate::generation`] needs.
 #[derive(Debug)]
 pub(crate) struct ValidRequest {
-    /// The response id (`chatcmpl-…`, `cmpl-…`).
-    pub(crate) id: String,
     /// Unix seconds.
     pub(crate) created: u64,
     /// The served model's name.
@@ -39,6 +37,10 @@ pub(crate) struct ValidRequest {
     pub(crate) include_usage: bool,
     /// Logprobs asked for, with this many alternatives.
     pub(crate) logprobs: Option<u32>,
+    /// Choices per prompt.
+    pub(crate) n: usize,
+    /// The client's seed, when given.
+    pub(crate) seed: Option<i64>,
 }
 
 /// One choice: its engine request and the stop strings to look for in its text.
@@ -52,10 +54,12 @@ pub(crate) struct ChoiceSpec {
     pub(crate) stop: Vec<String>,
 }
 
-/// Validates a chat request that arrived at `arrival` (monotonic seconds).
+/// Validates a chat request with response id `id` that arrived at `arrival` (monotonic
+/// seconds).
 pub(crate) fn chat(
     state: &AppState,
     req: &ChatCompletionRequest,
+    id: String,
     arrival: f64,
 ) -> Result<ValidRequest, ApiError> {
     check_model(state, &req.model)?;
@@ -95,7 +99,6 @@ pub(crate) fn chat(
         .encode(&text, false)
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     let max_tokens = req.max_completion_tokens.or(req.sampling.max_tokens);
-    let id = state.new_id("chatcmpl");
     build(
         state,
         id,
@@ -107,10 +110,12 @@ pub(crate) fn chat(
     )
 }
 
-/// Validates a completion request that arrived at `arrival` (monotonic seconds).
+/// Validates a completion request with response id `id` that arrived at `arrival`
+/// (monotonic seconds).
 pub(crate) fn completion(
     state: &AppState,
     req: CompletionRequest,
+    id: String,
     arrival: f64,
 ) -> Result<ValidRequest, ApiError> {
     check_model(state, &req.model)?;
@@ -155,7 +160,6 @@ pub(crate) fn completion(
             format!("has token id {bad}, outside the vocabulary of {vocab} tokens"),
         ));
     }
-    let id = state.new_id("cmpl");
     build(
         state,
         id,
@@ -363,7 +367,6 @@ fn build(
         }
     }
     Ok(ValidRequest {
-        id,
         created: unix_now(),
         model: state.model_name().to_owned(),
         choices,
@@ -375,5 +378,7 @@ fn build(
             .and_then(|o| o.include_usage)
             .unwrap_or(false),
         logprobs,
+        n,
+        seed: fields.seed,
     })
 }

@@ -1,14 +1,15 @@
 //! `POST /v1/chat/completions`.
 
 use axum::Json;
-use axum::extract::State;
-use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, Request, State};
 use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
+use tracing::Instrument;
 use wayfinder_core::clock::monotonic_now;
 
 use crate::error::ApiError;
 use crate::generation::{Delta, Generation, TokenInfo};
+use crate::journey::{self, Journey};
 use crate::routes::with_request_id;
 use crate::sse::{self, ChunkWriter, json_event};
 use crate::state::AppState;
@@ -19,21 +20,36 @@ use crate::wire::{
     UsageOut,
 };
 
-/// The handler.
-pub(crate) async fn handle(
-    State(state): State<AppState>,
-    body: Result<Json<ChatCompletionRequest>, JsonRejection>,
-) -> Result<Response, ApiError> {
+/// The handler: the journey starts as the request arrives, before its body is read.
+pub(crate) async fn handle(State(state): State<AppState>, request: Request) -> Response {
     let arrival = monotonic_now();
-    let Json(request) = body?;
-    let valid = validation::chat(&state, &request, arrival)?;
-    let (id, created, model) = (valid.id.clone(), valid.created, valid.model.clone());
+    let id = state.new_id("chatcmpl");
+    let journey = Journey::arrived(&state, request.headers(), id.clone(), arrival, journey::CHAT);
+    let log = journey.log_span();
+    let response = respond(state, request, journey, arrival)
+        .instrument(log)
+        .await
+        .unwrap_or_else(IntoResponse::into_response);
+    with_request_id(response, &id)
+}
+
+async fn respond(
+    state: AppState,
+    request: Request,
+    mut journey: Journey,
+    arrival: f64,
+) -> Result<Response, ApiError> {
+    let body = Json::<ChatCompletionRequest>::from_request(request, &state).await;
+    let Json(request) = journey.check(body.map_err(ApiError::from))?;
+    let id = journey.id().to_owned();
+    let valid = journey.check(validation::chat(&state, &request, id, arrival))?;
+    let (created, model) = (valid.created, valid.model.clone());
     let (stream, include_usage, logprobs) = (valid.stream, valid.include_usage, valid.logprobs);
     let indices: Vec<u32> = valid.choices.iter().map(|c| c.index).collect();
-    let mut generation = Generation::start(&state, valid)?;
+    let mut generation = Generation::start(&state, valid, journey)?;
     let response = if stream {
         let writer = ChatChunks {
-            id: id.clone(),
+            id: generation.id().to_owned(),
             created,
             model,
             indices,
@@ -42,7 +58,7 @@ pub(crate) async fn handle(
         sse::respond(generation, writer, include_usage).into_response()
     } else {
         let choices = generation.collect().await?;
-        Json(ChatCompletionResponse {
+        let response = Json(ChatCompletionResponse {
             id: generation.id().to_owned(),
             object: "chat.completion",
             created,
@@ -61,9 +77,11 @@ pub(crate) async fn handle(
                 .collect(),
             usage: generation.usage(),
         })
-        .into_response()
+        .into_response();
+        generation.depart();
+        response
     };
-    Ok(with_request_id(response, &id))
+    Ok(response)
 }
 
 fn chat_logprobs(tokens: &[TokenInfo]) -> ChatLogprobs {

@@ -1,15 +1,16 @@
 //! `POST /v1/completions`.
 
 use axum::Json;
-use axum::extract::State;
-use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, Request, State};
 use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value};
+use tracing::Instrument;
 use wayfinder_core::clock::monotonic_now;
 
 use crate::error::ApiError;
 use crate::generation::{Delta, Generation, TokenInfo};
+use crate::journey::{self, Journey};
 use crate::routes::with_request_id;
 use crate::sse::{self, ChunkWriter, json_event};
 use crate::state::AppState;
@@ -18,19 +19,40 @@ use crate::wire::{
     CompletionChoice, CompletionLogprobs, CompletionRequest, CompletionResponse, UsageOut,
 };
 
-/// The handler.
-pub(crate) async fn handle(
-    State(state): State<AppState>,
-    body: Result<Json<CompletionRequest>, JsonRejection>,
-) -> Result<Response, ApiError> {
+/// The handler: the journey starts as the request arrives, before its body is read.
+pub(crate) async fn handle(State(state): State<AppState>, request: Request) -> Response {
     let arrival = monotonic_now();
-    let Json(request) = body?;
-    let valid = validation::completion(&state, request, arrival)?;
-    let (id, created, model) = (valid.id.clone(), valid.created, valid.model.clone());
+    let id = state.new_id("cmpl");
+    let journey = Journey::arrived(
+        &state,
+        request.headers(),
+        id.clone(),
+        arrival,
+        journey::TEXT_COMPLETION,
+    );
+    let log = journey.log_span();
+    let response = respond(state, request, journey, arrival)
+        .instrument(log)
+        .await
+        .unwrap_or_else(IntoResponse::into_response);
+    with_request_id(response, &id)
+}
+
+async fn respond(
+    state: AppState,
+    request: Request,
+    mut journey: Journey,
+    arrival: f64,
+) -> Result<Response, ApiError> {
+    let body = Json::<CompletionRequest>::from_request(request, &state).await;
+    let Json(request) = journey.check(body.map_err(ApiError::from))?;
+    let id = journey.id().to_owned();
+    let valid = journey.check(validation::completion(&state, request, id, arrival))?;
+    let (created, model) = (valid.created, valid.model.clone());
     let (stream, include_usage, logprobs) = (valid.stream, valid.include_usage, valid.logprobs);
-    let mut generation = Generation::start(&state, valid)?;
+    let mut generation = Generation::start(&state, valid, journey)?;
     let writer = CompletionChunks {
-        id: id.clone(),
+        id: generation.id().to_owned(),
         created,
         model,
         logprobs: logprobs.is_some(),
@@ -48,9 +70,11 @@ pub(crate) async fn handle(
                 finish_reason: c.finish_reason,
             })
             .collect();
-        Json(writer.response(choices, Some(generation.usage()))).into_response()
+        let response = Json(writer.response(choices, Some(generation.usage()))).into_response();
+        generation.depart();
+        response
     };
-    Ok(with_request_id(response, &id))
+    Ok(response)
 }
 
 fn completion_logprobs(tokens: &[TokenInfo]) -> CompletionLogprobs {

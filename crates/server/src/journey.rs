@@ -1,0 +1,228 @@
+//! The journey of one API request: arrival, hand-off to the engine core, first output, and
+//! departure or abort — and, when journey tracing samples the request in, its `llm_request`
+//! span (`wayfinder_trace::RequestSpan`).
+//!
+//! A [`Journey`] is made as the request arrives, before its body is parsed, so that every path
+//! — invalid JSON, validation errors, overload, an engine that is down, a failed generation,
+//! a client that disconnects — ends with exactly one `api.DEPARTED` or `api.ABORTED`. With
+//! tracing off, or the request sampled out, it holds no span and costs a few words.
+
+use axum::http::HeaderMap;
+use wayfinder_core::clock::monotonic_now;
+use wayfinder_core::{Carrier, RequestTimestamps};
+use wayfinder_trace::names::reason;
+use wayfinder_trace::{Latency, RequestParams, RequestSpan};
+
+use crate::error::ApiError;
+use crate::state::AppState;
+use crate::validation::ValidRequest;
+use crate::wire::UsageOut;
+
+/// `gen_ai.operation.name` of the chat endpoint.
+pub(crate) const CHAT: &str = "chat";
+/// `gen_ai.operation.name` of the completions endpoint.
+pub(crate) const TEXT_COMPLETION: &str = "text_completion";
+
+/// One API request's milestones and, when traced, its span.
+#[derive(Debug)]
+pub(crate) struct Journey {
+    id: String,
+    /// Monotonic seconds (the engine's clock).
+    arrival: f64,
+    first_output: Option<f64>,
+    engine: EngineTimes,
+    ended: bool,
+    span: Option<RequestSpan>,
+}
+
+/// The engine's timestamps, over all of a request's choices.
+#[derive(Debug, Default, Clone, Copy)]
+struct EngineTimes {
+    queued: Option<f64>,
+    first_scheduled: Option<f64>,
+    first_token: Option<f64>,
+    last_token: Option<f64>,
+}
+
+fn min(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+fn max(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// `later - earlier` when both happened and it is positive.
+fn span_of(earlier: Option<f64>, later: Option<f64>) -> Option<f64> {
+    Some(later? - earlier?).filter(|d| *d > 0.0)
+}
+
+impl Journey {
+    /// A request `id` to the `operation` endpoint arrived at `arrival` with `headers`.
+    pub(crate) fn arrived(
+        state: &AppState,
+        headers: &HeaderMap,
+        id: String,
+        arrival: f64,
+        operation: &'static str,
+    ) -> Self {
+        let span = match state.tracing() {
+            Some(t) => t.start_request(headers, &id, operation),
+            None => {
+                if headers.contains_key("traceparent") {
+                    state.warn_untraced_traceparent();
+                }
+                None
+            }
+        };
+        tracing::debug!(request_id = %id, "api.arrived");
+        Self {
+            id,
+            arrival,
+            first_output: None,
+            engine: EngineTimes::default(),
+            ended: false,
+            span,
+        }
+    }
+
+    /// The response id.
+    pub(crate) fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The `tracing` span that log lines written while serving this request sit in: it
+    /// carries the trace id when the request is traced.
+    pub(crate) fn log_span(&self) -> tracing::Span {
+        match &self.span {
+            Some(s) => tracing::info_span!("request", request_id = %self.id, trace_id = %s.trace_id()),
+            None => tracing::Span::none(),
+        }
+    }
+
+    /// Records the parameters in force.
+    pub(crate) fn validated(&mut self, valid: &ValidRequest) {
+        let Some(span) = &mut self.span else {
+            return;
+        };
+        let first = valid.choices.first().map(|c| &c.request);
+        span.set_params(&RequestParams {
+            model: valid.model.clone(),
+            temperature: first.map_or(0.0, |r| f64::from(r.sampling().temperature)),
+            top_p: first.map_or(1.0, |r| f64::from(r.sampling().top_p)),
+            max_tokens: first.map_or(0, |r| i64::from(r.stop().max_tokens)),
+            n: valid.n as i64,
+            stream: valid.stream,
+            seed: valid.seed,
+        });
+    }
+
+    /// The carrier for the engine requests, when traced.
+    pub(crate) fn carrier(&self) -> Option<Carrier> {
+        self.span.as_ref().map(RequestSpan::carrier)
+    }
+
+    /// The request was handed to the engine core.
+    pub(crate) fn handed_off(&mut self) {
+        tracing::debug!(request_id = %self.id, "api.handed_off");
+        if let Some(s) = &mut self.span {
+            s.handed_off();
+        }
+    }
+
+    /// Output came back from the engine core (only the first call counts).
+    pub(crate) fn first_output(&mut self) {
+        if self.first_output.is_some() {
+            return;
+        }
+        let now = monotonic_now();
+        self.first_output = Some(now);
+        tracing::debug!(request_id = %self.id, after_s = now - self.arrival, "api.first_output");
+        if let Some(s) = &mut self.span {
+            s.first_response();
+        }
+    }
+
+    /// One of the request's engine requests finished with these timestamps.
+    pub(crate) fn engine_finished(&mut self, t: &RequestTimestamps) {
+        let e = &mut self.engine;
+        e.queued = min(e.queued, Some(t.queued));
+        e.first_scheduled = min(e.first_scheduled, t.first_scheduled);
+        e.first_token = min(e.first_token, t.first_token);
+        e.last_token = max(e.last_token, t.last_token);
+    }
+
+    /// Records the token counts, the answer's finish reasons and the latency breakdown.
+    pub(crate) fn record(&mut self, model: &str, usage: &UsageOut, finish_reasons: &[&'static str]) {
+        let Some(span) = &mut self.span else {
+            return;
+        };
+        span.set_usage(usage.prompt_tokens, usage.completion_tokens);
+        span.set_response(model, &self.id, finish_reasons);
+        let e = self.engine;
+        span.set_latency(&Latency {
+            time_in_queue: span_of(e.queued, e.first_scheduled),
+            time_to_first_token: span_of(Some(self.arrival), self.first_output),
+            e2e: span_of(Some(self.arrival), Some(monotonic_now())),
+            prefill: span_of(e.first_scheduled, e.first_token),
+            decode: span_of(e.first_token, e.last_token),
+        });
+    }
+
+    /// The response was completely written.
+    pub(crate) fn departed(&mut self) {
+        if std::mem::replace(&mut self.ended, true) {
+            return;
+        }
+        tracing::debug!(request_id = %self.id, after_s = monotonic_now() - self.arrival, "api.departed");
+        if let Some(s) = &mut self.span {
+            s.departed();
+        }
+    }
+
+    /// Passes `result` through, recording its error as the journey's end.
+    pub(crate) fn check<T>(&mut self, result: Result<T, ApiError>) -> Result<T, ApiError> {
+        if let Err(e) = &result {
+            self.failed(e);
+        }
+        result
+    }
+
+    /// Whether the request departed or failed.
+    pub(crate) fn is_ended(&self) -> bool {
+        self.ended
+    }
+
+    /// The request ended with `error`.
+    pub(crate) fn failed(&mut self, error: &ApiError) {
+        self.abort(error.journey_reason(), error.status().as_str(), &error.to_string());
+    }
+
+    fn abort(&mut self, why: &'static str, error_type: &str, message: &str) {
+        if std::mem::replace(&mut self.ended, true) {
+            return;
+        }
+        tracing::debug!(request_id = %self.id, reason = why, error = message, "api.aborted");
+        if let Some(s) = &mut self.span {
+            s.aborted(why, error_type, message);
+        }
+    }
+}
+
+impl Drop for Journey {
+    fn drop(&mut self) {
+        // Dropped without an outcome: the handler future or the body stream went away,
+        // which is what a client disconnect looks like.
+        self.abort(
+            reason::CLIENT_DISCONNECT,
+            "client_disconnect",
+            "the client disconnected before the response was complete",
+        );
+    }
+}

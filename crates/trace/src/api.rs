@@ -1,0 +1,280 @@
+//! `llm_request`: the API layer's span of one HTTP request, from arrival (before parsing) to
+//! departure or abort, with the contract's events and attributes.
+//!
+//! [`Telemetry::start_request`] makes the sampling decision: a request with a valid parent in
+//! its headers follows the parent's sampled flag, any other is sampled at the configured rate.
+//! A sampled-out request gets `None` and costs nothing more. A [`RequestSpan`] records each
+//! event at most once and exactly one of `api.DEPARTED` / `api.ABORTED`; dropping it ends the
+//! span (as `api.ABORTED` with `internal_error` if no outcome was recorded).
+
+use opentelemetry::trace::{Span as _, SpanContext, SpanKind, Status, TraceContextExt, Tracer};
+use opentelemetry::{Array, Context, KeyValue, StringValue, Value};
+use opentelemetry_sdk::trace::Span;
+use wayfinder_core::Carrier;
+use wayfinder_core::clock::monotonic_now;
+
+use crate::carrier;
+use crate::names::{PROVIDER, SPAN_REQUEST, api_event, attr, reason};
+use crate::provider::{Telemetry, WallClock};
+
+/// The request's parameters as they are in force (after defaults), for the span's attributes.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RequestParams {
+    /// The model asked for.
+    pub model: String,
+    /// Temperature (0 is recorded too).
+    pub temperature: f64,
+    /// Top-p.
+    pub top_p: f64,
+    /// The output limit in force.
+    pub max_tokens: i64,
+    /// Choices per prompt.
+    pub n: i64,
+    /// Streaming.
+    pub stream: bool,
+    /// The seed, when the client gave one.
+    pub seed: Option<i64>,
+}
+
+/// Where the request's time went, in seconds; `None` for a phase that did not happen.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Latency {
+    /// From engine acceptance to first scheduling.
+    pub time_in_queue: Option<f64>,
+    /// From arrival to the first token.
+    pub time_to_first_token: Option<f64>,
+    /// From arrival to departure.
+    pub e2e: Option<f64>,
+    /// From first scheduling to the first token.
+    pub prefill: Option<f64>,
+    /// From the first token to the last.
+    pub decode: Option<f64>,
+}
+
+/// The `llm_request` span of one sampled request.
+#[derive(Debug)]
+pub struct RequestSpan {
+    span: Span,
+    clock: WallClock,
+    /// Events recorded so far (bit per event), so each is recorded at most once.
+    recorded: u8,
+    closed: bool,
+}
+
+const HANDOFF: u8 = 1;
+const FIRST_RESPONSE: u8 = 2;
+
+impl Telemetry {
+    /// Starts `llm_request` for a request that just arrived with `headers`, or returns `None`
+    /// when the request is sampled out. `operation` is `chat` or `text_completion`.
+    pub fn start_request(
+        &self,
+        headers: &http::HeaderMap,
+        request_id: &str,
+        operation: &'static str,
+    ) -> Option<RequestSpan> {
+        let now = monotonic_now();
+        let has_headers = carrier::has_trace_headers(headers);
+        let parent = if has_headers {
+            carrier::extract_headers(headers)
+        } else {
+            None
+        };
+        tracing::debug!(
+            request_id,
+            parent_context = parent.is_some(),
+            "journey tracing: context extracted"
+        );
+        let sampled = match &parent {
+            Some(p) => p.is_sampled(),
+            None => sample(self.config().sample_rate),
+        };
+        if !sampled {
+            return None;
+        }
+        let cx = parent.map_or_else(Context::new, |p| Context::new().with_remote_span_context(p));
+        let clock = self.clock();
+        let tracer = self.api_tracer();
+        let mut span = tracer
+            .span_builder(SPAN_REQUEST)
+            .with_kind(SpanKind::Server)
+            .with_start_time(clock.wall(now))
+            .with_attributes([
+                KeyValue::new(attr::REQUEST_ID, request_id.to_owned()),
+                KeyValue::new(attr::OPERATION_NAME, operation),
+                KeyValue::new(attr::PROVIDER_NAME, PROVIDER),
+            ])
+            .start_with_context(tracer, &cx);
+        tracing::debug!(
+            request_id,
+            has_trace_headers = has_headers,
+            trace_id = %span.span_context().trace_id(),
+            "journey tracing: llm_request span made"
+        );
+        span.add_event_with_timestamp(
+            api_event::ARRIVED,
+            clock.wall(now),
+            vec![KeyValue::new(attr::EVENT_TS_MONOTONIC, now)],
+        );
+        Some(RequestSpan {
+            span,
+            clock,
+            recorded: 0,
+            closed: false,
+        })
+    }
+}
+
+/// A Bernoulli draw at `rate`.
+fn sample(rate: f64) -> bool {
+    rate >= 1.0 || (rate > 0.0 && rand::random::<f64>() < rate)
+}
+
+impl RequestSpan {
+    /// The span's context.
+    pub fn span_context(&self) -> &SpanContext {
+        self.span.span_context()
+    }
+
+    /// The trace id, as log lines carry it.
+    pub fn trace_id(&self) -> String {
+        self.span.span_context().trace_id().to_string()
+    }
+
+    /// The carrier for the engine request: this span's context and the sampling decision.
+    pub fn carrier(&self) -> Carrier {
+        let carrier = carrier::inject(self.span.span_context());
+        tracing::debug!(
+            traceparent = carrier.get("traceparent").map_or("", String::as_str),
+            "journey tracing: context injected"
+        );
+        carrier
+    }
+
+    /// Records the request's parameters.
+    pub fn set_params(&mut self, p: &RequestParams) {
+        let mut attrs = vec![
+            KeyValue::new(attr::REQUEST_MODEL, p.model.clone()),
+            KeyValue::new(attr::TEMPERATURE, p.temperature),
+            KeyValue::new(attr::TOP_P, p.top_p),
+            KeyValue::new(attr::MAX_TOKENS, p.max_tokens),
+            KeyValue::new(attr::N, p.n),
+            KeyValue::new(attr::STREAM, p.stream),
+        ];
+        if let Some(seed) = p.seed {
+            attrs.push(KeyValue::new(attr::SEED, seed));
+        }
+        self.span.set_attributes(attrs);
+    }
+
+    /// `api.HANDOFF_TO_CORE`.
+    pub fn handed_off(&mut self) {
+        self.once(HANDOFF, api_event::HANDOFF_TO_CORE);
+    }
+
+    /// `api.FIRST_RESPONSE_FROM_CORE`.
+    pub fn first_response(&mut self) {
+        self.once(FIRST_RESPONSE, api_event::FIRST_RESPONSE_FROM_CORE);
+    }
+
+    /// Records the token counts (completion: the sum over all choices).
+    pub fn set_usage(&mut self, prompt_tokens: usize, completion_tokens: usize) {
+        let (p, c) = (prompt_tokens as i64, completion_tokens as i64);
+        self.span.set_attributes([
+            KeyValue::new(attr::PROMPT_TOKENS, p),
+            KeyValue::new(attr::COMPLETION_TOKENS, c),
+            KeyValue::new(attr::INPUT_TOKENS, p),
+            KeyValue::new(attr::OUTPUT_TOKENS, c),
+        ]);
+    }
+
+    /// Records who answered: the model, the response id and each choice's finish reason.
+    pub fn set_response(&mut self, model: &str, id: &str, finish_reasons: &[&'static str]) {
+        let reasons: Vec<StringValue> = finish_reasons.iter().map(|r| (*r).into()).collect();
+        self.span.set_attributes([
+            KeyValue::new(attr::RESPONSE_MODEL, model.to_owned()),
+            KeyValue::new(attr::RESPONSE_ID, id.to_owned()),
+            KeyValue::new(attr::FINISH_REASONS, Value::Array(Array::String(reasons))),
+        ]);
+    }
+
+    /// Records the latency breakdown; phases that did not happen are left out.
+    pub fn set_latency(&mut self, l: &Latency) {
+        let inference = match (l.prefill, l.decode) {
+            (Some(p), Some(d)) => Some(p + d),
+            (Some(p), None) => Some(p),
+            _ => None,
+        };
+        let values = [
+            (attr::TIME_IN_QUEUE, l.time_in_queue),
+            (attr::TIME_TO_FIRST_TOKEN, l.time_to_first_token),
+            (attr::E2E, l.e2e),
+            (attr::TIME_IN_MODEL_PREFILL, l.prefill),
+            (attr::TIME_IN_MODEL_DECODE, l.decode),
+            (attr::TIME_IN_MODEL_INFERENCE, inference),
+        ];
+        self.span.set_attributes(
+            values
+                .into_iter()
+                .filter_map(|(k, v)| v.map(|v| KeyValue::new(k, v))),
+        );
+    }
+
+    /// `api.DEPARTED`: the response was completely sent.
+    pub fn departed(&mut self) {
+        if std::mem::replace(&mut self.closed, true) {
+            return;
+        }
+        self.event(api_event::DEPARTED, Vec::new());
+    }
+
+    /// `api.ABORTED` with `reason` (one of [`reason`]'s values) and the error; the span's
+    /// status becomes ERROR with `error.type`.
+    pub fn aborted(&mut self, why: &'static str, error_type: &str, message: &str) {
+        if std::mem::replace(&mut self.closed, true) {
+            return;
+        }
+        self.event(
+            api_event::ABORTED,
+            vec![
+                KeyValue::new(attr::REASON, why),
+                KeyValue::new(attr::ERROR, message.to_owned()),
+            ],
+        );
+        self.span
+            .set_attribute(KeyValue::new(attr::ERROR_TYPE, error_type.to_owned()));
+        self.span.set_status(Status::error(message.to_owned()));
+    }
+
+    /// Whether `api.DEPARTED` or `api.ABORTED` was recorded.
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    fn once(&mut self, bit: u8, name: &'static str) {
+        if self.recorded & bit == 0 && !self.closed {
+            self.recorded |= bit;
+            self.event(name, Vec::new());
+        }
+    }
+
+    fn event(&mut self, name: &'static str, mut attrs: Vec<KeyValue>) {
+        let now = monotonic_now();
+        attrs.push(KeyValue::new(attr::EVENT_TS_MONOTONIC, now));
+        self.span
+            .add_event_with_timestamp(name, self.clock.wall(now), attrs);
+    }
+}
+
+impl Drop for RequestSpan {
+    fn drop(&mut self) {
+        if !self.closed {
+            self.aborted(
+                reason::INTERNAL_ERROR,
+                "internal_error",
+                "the request ended without an outcome",
+            );
+        }
+        self.span.end_with_timestamp(self.clock.wall(monotonic_now()));
+    }
+}

@@ -1,0 +1,46 @@
+//! # wayfinder-trace
+//!
+//! Request journey tracing, exactly as `shared/JOURNEY_CONTRACT.md` specifies it: one
+//! OpenTelemetry tracer provider per process, the scopes `wayfinder.api`,
+//! `wayfinder.scheduler` and `wayfinder.scheduler.step`, the `llm_request` span of the API
+//! layer, the `llm_core` span of the engine core (its child, through the W3C carrier in the
+//! engine request), optional `scheduler_step` spans, and OTLP export over gRPC or HTTP.
+//!
+//! # Layout
+//! - [`names`]: every span, scope, event and attribute name of the contract.
+//! - [`config`]: the flags, resolved against the `OTEL_*` environment.
+//! - [`init`] / [`Telemetry`] (`provider.rs`): the process singleton, its resource, the
+//!   bounded batch processor, the flush on shutdown.
+//! - `export.rs`: span counting around the processor and exporter; drops are logged.
+//! - [`carrier`]: W3C inject/extract, from HTTP headers and into/out of engine carriers.
+//! - [`RequestSpan`] (`api.rs`): `llm_request` and the sampling decision.
+//! - [`CoreObserver`] (`observer.rs`): `llm_core` and `scheduler_step` from the engine's
+//!   journey events.
+//! - `receiver` (feature `receiver`): a small OTLP receiver (gRPC and HTTP) for tests and
+//!   benchmarks.
+//!
+//! # Path of one traced request
+//! ```text
+//! HTTP headers ─extract─▶ llm_request (SERVER, wayfinder.api) ─inject─▶ engine request carrier
+//!   ─▶ engine thread/process: CoreObserver at QUEUED ─extract─▶ llm_core (INTERNAL, child)
+//!   ─▶ both spans ─▶ counting batch processor ─▶ OTLP exporter ─▶ collector
+//! ```
+
+mod api;
+pub mod carrier;
+pub mod config;
+mod export;
+pub mod names;
+mod observer;
+mod provider;
+#[cfg(feature = "receiver")]
+pub mod receiver;
+
+pub use api::{Latency, RequestParams, RequestSpan};
+pub use config::{ConfigError, ExportTarget, ProcessRole, Protocol, StepTracingConfig, TracingConfig};
+pub use export::ExportStats;
+pub use observer::CoreObserver;
+pub use provider::{Telemetry, TraceError, init, process_telemetry};
+
+#[cfg(feature = "testing")]
+pub use opentelemetry_sdk::trace::{InMemorySpanExporter, InMemorySpanExporterBuilder, SpanData};

@@ -1,0 +1,206 @@
+//! A small OTLP trace receiver on loopback — gRPC (`TraceService`) and HTTP/protobuf
+//! (`POST /v1/traces`) — that keeps every span it receives. For tests that check what really
+//! goes over the wire, and for the tracing-overhead benchmark. Runs on the caller's Tokio
+//! runtime.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::post;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue};
+use opentelemetry_proto::tonic::trace::v1::Span;
+use prost::Message;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+/// One received span with its resource and scope.
+#[derive(Debug, Clone)]
+pub struct ReceivedSpan {
+    /// The resource's attributes.
+    pub resource: Vec<KeyValue>,
+    /// The instrumentation scope's name.
+    pub scope: String,
+    /// The span.
+    pub span: Span,
+    /// `grpc` or `http`.
+    pub transport: &'static str,
+}
+
+impl ReceivedSpan {
+    /// The span's name.
+    pub fn name(&self) -> &str {
+        &self.span.name
+    }
+    /// The trace id in hex.
+    pub fn trace_id(&self) -> String {
+        hex(&self.span.trace_id)
+    }
+    /// The span id in hex.
+    pub fn span_id(&self) -> String {
+        hex(&self.span.span_id)
+    }
+    /// The parent span id in hex (empty for a root).
+    pub fn parent_span_id(&self) -> String {
+        hex(&self.span.parent_span_id)
+    }
+    /// A span attribute.
+    pub fn attribute(&self, key: &str) -> Option<&Value> {
+        find(&self.span.attributes, key)
+    }
+    /// A resource attribute.
+    pub fn resource_attribute(&self, key: &str) -> Option<&Value> {
+        find(&self.resource, key)
+    }
+    /// The names of the span's events, in order.
+    pub fn event_names(&self) -> Vec<&str> {
+        self.span.events.iter().map(|e| e.name.as_str()).collect()
+    }
+}
+
+fn find<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a Value> {
+    attrs
+        .iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| kv.value.as_ref())
+        .and_then(|v: &AnyValue| v.value.as_ref())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+type Store = Arc<Mutex<Vec<ReceivedSpan>>>;
+
+fn keep(store: &Store, request: ExportTraceServiceRequest, transport: &'static str) {
+    let mut spans = store.lock().unwrap_or_else(|e| e.into_inner());
+    for rs in request.resource_spans {
+        let resource = rs.resource.map(|r| r.attributes).unwrap_or_default();
+        for ss in rs.scope_spans {
+            let scope = ss.scope.map(|s| s.name).unwrap_or_default();
+            for span in ss.spans {
+                spans.push(ReceivedSpan {
+                    resource: resource.clone(),
+                    scope: scope.clone(),
+                    span,
+                    transport,
+                });
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Grpc(Store);
+
+#[tonic::async_trait]
+impl TraceService for Grpc {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        keep(&self.0, request.into_inner(), "grpc");
+        Ok(tonic::Response::new(ExportTraceServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
+async fn http_export(State(store): State<Store>, body: Bytes) -> (StatusCode, Vec<u8>) {
+    match ExportTraceServiceRequest::decode(body) {
+        Ok(request) => {
+            keep(&store, request, "http");
+            let response = ExportTraceServiceResponse {
+                partial_success: None,
+            };
+            (StatusCode::OK, response.encode_to_vec())
+        }
+        Err(_) => (StatusCode::BAD_REQUEST, Vec::new()),
+    }
+}
+
+/// The receiver; stops serving when dropped.
+#[derive(Debug)]
+pub struct OtlpReceiver {
+    grpc: SocketAddr,
+    http: SocketAddr,
+    store: Store,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl OtlpReceiver {
+    /// Starts both transports on loopback ports chosen by the OS.
+    pub async fn start() -> std::io::Result<Self> {
+        let store = Store::default();
+        let grpc_listener = TcpListener::bind("127.0.0.1:0").await?;
+        let http_listener = TcpListener::bind("127.0.0.1:0").await?;
+        let (grpc, http) = (grpc_listener.local_addr()?, http_listener.local_addr()?);
+        let service = TraceServiceServer::new(Grpc(store.clone()));
+        let grpc_task = tokio::spawn(async move {
+            let incoming = tonic::transport::server::TcpIncoming::from(grpc_listener);
+            let _ = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(incoming)
+                .await;
+        });
+        let app = axum::Router::new()
+            .route("/v1/traces", post(http_export))
+            .with_state(store.clone());
+        let http_task = tokio::spawn(async move {
+            let _ = axum::serve(http_listener, app).await;
+        });
+        Ok(Self {
+            grpc,
+            http,
+            store,
+            tasks: vec![grpc_task, http_task],
+        })
+    }
+
+    /// The gRPC endpoint, `http://127.0.0.1:PORT`.
+    pub fn grpc_endpoint(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+
+    /// The HTTP endpoint, `http://127.0.0.1:PORT/v1/traces`.
+    pub fn http_endpoint(&self) -> String {
+        format!("http://{}/v1/traces", self.http)
+    }
+
+    /// Every span received so far.
+    pub fn spans(&self) -> Vec<ReceivedSpan> {
+        self.store.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// How many spans were received so far.
+    pub fn num_spans(&self) -> usize {
+        self.store.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Waits (up to `timeout`) until at least `n` spans have arrived; returns all received.
+    pub async fn wait_for(&self, n: usize, timeout: Duration) -> Vec<ReceivedSpan> {
+        let deadline = Instant::now() + timeout;
+        while self.num_spans() < n && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.spans()
+    }
+}
+
+impl Drop for OtlpReceiver {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
