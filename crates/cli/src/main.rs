@@ -9,6 +9,7 @@
 mod bench_throughput;
 mod model_arg;
 mod serve;
+mod tracing_args;
 
 use std::path::PathBuf;
 

@@ -9,6 +9,7 @@ use tokio::net::TcpListener;
 use wayfinder_core::{EngineConfig, EngineHandle, SamplingParams, SchedulerConfig};
 use wayfinder_model::{KvCacheSize, LoadOptions, ModelExecutor};
 use wayfinder_server::{AppState, Limits, ServerParts};
+use wayfinder_trace::{CoreObserver, ProcessRole};
 
 use crate::model_arg;
 
@@ -59,6 +60,9 @@ pub(crate) struct Args {
     /// Seconds requests in flight may take to finish after SIGINT/SIGTERM before being aborted.
     #[arg(long, default_value_t = 30.0)]
     shutdown_timeout: f64,
+    /// Journey tracing (docs/JOURNEY_TRACING.md).
+    #[command(flatten)]
+    tracing: crate::tracing_args::TracingArgs,
 }
 
 pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
@@ -110,6 +114,10 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
     let eos_token_ids = model.eos_token_ids.clone();
     let executor = ModelExecutor::new(model.decoder, num_blocks, args.block_size);
     let kv_bytes = executor.kv_cache_bytes();
+    let telemetry = args.tracing.init(ProcessRole::All)?;
+    let observer = telemetry
+        .as_ref()
+        .map(|t| Box::new(CoreObserver::new(t)) as Box<dyn wayfinder_core::JourneyObserver>);
     let engine = EngineHandle::spawn(
         EngineConfig {
             scheduler: SchedulerConfig {
@@ -124,7 +132,7 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
             seed: None,
         },
         Box::new(executor),
-        None,
+        observer,
     )?;
     let state = AppState::new(ServerParts {
         engine: engine.clone(),
@@ -141,6 +149,7 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
         },
         api_key: args.api_key.clone().filter(|k| !k.is_empty()),
         sampling_defaults: sampling_defaults(&model.generation),
+        tracing: telemetry.clone(),
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -162,6 +171,7 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
             kv_mib = kv_bytes / (1 << 20),
             max_model_len,
             auth = args.api_key.is_some(),
+            journey_tracing = telemetry.is_some(),
             "serving the OpenAI API"
         );
         wayfinder_server::run(listener, state, shutdown_signal())
@@ -169,6 +179,9 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
             .context("serving")
     });
     engine.shutdown();
+    if let Some(t) = &telemetry {
+        t.shutdown();
+    }
     tracing::info!("stopped");
     served
 }

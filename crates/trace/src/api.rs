@@ -55,6 +55,7 @@ pub struct Latency {
 #[derive(Debug)]
 pub struct RequestSpan {
     span: Span,
+    request_id: String,
     clock: WallClock,
     /// Events recorded so far (bit per event), so each is recorded at most once.
     recorded: u8,
@@ -118,6 +119,7 @@ impl Telemetry {
         );
         Some(RequestSpan {
             span,
+            request_id: request_id.to_owned(),
             clock,
             recorded: 0,
             closed: false,
@@ -143,7 +145,7 @@ impl RequestSpan {
 
     /// The carrier for the engine request: this span's context and the sampling decision.
     pub fn carrier(&self) -> Carrier {
-        let carrier = carrier::inject(self.span.span_context());
+        let carrier = carrier::inject(self.span.span_context(), &self.request_id);
         tracing::debug!(
             traceparent = carrier.get("traceparent").map_or("", String::as_str),
             "journey tracing: context injected"

@@ -10,7 +10,7 @@ use opentelemetry::trace::{SpanContext, TraceContextExt};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use wayfinder_core::Carrier;
 
-use crate::names::SAMPLED_KEY;
+use crate::names::{REQUEST_ID_KEY, SAMPLED_KEY};
 
 /// Reads HTTP headers; `http::HeaderMap` matches names case-insensitively.
 struct HeaderExtractor<'a>(&'a http::HeaderMap);
@@ -67,13 +67,20 @@ pub fn extract_headers(headers: &http::HeaderMap) -> Option<SpanContext> {
     sc.is_valid().then_some(sc)
 }
 
-/// A carrier for the engine request: the W3C context of `span` and the sampling decision.
-pub fn inject(span: &SpanContext) -> Carrier {
-    let mut carrier = Carrier::with_capacity(3);
+/// A carrier for the engine requests of API request `request_id`: the W3C context of `span`,
+/// the sampling decision and the request id.
+pub fn inject(span: &SpanContext, request_id: &str) -> Carrier {
+    let mut carrier = Carrier::with_capacity(4);
     let cx = Context::new().with_remote_span_context(span.clone());
     TraceContextPropagator::new().inject_context(&cx, &mut MapCarrier(&mut carrier));
     carrier.insert(SAMPLED_KEY.to_owned(), "1".to_owned());
+    carrier.insert(REQUEST_ID_KEY.to_owned(), request_id.to_owned());
     carrier
+}
+
+/// The API layer's request id, if the carrier has one.
+pub fn request_id(carrier: &Carrier) -> Option<&str> {
+    carrier.get(REQUEST_ID_KEY).map(String::as_str)
 }
 
 /// Whether the API layer sampled this request in.
@@ -136,7 +143,8 @@ mod tests {
             false,
             TraceState::default(),
         );
-        let carrier = inject(&sc);
+        let carrier = inject(&sc, "chatcmpl-1");
+        assert_eq!(request_id(&carrier), Some("chatcmpl-1"));
         assert_eq!(carrier.get("traceparent").map(String::as_str), Some(TRACEPARENT));
         assert!(is_sampled(&carrier));
         let back = extract_carrier(&carrier).expect("a parent");

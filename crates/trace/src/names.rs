@@ -204,5 +204,9 @@ pub mod reason {
 /// The carrier key that tells the engine the API layer sampled the request in.
 pub const SAMPLED_KEY: &str = "x-wayfinder-journey-sampled";
 
+/// The carrier key with the API layer's request id, so that `llm_core` records the same
+/// `gen_ai.request.id` as `llm_request` (an engine request's own id adds the choice index).
+pub const REQUEST_ID_KEY: &str = "x-wayfinder-request-id";
+
 /// `gen_ai.provider.name`'s value.
 pub const PROVIDER: &str = "wayfinder";

@@ -66,12 +66,13 @@ impl CoreObserver {
             "journey tracing: context extracted"
         );
         let cx = parent.map_or_else(Context::new, |p| Context::new().with_remote_span_context(p));
+        let request_id = carrier::request_id(event.carrier).unwrap_or(event.request_id);
         let span = self
             .scheduler
             .span_builder(SPAN_CORE)
             .with_kind(SpanKind::Internal)
             .with_start_time(self.clock.wall(event.fields.ts_monotonic))
-            .with_attributes([KeyValue::new(attr::REQUEST_ID, event.request_id.to_owned())])
+            .with_attributes([KeyValue::new(attr::REQUEST_ID, request_id.to_owned())])
             .start_with_context(&self.scheduler, &cx);
         tracing::debug!(
             request_id = event.request_id,

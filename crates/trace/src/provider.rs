@@ -125,7 +125,7 @@ pub fn init(config: &TracingConfig) -> Result<Telemetry, TraceError> {
         }
         return Ok(existing.clone());
     }
-    let telemetry = Telemetry::otlp(config.clone(), target)?;
+    let telemetry = Telemetry::build_otlp(config.clone(), target)?;
     opentelemetry::global::set_tracer_provider(telemetry.inner.provider.clone());
     let _ = PROCESS.set(telemetry.clone());
     Ok(telemetry)
@@ -137,7 +137,15 @@ pub fn process_telemetry() -> Option<Telemetry> {
 }
 
 impl Telemetry {
-    fn otlp(config: TracingConfig, target: ExportTarget) -> Result<Self, TraceError> {
+    /// A provider exporting over OTLP as `config` and the `OTEL_*` environment say, that is
+    /// *not* this process's provider: for tests and tools that need one of their own. A
+    /// server uses [`init`].
+    pub fn otlp(config: &TracingConfig) -> Result<Self, TraceError> {
+        let target = config.resolve(|k| std::env::var(k).ok())?;
+        Self::build_otlp(config.clone(), target)
+    }
+
+    fn build_otlp(config: TracingConfig, target: ExportTarget) -> Result<Self, TraceError> {
         let error = |message: String| TraceError::Exporter {
             protocol: target.protocol.as_str(),
             endpoint: target.endpoint.clone(),

@@ -14,7 +14,8 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tower::ServiceExt;
-use wayfinder_core::testing::{TestExecutor, TestExecutorConfig};
+use wayfinder_core::testing::{JourneyLog, RecordingObserver, TestExecutor, TestExecutorConfig};
+use wayfinder_core::{JourneyEvent, JourneyObserver, StepDetail, StepReport};
 use wayfinder_core::{EngineConfig, EngineHandle, EngineStats, SchedulerConfig};
 use wayfinder_model::chat_template::ChatTemplate;
 use wayfinder_model::synth::{CHATML_TEMPLATE, train_tokenizer};
@@ -59,6 +60,12 @@ pub struct Options {
     pub fail_on_steps: Vec<u64>,
     /// The model's sampling defaults.
     pub sampling_defaults: wayfinder_core::SamplingParams,
+    /// Journey tracing into an in-memory exporter, with these settings.
+    pub tracing: Option<wayfinder_trace::TracingConfig>,
+    /// Journey tracing through this provider instead (for tests with a real OTLP receiver).
+    pub telemetry: Option<wayfinder_trace::Telemetry>,
+    /// Also record every journey event the engine emits (with its carrier).
+    pub record_journey: bool,
 }
 
 impl Default for Options {
@@ -74,6 +81,9 @@ impl Default for Options {
             shutdown_timeout: Duration::from_secs(10),
             fail_on_steps: Vec::new(),
             sampling_defaults: wayfinder_core::SamplingParams::default(),
+            tracing: None,
+            telemetry: None,
+            record_journey: false,
         }
     }
 }
@@ -83,6 +93,11 @@ impl Default for Options {
 pub struct TestServer {
     pub state: AppState,
     pub engine: EngineHandle,
+    /// Where spans go when `Options::tracing` is set.
+    pub spans: Option<wayfinder_trace::InMemorySpanExporter>,
+    pub telemetry: Option<wayfinder_trace::Telemetry>,
+    /// The engine's journey events, when `Options::record_journey` is set.
+    pub journey: Option<JourneyLog>,
 }
 
 impl TestServer {
@@ -95,6 +110,26 @@ impl TestServer {
             avoid_tokens: eos_ids(),
             fail_on_steps: options.fail_on_steps.clone(),
         });
+        let (telemetry, spans) = match (&options.telemetry, &options.tracing) {
+            (Some(t), _) => (Some(t.clone()), None),
+            (None, Some(config)) => {
+                let exporter = wayfinder_trace::InMemorySpanExporter::default();
+                let t = wayfinder_trace::Telemetry::with_exporter(config.clone(), exporter.clone());
+                (Some(t), Some(exporter))
+            }
+            (None, None) => (None, None),
+        };
+        let core = telemetry.as_ref().map(wayfinder_trace::CoreObserver::new);
+        let (recorder, journey) = if options.record_journey {
+            let (r, log) = RecordingObserver::new();
+            (Some(r), Some(log))
+        } else {
+            (None, None)
+        };
+        let observer = match (core, recorder) {
+            (None, None) => None,
+            (core, recorder) => Some(Box::new(Tee { core, recorder }) as Box<dyn JourneyObserver>),
+        };
         let engine = EngineHandle::spawn(
             EngineConfig {
                 scheduler: SchedulerConfig {
@@ -109,7 +144,7 @@ impl TestServer {
                 seed: Some(7),
             },
             Box::new(executor),
-            None,
+            observer,
         )
         .expect("the engine starts");
         let template = ChatTemplate::new(
@@ -133,8 +168,15 @@ impl TestServer {
             },
             api_key: options.api_key.clone(),
             sampling_defaults: options.sampling_defaults.clone(),
+            tracing: telemetry.clone(),
         });
-        Self { state, engine }
+        Self {
+            state,
+            engine,
+            spans,
+            telemetry,
+            journey,
+        }
     }
 
     pub fn default_server() -> Self {
@@ -186,6 +228,33 @@ impl TestServer {
             stats = self.engine.stats().await.expect("engine up");
         }
         panic!("the engine did not become idle: {stats:?}");
+    }
+}
+
+/// The engine's observer in tests: the OpenTelemetry one, a recorder, or both.
+struct Tee {
+    core: Option<wayfinder_trace::CoreObserver>,
+    recorder: Option<RecordingObserver>,
+}
+
+impl JourneyObserver for Tee {
+    fn on_event(&mut self, event: &JourneyEvent<'_>) {
+        if let Some(r) = &mut self.recorder {
+            r.on_event(event);
+        }
+        if let Some(c) = &mut self.core {
+            c.on_event(event);
+        }
+    }
+
+    fn step_detail(&mut self, step: u64) -> StepDetail {
+        self.core.as_mut().map_or(StepDetail::Skip, |c| c.step_detail(step))
+    }
+
+    fn on_step(&mut self, report: &StepReport<'_>) {
+        if let Some(c) = &mut self.core {
+            c.on_step(report);
+        }
     }
 }
 
