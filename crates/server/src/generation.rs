@@ -117,10 +117,15 @@ impl Generation {
             if let Some(c) = &carrier {
                 spec.request.set_carrier(c.clone());
             }
-            let added = state.engine().add_request(spec.request).map_err(|e| match e {
-                EngineError::NotRunning => ApiError::Unavailable("the engine is not running".into()),
-                other => ApiError::Internal(other.to_string()),
-            });
+            let added = state
+                .engine()
+                .add_request(spec.request)
+                .map_err(|e| match e {
+                    EngineError::NotRunning => {
+                        ApiError::Unavailable("the engine is not running".into())
+                    }
+                    other => ApiError::Internal(other.to_string()),
+                });
             let rs = match added {
                 Ok(rs) => rs,
                 Err(e) => {

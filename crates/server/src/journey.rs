@@ -101,7 +101,9 @@ impl Journey {
     /// carries the trace id when the request is traced.
     pub(crate) fn log_span(&self) -> tracing::Span {
         match &self.span {
-            Some(s) => tracing::info_span!("request", request_id = %self.id, trace_id = %s.trace_id()),
+            Some(s) => {
+                tracing::info_span!("request", request_id = %self.id, trace_id = %s.trace_id())
+            }
             None => tracing::Span::none(),
         }
     }
@@ -159,7 +161,12 @@ impl Journey {
     }
 
     /// Records the token counts, the answer's finish reasons and the latency breakdown.
-    pub(crate) fn record(&mut self, model: &str, usage: &UsageOut, finish_reasons: &[&'static str]) {
+    pub(crate) fn record(
+        &mut self,
+        model: &str,
+        usage: &UsageOut,
+        finish_reasons: &[&'static str],
+    ) {
         let Some(span) = &mut self.span else {
             return;
         };
@@ -201,7 +208,11 @@ impl Journey {
 
     /// The request ended with `error`.
     pub(crate) fn failed(&mut self, error: &ApiError) {
-        self.abort(error.journey_reason(), error.status().as_str(), &error.to_string());
+        self.abort(
+            error.journey_reason(),
+            error.status().as_str(),
+            &error.to_string(),
+        );
     }
 
     fn abort(&mut self, why: &'static str, error_type: &str, message: &str) {

@@ -72,9 +72,16 @@ async fn a_non_streaming_chat_request_has_both_spans_with_every_event_and_attrib
     let request = one(&spans, SPAN_REQUEST);
     let core = one(&spans, SPAN_CORE);
 
-    assert_eq!(request.parent_span_id, SpanId::INVALID, "no traceparent: a new root");
+    assert_eq!(
+        request.parent_span_id,
+        SpanId::INVALID,
+        "no traceparent: a new root"
+    );
     assert_eq!(core.parent_span_id, request.span_context.span_id());
-    assert_eq!(core.span_context.trace_id(), request.span_context.trace_id());
+    assert_eq!(
+        core.span_context.trace_id(),
+        request.span_context.trace_id()
+    );
     assert_eq!(
         api_events(request),
         [
@@ -99,7 +106,11 @@ async fn a_non_streaming_chat_request_has_both_spans_with_every_event_and_attrib
     assert_eq!(string(request, attr::REQUEST_ID), id);
     assert_eq!(string(request, attr::RESPONSE_ID), id);
     assert_eq!(string(core, attr::REQUEST_ID), id);
-    assert_eq!(float(request, attr::TEMPERATURE), 0.0, "temperature 0 is recorded");
+    assert_eq!(
+        float(request, attr::TEMPERATURE),
+        0.0,
+        "temperature 0 is recorded"
+    );
     assert_eq!(float(request, attr::TOP_P), 1.0);
     assert_eq!(int(request, attr::MAX_TOKENS), 5);
     assert_eq!(int(request, attr::N), 1);
@@ -135,8 +146,14 @@ async fn a_non_streaming_chat_request_has_both_spans_with_every_event_and_attrib
     assert_eq!(event_str(&events[3], attr::FINISH_STATUS), "length");
     assert_eq!(event_str(&events[0], attr::PHASE), "WAITING");
     let finished = &events[3];
-    assert_eq!(event_int(finished, attr::PREFILL_TOTAL_TOKENS), prompt_tokens);
-    assert_eq!(event_int(finished, attr::PREFILL_DONE_TOKENS), prompt_tokens);
+    assert_eq!(
+        event_int(finished, attr::PREFILL_TOTAL_TOKENS),
+        prompt_tokens
+    );
+    assert_eq!(
+        event_int(finished, attr::PREFILL_DONE_TOKENS),
+        prompt_tokens
+    );
     assert_eq!(event_int(finished, attr::DECODE_DONE_TOKENS), 5);
     assert_eq!(event_int(finished, attr::DECODE_MAX_TOKENS), 5);
     assert_eq!(event_int(finished, attr::NUM_PREEMPTIONS), 0);
@@ -163,15 +180,25 @@ async fn a_streaming_request_follows_the_clients_traceparent_whatever_the_header
     let core = one(&spans, SPAN_CORE);
     let trace = TraceId::from_hex(CLIENT_TRACE).expect("hex");
     assert_eq!(request.span_context.trace_id(), trace);
-    assert_eq!(request.parent_span_id, SpanId::from_hex(CLIENT_SPAN).expect("hex"));
+    assert_eq!(
+        request.parent_span_id,
+        SpanId::from_hex(CLIENT_SPAN).expect("hex")
+    );
     assert!(request.parent_span_is_remote);
     assert_eq!(core.span_context.trace_id(), trace);
     assert_eq!(core.parent_span_id, request.span_context.span_id());
     assert_eq!(request.span_context.trace_state().get("vendor"), Some("1"));
-    assert_eq!(api_events(request).last().map(String::as_str), Some("api.DEPARTED"));
+    assert_eq!(
+        api_events(request).last().map(String::as_str),
+        Some("api.DEPARTED")
+    );
     assert_eq!(string(request, attr::OPERATION_NAME), "text_completion");
     assert_eq!(attr_of(request, attr::STREAM), Some(&Value::Bool(true)));
-    assert_eq!(int(request, attr::COMPLETION_TOKENS), 4, "counted while streaming");
+    assert_eq!(
+        int(request, attr::COMPLETION_TOKENS),
+        4,
+        "counted while streaming"
+    );
 }
 
 #[tokio::test]
@@ -193,7 +220,11 @@ async fn n_choices_make_one_request_span_with_one_core_span_per_choice() {
     for request in requests {
         assert_eq!(children(&spans, request).len(), 2);
         assert_eq!(int(request, attr::N), 2);
-        assert_eq!(int(request, attr::COMPLETION_TOKENS), 6, "summed over choices");
+        assert_eq!(
+            int(request, attr::COMPLETION_TOKENS),
+            6,
+            "summed over choices"
+        );
         assert_eq!(
             attr_of(request, attr::FINISH_REASONS).map(ToString::to_string),
             Some("[\"length\",\"length\"]".to_owned())
@@ -234,7 +265,11 @@ async fn a_client_disconnect_aborts_both_spans() {
 async fn rejected_requests_leave_an_aborted_request_span_and_no_core_span() {
     let server = traced(Options::default());
     let bad_json = server
-        .call(post_with("/v1/chat/completions", &json!("not an object"), &[]))
+        .call(post_with(
+            "/v1/chat/completions",
+            &json!("not an object"),
+            &[],
+        ))
         .await;
     assert_eq!(bad_json.status, StatusCode::BAD_REQUEST);
     let bad_model = server
@@ -242,7 +277,10 @@ async fn rejected_requests_leave_an_aborted_request_span_and_no_core_span() {
         .await;
     assert_eq!(bad_model.status, StatusCode::NOT_FOUND);
     let too_long = server
-        .post("/v1/completions", &json!({"model": MODEL, "prompt": "x", "max_tokens": 100000}))
+        .post(
+            "/v1/completions",
+            &json!({"model": MODEL, "prompt": "x", "max_tokens": 100000}),
+        )
         .await;
     assert_eq!(too_long.status, StatusCode::BAD_REQUEST);
     let spans = spans(&server, 3).await;
@@ -256,7 +294,10 @@ async fn rejected_requests_leave_an_aborted_request_span_and_no_core_span() {
         assert_eq!(event_str(aborted, attr::REASON), "validation_error");
         assert!(!event_str(aborted, attr::ERROR).is_empty());
         assert!(matches!(r.status, Status::Error { .. }));
-        assert!(string(r, attr::REQUEST_ID).starts_with("c"), "the id is known early");
+        assert!(
+            string(r, attr::REQUEST_ID).starts_with("c"),
+            "the id is known early"
+        );
         error_types.push(string(r, attr::ERROR_TYPE));
     }
     error_types.sort();
@@ -276,17 +317,28 @@ async fn overload_and_engine_errors_are_aborted_with_their_reason() {
         let server = server.clone();
         async move {
             server
-                .post("/v1/completions", &json!({"model": MODEL, "prompt": "a", "max_tokens": 8}))
+                .post(
+                    "/v1/completions",
+                    &json!({"model": MODEL, "prompt": "a", "max_tokens": 8}),
+                )
                 .await
         }
     });
     tokio::time::sleep(Duration::from_millis(5)).await;
     let second = server
-        .post("/v1/completions", &json!({"model": MODEL, "prompt": "b", "max_tokens": 8}))
+        .post(
+            "/v1/completions",
+            &json!({"model": MODEL, "prompt": "b", "max_tokens": 8}),
+        )
         .await;
     assert_eq!(second.status, StatusCode::TOO_MANY_REQUESTS);
     let first = first.await.expect("task");
-    assert_eq!(first.status, StatusCode::INTERNAL_SERVER_ERROR, "{}", first.text);
+    assert_eq!(
+        first.status,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "{}",
+        first.text
+    );
 
     let spans = spans(&server, 3).await;
     let reasons: Vec<String> = named(&spans, SPAN_REQUEST)
@@ -298,7 +350,10 @@ async fn overload_and_engine_errors_are_aborted_with_their_reason() {
         })
         .collect();
     assert!(reasons.contains(&"overloaded".to_owned()), "{reasons:?}");
-    assert!(reasons.contains(&"generation_error".to_owned()), "{reasons:?}");
+    assert!(
+        reasons.contains(&"generation_error".to_owned()),
+        "{reasons:?}"
+    );
     let core = one(&spans, SPAN_CORE);
     let finished = core.events.events.last().expect("events");
     assert_eq!(event_str(finished, attr::FINISH_STATUS), "error");
@@ -328,14 +383,20 @@ async fn a_preempted_request_reads_preempted_then_resume_and_its_prefill_never_g
         .iter()
         .filter(|c| event_names(c).contains(&"journey.PREEMPTED".to_owned()))
         .collect();
-    assert!(!preempted.is_empty(), "the tiny KV pool forces a preemption");
+    assert!(
+        !preempted.is_empty(),
+        "the tiny KV pool forces a preemption"
+    );
     for core in preempted {
         let events = &core.events.events;
         let at = events
             .iter()
             .position(|e| e.name == "journey.PREEMPTED")
             .expect("preempted");
-        assert_eq!(event_str(&events[at], attr::PREEMPT_REASON), "kv_cache_full");
+        assert_eq!(
+            event_str(&events[at], attr::PREEMPT_REASON),
+            "kv_cache_full"
+        );
         assert_eq!(events[at + 1].name, "journey.SCHEDULED");
         assert_eq!(event_str(&events[at + 1], attr::SCHEDULE_KIND), "RESUME");
         let last = events.last().expect("finished");
@@ -354,7 +415,9 @@ async fn a_sampled_out_request_has_no_spans_and_no_tracing_state() {
         record_journey: true,
         ..Options::default()
     });
-    let reply = server.post("/v1/chat/completions", &chat(&json!({"max_tokens": 2}))).await;
+    let reply = server
+        .post("/v1/chat/completions", &chat(&json!({"max_tokens": 2})))
+        .await;
     assert_eq!(reply.status, StatusCode::OK);
     // The client's unsampled decision is followed too…
     let unsampled = format!("00-{CLIENT_TRACE}-{CLIENT_SPAN}-00");
@@ -384,7 +447,12 @@ async fn a_sampled_out_request_has_no_spans_and_no_tracing_state() {
     assert_eq!(reply.status, StatusCode::OK);
     let spans = spans(&server, 2).await;
     assert_eq!(spans.len(), 2, "only the request with a sampled parent");
-    assert!(journey.events().iter().any(|e| e.carrier.get(SAMPLED_KEY).is_some()));
+    assert!(
+        journey
+            .events()
+            .iter()
+            .any(|e| e.carrier.get(SAMPLED_KEY).is_some())
+    );
 }
 
 #[tokio::test]
@@ -470,14 +538,21 @@ async fn sampled_steps_are_short_spans_linked_to_their_requests() {
             .map(|l| l.span_context.span_id())
             .collect();
         assert!(!linked.is_empty());
-        assert!(linked.iter().all(|id| cores.contains(id)), "links point at llm_core spans");
+        assert!(
+            linked.iter().all(|id| cores.contains(id)),
+            "links point at llm_core spans"
+        );
         let snapshots = step
             .events
             .events
             .iter()
             .filter(|e| e.name == "step.REQUEST_SNAPSHOT")
             .count();
-        assert_eq!(snapshots, linked.len(), "a rich step snapshots each request");
+        assert_eq!(
+            snapshots,
+            linked.len(),
+            "a rich step snapshots each request"
+        );
     }
     let finished: i64 = steps.iter().map(|s| int(s, attr::BATCH_NUM_FINISHED)).sum();
     assert_eq!(finished, 2);

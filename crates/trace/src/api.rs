@@ -277,6 +277,7 @@ impl Drop for RequestSpan {
                 "the request ended without an outcome",
             );
         }
-        self.span.end_with_timestamp(self.clock.wall(monotonic_now()));
+        self.span
+            .end_with_timestamp(self.clock.wall(monotonic_now()));
     }
 }

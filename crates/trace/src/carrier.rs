@@ -145,7 +145,10 @@ mod tests {
         );
         let carrier = inject(&sc, "chatcmpl-1");
         assert_eq!(request_id(&carrier), Some("chatcmpl-1"));
-        assert_eq!(carrier.get("traceparent").map(String::as_str), Some(TRACEPARENT));
+        assert_eq!(
+            carrier.get("traceparent").map(String::as_str),
+            Some(TRACEPARENT)
+        );
         assert!(is_sampled(&carrier));
         let back = extract_carrier(&carrier).expect("a parent");
         assert_eq!(back.trace_id(), sc.trace_id());

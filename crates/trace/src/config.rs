@@ -158,14 +158,19 @@ impl TracingConfig {
             }
         }
         if self.max_queue_size == 0 {
-            return Err(ConfigError("the span queue must hold at least one span".into()));
+            return Err(ConfigError(
+                "the span queue must hold at least one span".into(),
+            ));
         }
         Ok(())
     }
 
     /// Resolves the export target from the flags, then `env` (the `OTEL_*` variables), then
     /// the OTLP defaults. Pass `|k| std::env::var(k).ok()` for the process environment.
-    pub fn resolve(&self, env: impl Fn(&str) -> Option<String>) -> Result<ExportTarget, ConfigError> {
+    pub fn resolve(
+        &self,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<ExportTarget, ConfigError> {
         self.validate()?;
         let env = |k: &str| env(k).filter(|v| !v.trim().is_empty());
         let protocol = match self
@@ -214,7 +219,9 @@ impl TracingConfig {
 fn signal_endpoint(protocol: Protocol, endpoint: &str) -> String {
     let endpoint = endpoint.trim();
     if protocol == Protocol::HttpProtobuf {
-        let after_scheme = endpoint.split_once("://").map_or(endpoint, |(_, rest)| rest);
+        let after_scheme = endpoint
+            .split_once("://")
+            .map_or(endpoint, |(_, rest)| rest);
         if !after_scheme.trim_end_matches('/').contains('/') {
             return format!("{}/v1/traces", endpoint.trim_end_matches('/'));
         }
@@ -258,7 +265,10 @@ mod tests {
         assert_eq!(t.service_name, "from-env");
 
         let mut vars = vars.to_vec();
-        vars.push(("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://signal:9999/custom"));
+        vars.push((
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "http://signal:9999/custom",
+        ));
         let t = resolve(&TracingConfig::default(), &vars).expect("resolves");
         assert_eq!(t.endpoint, "http://signal:9999/custom");
 

@@ -37,7 +37,9 @@ mod provider;
 pub mod receiver;
 
 pub use api::{Latency, RequestParams, RequestSpan};
-pub use config::{ConfigError, ExportTarget, ProcessRole, Protocol, StepTracingConfig, TracingConfig};
+pub use config::{
+    ConfigError, ExportTarget, ProcessRole, Protocol, StepTracingConfig, TracingConfig,
+};
 pub use export::ExportStats;
 pub use observer::CoreObserver;
 pub use provider::{Telemetry, TraceError, init, process_telemetry};

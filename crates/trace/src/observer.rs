@@ -218,10 +218,7 @@ impl JourneyObserver for CoreObserver {
                         KeyValue::new(attr::SNAP_REQUEST_ID, q.request_id.clone()),
                         KeyValue::new(attr::SNAP_PHASE, q.phase.as_str()),
                         KeyValue::new(attr::SNAP_NUM_PROMPT_TOKENS, q.num_prompt_tokens as i64),
-                        KeyValue::new(
-                            attr::SNAP_NUM_COMPUTED_TOKENS,
-                            q.num_computed_tokens as i64,
-                        ),
+                        KeyValue::new(attr::SNAP_NUM_COMPUTED_TOKENS, q.num_computed_tokens as i64),
                         KeyValue::new(attr::SNAP_NUM_OUTPUT_TOKENS, q.num_output_tokens as i64),
                         KeyValue::new(attr::SNAP_NUM_PREEMPTIONS, i64::from(q.num_preemptions)),
                         KeyValue::new(attr::SNAP_SCHEDULED_TOKENS, q.scheduled_tokens as i64),

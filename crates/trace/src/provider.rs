@@ -169,7 +169,13 @@ impl Telemetry {
         );
         let counters = Arc::new(Counters::default());
         let exporter = CountingExporter::new(exporter, counters.clone(), target.endpoint.clone());
-        Ok(Self::build(config, Some(target), exporter, counters, runtime))
+        Ok(Self::build(
+            config,
+            Some(target),
+            exporter,
+            counters,
+            runtime,
+        ))
     }
 
     /// A provider that exports to `exporter` through the same counting batch processor as the
@@ -198,7 +204,12 @@ impl Telemetry {
         let capacity = config.max_queue_size + config.max_queue_size.min(512);
         let processor = CountingProcessor::new(processor, counters.clone(), capacity);
         let service_name = target.as_ref().map_or_else(
-            || config.service_name.clone().unwrap_or_else(|| "wayfinder".into()),
+            || {
+                config
+                    .service_name
+                    .clone()
+                    .unwrap_or_else(|| "wayfinder".into())
+            },
             |t| t.service_name.clone(),
         );
         let resource = Resource::builder()

@@ -24,7 +24,13 @@ use crate::wire::{
 pub(crate) async fn handle(State(state): State<AppState>, request: Request) -> Response {
     let arrival = monotonic_now();
     let id = state.new_id("chatcmpl");
-    let journey = Journey::arrived(&state, request.headers(), id.clone(), arrival, journey::CHAT);
+    let journey = Journey::arrived(
+        &state,
+        request.headers(),
+        id.clone(),
+        arrival,
+        journey::CHAT,
+    );
     let log = journey.log_span();
     let response = respond(state, request, journey, arrival)
         .instrument(log)

@@ -15,8 +15,8 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tower::ServiceExt;
 use wayfinder_core::testing::{JourneyLog, RecordingObserver, TestExecutor, TestExecutorConfig};
-use wayfinder_core::{JourneyEvent, JourneyObserver, StepDetail, StepReport};
 use wayfinder_core::{EngineConfig, EngineHandle, EngineStats, SchedulerConfig};
+use wayfinder_core::{JourneyEvent, JourneyObserver, StepDetail, StepReport};
 use wayfinder_model::chat_template::ChatTemplate;
 use wayfinder_model::synth::{CHATML_TEMPLATE, train_tokenizer};
 use wayfinder_model::tokenizer::Tokenizer;
@@ -248,7 +248,9 @@ impl JourneyObserver for Tee {
     }
 
     fn step_detail(&mut self, step: u64) -> StepDetail {
-        self.core.as_mut().map_or(StepDetail::Skip, |c| c.step_detail(step))
+        self.core
+            .as_mut()
+            .map_or(StepDetail::Skip, |c| c.step_detail(step))
     }
 
     fn on_step(&mut self, report: &StepReport<'_>) {

@@ -49,7 +49,10 @@ pub fn attr_of<'a>(span: &'a SpanData, key: &str) -> Option<&'a Value> {
 }
 
 pub fn find<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a Value> {
-    attrs.iter().find(|kv| kv.key.as_str() == key).map(|kv| &kv.value)
+    attrs
+        .iter()
+        .find(|kv| kv.key.as_str() == key)
+        .map(|kv| &kv.value)
 }
 
 pub fn int(span: &SpanData, key: &str) -> i64 {
@@ -75,7 +78,11 @@ pub fn string(span: &SpanData, key: &str) -> String {
 
 /// The names of a span's events, in order.
 pub fn event_names(span: &SpanData) -> Vec<String> {
-    span.events.events.iter().map(|e| e.name.to_string()).collect()
+    span.events
+        .events
+        .iter()
+        .map(|e| e.name.to_string())
+        .collect()
 }
 
 /// An event's attribute.
@@ -124,22 +131,37 @@ pub fn check_invariants(spans: &[SpanData]) {
                     .iter()
                     .filter(|n| *n == "api.DEPARTED" || *n == "api.ABORTED")
                     .count();
-                assert_eq!(endings, 1, "exactly one of DEPARTED/ABORTED: {:?}", event_names(s));
+                assert_eq!(
+                    endings,
+                    1,
+                    "exactly one of DEPARTED/ABORTED: {:?}",
+                    event_names(s)
+                );
                 for e in &s.events.events {
-                    assert!(matches!(event_attr(e, attr::EVENT_TS_MONOTONIC), Value::F64(_)));
+                    assert!(matches!(
+                        event_attr(e, attr::EVENT_TS_MONOTONIC),
+                        Value::F64(_)
+                    ));
                 }
             }
             names::SPAN_CORE => {
                 assert_eq!(scope_name, scope::SCHEDULER);
                 assert_eq!(s.span_kind, SpanKind::Internal);
-                assert_ne!(s.parent_span_id, SpanId::INVALID, "llm_core is never a root");
+                assert_ne!(
+                    s.parent_span_id,
+                    SpanId::INVALID,
+                    "llm_core is never a root"
+                );
                 let parent = spans
                     .iter()
                     .find(|p| p.span_context.span_id() == s.parent_span_id);
                 if let Some(parent) = parent {
                     assert_eq!(parent.name, names::SPAN_REQUEST);
                     assert_eq!(parent.span_context.trace_id(), s.span_context.trace_id());
-                    assert_eq!(string(parent, attr::REQUEST_ID), string(s, attr::REQUEST_ID));
+                    assert_eq!(
+                        string(parent, attr::REQUEST_ID),
+                        string(s, attr::REQUEST_ID)
+                    );
                 }
                 check_journey_events(s);
             }
@@ -156,8 +178,16 @@ pub fn check_invariants(spans: &[SpanData]) {
 fn check_journey_events(span: &SpanData) {
     let events = &span.events.events;
     let names: Vec<String> = event_names(span);
-    assert_eq!(names.first().map(String::as_str), Some("journey.QUEUED"), "{names:?}");
-    assert_eq!(names.last().map(String::as_str), Some("journey.FINISHED"), "{names:?}");
+    assert_eq!(
+        names.first().map(String::as_str),
+        Some("journey.QUEUED"),
+        "{names:?}"
+    );
+    assert_eq!(
+        names.last().map(String::as_str),
+        Some("journey.FINISHED"),
+        "{names:?}"
+    );
     assert_eq!(names.iter().filter(|n| *n == "journey.QUEUED").count(), 1);
     assert_eq!(names.iter().filter(|n| *n == "journey.FINISHED").count(), 1);
     assert!(names.iter().filter(|n| *n == "journey.FIRST_TOKEN").count() <= 1);
@@ -178,15 +208,24 @@ fn check_journey_events(span: &SpanData) {
         ] {
             event_attr(e, key);
         }
-        assert_eq!(format!("journey.{}", event_str(e, attr::EVENT_TYPE)), e.name);
+        assert_eq!(
+            format!("journey.{}", event_str(e, attr::EVENT_TYPE)),
+            e.name
+        );
         let Value::F64(ts) = event_attr(e, attr::TS_MONOTONIC) else {
             panic!("ts.monotonic is a double");
         };
-        assert_eq!((ts * 1e9).round() as i64, event_int(e, attr::TS_MONOTONIC_NS));
+        assert_eq!(
+            (ts * 1e9).round() as i64,
+            event_int(e, attr::TS_MONOTONIC_NS)
+        );
         assert!(*ts >= last_ts, "events in time order");
         last_ts = *ts;
         let prefill = event_int(e, attr::PREFILL_DONE_TOKENS);
-        assert!(prefill >= last_prefill, "prefill.done_tokens never goes down");
+        assert!(
+            prefill >= last_prefill,
+            "prefill.done_tokens never goes down"
+        );
         last_prefill = prefill;
         assert!(
             ["WAITING", "PREFILL", "DECODE"].contains(&event_str(e, attr::PHASE).as_str()),
@@ -196,6 +235,9 @@ fn check_journey_events(span: &SpanData) {
     let preempted = names.iter().filter(|n| *n == "journey.PREEMPTED").count();
     let scheduled = names.iter().filter(|n| *n == "journey.SCHEDULED").count();
     if scheduled > 0 {
-        assert!(scheduled == preempted + 1 || scheduled == preempted, "{names:?}");
+        assert!(
+            scheduled == preempted + 1 || scheduled == preempted,
+            "{names:?}"
+        );
     }
 }

@@ -1,0 +1,167 @@
+//! The journey on the wire: a real OTLP receiver (gRPC and HTTP/protobuf) started in the test
+//! receives both spans of a request sent with a `traceparent`, in the client's trace, parent
+//! and child; and with the collector unreachable, requests still succeed and the drops are
+//! counted.
+
+mod common;
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use serde_json::json;
+use wayfinder_trace::names::{SPAN_CORE, SPAN_REQUEST, attr, scope};
+use wayfinder_trace::receiver::{OtlpReceiver, ReceivedSpan};
+use wayfinder_trace::{ProcessRole, Telemetry, TracingConfig};
+
+use common::{MODEL, Options, TestServer};
+
+const CLIENT_TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
+const CLIENT_SPAN: &str = "b7ad6b7169203331";
+
+fn server_exporting_to(endpoint: String, protocol: &str) -> TestServer {
+    let telemetry = Telemetry::otlp(&TracingConfig {
+        endpoint: Some(endpoint),
+        protocol: Some(protocol.to_owned()),
+        service_name: Some("wayfinder-wire-test".to_owned()),
+        role: ProcessRole::All,
+        export_timeout: Duration::from_secs(2),
+        shutdown_timeout: Duration::from_secs(2),
+        ..TracingConfig::default()
+    })
+    .expect("an OTLP provider");
+    TestServer::new(&Options {
+        telemetry: Some(telemetry),
+        ..Options::default()
+    })
+}
+
+async fn traced_request(server: &TestServer) {
+    let request = Request::post("/v1/chat/completions")
+        .header("content-type", "application/json")
+        .header("traceparent", format!("00-{CLIENT_TRACE}-{CLIENT_SPAN}-01"))
+        .body(Body::from(
+            json!({"model": MODEL, "max_tokens": 3,
+                   "messages": [{"role": "user", "content": "hello"}]})
+            .to_string(),
+        ))
+        .expect("request");
+    let reply = server.call(request).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    server.wait_idle().await;
+}
+
+fn by_name<'a>(spans: &'a [ReceivedSpan], name: &str) -> &'a ReceivedSpan {
+    let found: Vec<_> = spans.iter().filter(|s| s.name() == name).collect();
+    assert_eq!(found.len(), 1, "one {name} received");
+    found[0]
+}
+
+fn check_received(spans: &[ReceivedSpan], transport: &str) {
+    assert_eq!(spans.len(), 2, "{spans:?}");
+    let request = by_name(spans, SPAN_REQUEST);
+    let core = by_name(spans, SPAN_CORE);
+    for s in spans {
+        assert_eq!(s.transport, transport);
+        assert_eq!(s.trace_id(), CLIENT_TRACE, "the client's trace");
+        assert!(
+            matches!(s.resource_attribute("service.name"), Some(Value::StringValue(n)) if n == "wayfinder-wire-test")
+        );
+        assert!(matches!(
+            s.resource_attribute("process.pid"),
+            Some(Value::IntValue(pid)) if *pid == i64::from(std::process::id())
+        ));
+        assert!(matches!(
+            s.resource_attribute(attr::PROCESS_ROLE),
+            Some(Value::StringValue(r)) if r == "all"
+        ));
+        assert!(s.resource_attribute("service.version").is_some());
+    }
+    assert_eq!(request.scope, scope::API);
+    assert_eq!(core.scope, scope::SCHEDULER);
+    assert_eq!(
+        request.parent_span_id(),
+        CLIENT_SPAN,
+        "llm_request's parent is the client span"
+    );
+    assert_eq!(
+        core.parent_span_id(),
+        request.span_id(),
+        "llm_core's parent is llm_request"
+    );
+    assert_eq!(
+        request.event_names(),
+        [
+            "api.ARRIVED",
+            "api.HANDOFF_TO_CORE",
+            "api.FIRST_RESPONSE_FROM_CORE",
+            "api.DEPARTED"
+        ]
+    );
+    assert_eq!(
+        core.event_names(),
+        [
+            "journey.QUEUED",
+            "journey.SCHEDULED",
+            "journey.FIRST_TOKEN",
+            "journey.FINISHED"
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_spans_arrive_over_grpc_in_the_clients_trace() {
+    let receiver = OtlpReceiver::start().await.expect("receiver");
+    let server = server_exporting_to(receiver.grpc_endpoint(), "grpc");
+    traced_request(&server).await;
+    let telemetry = server.telemetry.clone().expect("tracing on");
+    tokio::task::spawn_blocking(move || telemetry.force_flush())
+        .await
+        .expect("flush");
+    let spans = receiver.wait_for(2, Duration::from_secs(10)).await;
+    check_received(&spans, "grpc");
+    let stats = server.telemetry.as_ref().expect("on").stats();
+    assert_eq!((stats.exported, stats.failed), (2, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_spans_arrive_over_http_protobuf_in_the_clients_trace() {
+    let receiver = OtlpReceiver::start().await.expect("receiver");
+    let server = server_exporting_to(receiver.http_endpoint(), "http/protobuf");
+    traced_request(&server).await;
+    let telemetry = server.telemetry.clone().expect("tracing on");
+    tokio::task::spawn_blocking(move || telemetry.force_flush())
+        .await
+        .expect("flush");
+    let spans = receiver.wait_for(2, Duration::from_secs(10)).await;
+    check_received(&spans, "http");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_collector_unreachable_requests_succeed_and_drops_are_counted() {
+    // A port nothing listens on: bind one, note it, close it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    for protocol in ["grpc", "http/protobuf"] {
+        let server = server_exporting_to(format!("http://127.0.0.1:{port}"), protocol);
+        for _ in 0..3 {
+            traced_request(&server).await;
+        }
+        let telemetry = server.telemetry.clone().expect("tracing on");
+        let stats = tokio::task::spawn_blocking(move || {
+            telemetry.shutdown();
+            telemetry.stats()
+        })
+        .await
+        .expect("shutdown");
+        assert_eq!(stats.ended, 6, "{protocol}: every span was ended");
+        assert_eq!(stats.exported, 0, "{protocol}");
+        assert_eq!(
+            stats.failed, 6,
+            "{protocol}: every span is counted as dropped"
+        );
+    }
+}
