@@ -59,7 +59,7 @@ pub(crate) struct ChoiceSpec {
 pub(crate) fn chat(
     state: &AppState,
     req: &ChatCompletionRequest,
-    id: String,
+    id: &str,
     arrival: f64,
 ) -> Result<ValidRequest, ApiError> {
     check_model(state, &req.model)?;
@@ -115,7 +115,7 @@ pub(crate) fn chat(
 pub(crate) fn completion(
     state: &AppState,
     req: CompletionRequest,
-    id: String,
+    id: &str,
     arrival: f64,
 ) -> Result<ValidRequest, ApiError> {
     check_model(state, &req.model)?;
@@ -261,7 +261,7 @@ fn top_logprobs(param: &'static str, n: i64) -> Result<u32, ApiError> {
 /// Checks the shared fields and builds `n` engine requests per prompt.
 fn build(
     state: &AppState,
-    id: String,
+    id: &str,
     prompts: Vec<Vec<u32>>,
     max_tokens: Option<i64>,
     fields: &SamplingFields,

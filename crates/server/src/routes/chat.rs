@@ -48,7 +48,7 @@ async fn respond(
     let body = Json::<ChatCompletionRequest>::from_request(request, &state).await;
     let Json(request) = journey.check(body.map_err(ApiError::from))?;
     let id = journey.id().to_owned();
-    let valid = journey.check(validation::chat(&state, &request, id, arrival))?;
+    let valid = journey.check(validation::chat(&state, &request, &id, arrival))?;
     let (created, model) = (valid.created, valid.model.clone());
     let (stream, include_usage, logprobs) = (valid.stream, valid.include_usage, valid.logprobs);
     let indices: Vec<u32> = valid.choices.iter().map(|c| c.index).collect();

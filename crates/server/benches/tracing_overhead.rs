@@ -1,0 +1,313 @@
+//! What journey tracing costs: throughput and CPU per request with tracing off, sampled at
+//! 10 % and at 100 %, exporting over OTLP/gRPC to a real receiver in a child process (so its
+//! CPU is not counted), with the deterministic test executor (where the API and engine code is
+//! nearly all there is, so the tracing cost stands out) and with the demo model.
+//!
+//! `cargo bench -p wayfinder-server --bench tracing_overhead` (add `-- --quick` for a short
+//! run). Non-streaming chat requests, `max_tokens` 16, 32 in flight, through the router in
+//! process; the modes alternate round by round and the median round is reported.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures_util::StreamExt;
+use serde_json::json;
+use tower::ServiceExt;
+use wayfinder_core::{EngineConfig, EngineHandle, JourneyObserver, SchedulerConfig};
+use wayfinder_model::{LoadOptions, ModelExecutor};
+use wayfinder_server::{AppState, Limits, ServerParts, app};
+use wayfinder_trace::receiver::OtlpReceiver;
+use wayfinder_trace::{CoreObserver, Telemetry, TracingConfig};
+
+const RECEIVER_ENV: &str = "WAYFINDER_BENCH_RECEIVER";
+const CONCURRENCY: usize = 32;
+const MAX_TOKENS: u32 = 16;
+
+fn main() {
+    if std::env::var_os(RECEIVER_ENV).is_some() {
+        run_receiver();
+        return;
+    }
+    let quick = std::env::args().any(|a| a == "--quick");
+    let receiver = Receiver::spawn();
+    let rounds = if quick { 1 } else { 5 };
+    println!(
+        "tracing overhead: {CONCURRENCY} requests in flight, max_tokens {MAX_TOKENS}, OTLP/gRPC to {}",
+        receiver.endpoint
+    );
+    println!(
+        "{:<14} {:>6} {:>9} {:>12} {:>14} {:>10}",
+        "executor", "mode", "requests", "requests/s", "CPU µs/request", "spans out"
+    );
+    let (test_n, demo_n) = if quick { (500, 64) } else { (3000, 256) };
+    bench(
+        "test executor",
+        test_n,
+        rounds,
+        &receiver,
+        Workload::TestExecutor,
+    );
+    bench(
+        "demo model",
+        demo_n,
+        rounds.min(3),
+        &receiver,
+        Workload::Demo,
+    );
+}
+
+#[derive(Clone, Copy)]
+enum Workload {
+    TestExecutor,
+    Demo,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Mode {
+    name: &'static str,
+    rate: Option<f64>,
+}
+
+const MODES: [Mode; 3] = [
+    Mode {
+        name: "off",
+        rate: None,
+    },
+    Mode {
+        name: "10%",
+        rate: Some(0.1),
+    },
+    Mode {
+        name: "100%",
+        rate: Some(1.0),
+    },
+];
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Run {
+    requests_per_s: f64,
+    cpu_us_per_request: f64,
+    spans: u64,
+}
+
+fn bench(label: &str, n: usize, rounds: usize, receiver: &Receiver, workload: Workload) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut runs: Vec<Vec<Run>> = vec![Vec::new(); MODES.len()];
+    // One warm-up round, not reported.
+    for round in 0..=rounds {
+        for (i, mode) in MODES.iter().enumerate() {
+            let run = runtime.block_on(run_once(n, *mode, &receiver.endpoint, workload));
+            if round > 0 {
+                runs[i].push(run);
+            }
+        }
+    }
+    for (mode, mut rs) in MODES.iter().zip(runs) {
+        rs.sort_by(|a, b| a.requests_per_s.total_cmp(&b.requests_per_s));
+        let med = rs[rs.len() / 2];
+        let mut cpu: Vec<f64> = rs.iter().map(|r| r.cpu_us_per_request).collect();
+        cpu.sort_by(f64::total_cmp);
+        println!(
+            "{label:<14} {:>6} {n:>9} {:>12.1} {:>14.1} {:>10}",
+            mode.name,
+            med.requests_per_s,
+            cpu[cpu.len() / 2],
+            med.spans
+        );
+    }
+}
+
+async fn run_once(n: usize, mode: Mode, endpoint: &str, workload: Workload) -> Run {
+    let telemetry = mode.rate.map(|rate| {
+        Telemetry::otlp(&TracingConfig {
+            endpoint: Some(endpoint.to_owned()),
+            protocol: Some("grpc".into()),
+            sample_rate: rate,
+            max_queue_size: 65536,
+            ..TracingConfig::default()
+        })
+        .expect("provider")
+    });
+    let state = match workload {
+        Workload::TestExecutor => {
+            common::TestServer::new(&common::Options {
+                max_num_seqs: CONCURRENCY,
+                max_waiting_requests: n,
+                num_blocks: 1024,
+                telemetry: telemetry.clone(),
+                ..common::Options::default()
+            })
+            .state
+        }
+        Workload::Demo => demo_state(telemetry.clone()),
+    };
+    let model = state.model_name().to_owned();
+    let body = json!({
+        "model": model,
+        "messages": [{"role": "user", "content": "tell me a story about the sea"}],
+        "max_tokens": MAX_TOKENS,
+        "ignore_eos": true,
+    });
+    let cpu0 = cpu_seconds();
+    let t0 = Instant::now();
+    let ok = futures_util::stream::iter(0..n)
+        .map(|_| {
+            let state = state.clone();
+            let request = common::post("/v1/chat/completions", &body);
+            async move {
+                let response = app(state).oneshot(request).await.expect("router");
+                let ok = response.status().is_success();
+                let _ = axum::body::to_bytes(response.into_body(), usize::MAX).await;
+                ok
+            }
+        })
+        .buffer_unordered(CONCURRENCY)
+        .filter(|ok| std::future::ready(*ok))
+        .count()
+        .await;
+    let wall = t0.elapsed().as_secs_f64();
+    let cpu = cpu_seconds() - cpu0;
+    assert_eq!(ok, n, "every request succeeds");
+    let spans = match &telemetry {
+        Some(t) => {
+            let t = t.clone();
+            tokio::task::spawn_blocking(move || {
+                t.shutdown();
+                t.stats().exported
+            })
+            .await
+            .expect("flush")
+        }
+        None => 0,
+    };
+    let engine = state.engine().clone();
+    tokio::task::spawn_blocking(move || engine.shutdown())
+        .await
+        .expect("engine shutdown");
+    Run {
+        requests_per_s: n as f64 / wall,
+        cpu_us_per_request: cpu * 1e6 / n as f64,
+        spans,
+    }
+}
+
+/// The demo model behind an [`AppState`].
+fn demo_state(telemetry: Option<Telemetry>) -> AppState {
+    let dir = wayfinder_model::demo::ensure_demo(&wayfinder_model::demo::cache_root())
+        .expect("the demo model");
+    let model = wayfinder_model::load(&dir, &LoadOptions::default()).expect("loads");
+    let block_size = 16;
+    let num_blocks = 1024;
+    let max_model_len = model.max_model_len.min(num_blocks * block_size);
+    let eos = model.eos_token_ids.clone();
+    let observer = telemetry
+        .as_ref()
+        .map(|t| Box::new(CoreObserver::new(t)) as Box<dyn JourneyObserver>);
+    let engine = EngineHandle::spawn(
+        EngineConfig {
+            scheduler: SchedulerConfig {
+                max_num_seqs: CONCURRENCY,
+                max_num_batched_tokens: 2048,
+                max_model_len,
+                block_size,
+                num_blocks,
+                ..SchedulerConfig::default()
+            },
+            eos_token_ids: eos.clone(),
+            seed: Some(1),
+        },
+        Box::new(ModelExecutor::new(model.decoder, num_blocks, block_size)),
+        observer,
+    )
+    .expect("engine");
+    AppState::new(ServerParts {
+        engine,
+        tokenizer: Arc::new(model.tokenizer),
+        chat_template: Arc::new(model.chat_template),
+        model_name: "demo".into(),
+        max_model_len,
+        eos_token_ids: eos,
+        limits: Limits {
+            max_num_seqs: CONCURRENCY,
+            max_waiting_requests: 100_000,
+            ..Limits::default()
+        },
+        api_key: None,
+        sampling_defaults: wayfinder_core::SamplingParams::default(),
+        tracing: telemetry,
+    })
+}
+
+/// User + system CPU seconds of this process (not of the receiver child).
+fn cpu_seconds() -> f64 {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: `getrusage` fills the struct it is given; RUSAGE_SELF is always valid.
+    let usage = unsafe {
+        libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr());
+        usage.assume_init()
+    };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
+}
+
+/// The OTLP receiver, in a child process (this binary, re-run with [`RECEIVER_ENV`]).
+struct Receiver {
+    child: Child,
+    endpoint: String,
+}
+
+impl Receiver {
+    fn spawn() -> Self {
+        let mut child = Command::new(std::env::current_exe().expect("this binary"))
+            .env(RECEIVER_ENV, "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("the receiver starts");
+        let stdout = child.stdout.take().expect("piped");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("its endpoint");
+        Self {
+            child,
+            endpoint: line.trim().to_owned(),
+        }
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.wait();
+    }
+}
+
+/// The child: serve OTLP until stdin closes.
+fn run_receiver() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let receiver = OtlpReceiver::start().await.expect("receiver");
+        println!("{}", receiver.grpc_endpoint());
+        std::io::stdout().flush().expect("stdout");
+        tokio::task::spawn_blocking(|| {
+            let mut sink = String::new();
+            while std::io::stdin().read_line(&mut sink).is_ok_and(|n| n > 0) {}
+        })
+        .await
+        .expect("stdin");
+    });
+}
