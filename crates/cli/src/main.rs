@@ -5,7 +5,9 @@
 //! - `wayfinder serve [MODEL]`: the OpenAI-compatible API on a model folder, `demo` or a shape.
 //! - `wayfinder make-model --shape NAME --out DIR`: a random-weight model of a published shape.
 //! - `wayfinder bench throughput`: the engine alone (no HTTP) on a real model.
+//! - `wayfinder bench serve`: load any OpenAI-compatible server; latency percentiles.
 
+mod bench_serve;
 mod bench_throughput;
 mod model_arg;
 mod serve;
@@ -16,6 +18,11 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use wayfinder_model::synth::{PUBLISHED_SHAPES, published_shape, write_model};
+
+/// mimalloc: glibc's malloc spent about a third of a request's CPU in cross-thread frees
+/// (perf on `cargo bench -p wayfinder-server --bench tracing_overhead`, which uses it too).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// wayfinder: an OpenAI-compatible LLM inference server with request journey tracing.
 #[derive(Debug, Parser)]
@@ -40,6 +47,8 @@ enum Command {
 enum BenchCommand {
     /// Engine throughput without HTTP: prefill and decode tokens/s.
     Throughput(bench_throughput::Args),
+    /// Load an OpenAI-compatible server: latency percentiles and throughput.
+    Serve(bench_serve::Args),
 }
 
 #[derive(Debug, clap::Args)]
@@ -70,6 +79,7 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(args) => serve::run(&args),
         Command::MakeModel(args) => make_model(&args),
         Command::Bench(BenchCommand::Throughput(args)) => bench_throughput::run(&args),
+        Command::Bench(BenchCommand::Serve(args)) => bench_serve::run(&args),
     }
 }
 

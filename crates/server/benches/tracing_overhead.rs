@@ -24,6 +24,10 @@ use wayfinder_server::{AppState, Limits, ServerParts, app};
 use wayfinder_trace::receiver::OtlpReceiver;
 use wayfinder_trace::{CoreObserver, Telemetry, TracingConfig};
 
+/// The allocator `wayfinder serve` runs with.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const RECEIVER_ENV: &str = "WAYFINDER_BENCH_RECEIVER";
 const CONCURRENCY: usize = 32;
 const MAX_TOKENS: u32 = 16;
@@ -44,21 +48,33 @@ fn main() {
         "{:<14} {:>6} {:>9} {:>12} {:>14} {:>10}",
         "executor", "mode", "requests", "requests/s", "CPU µs/request", "spans out"
     );
-    let (test_n, demo_n) = if quick { (500, 64) } else { (3000, 256) };
-    bench(
-        "test executor",
-        test_n,
-        rounds,
-        &receiver,
-        Workload::TestExecutor,
-    );
-    bench(
-        "demo model",
-        demo_n,
-        rounds.min(3),
-        &receiver,
-        Workload::Demo,
-    );
+    let (test_n, demo_n) = if quick { (2000, 64) } else { (20000, 512) };
+    // `--only test|demo|spans` runs one part.
+    let only: Option<String> = std::env::args().skip_while(|a| a != "--only").nth(1);
+    let part = |name: &str| only.as_deref().is_none_or(|o| o == name);
+    if part("test") {
+        bench(
+            "test executor",
+            test_n,
+            rounds,
+            &receiver,
+            Workload::TestExecutor,
+        );
+    }
+    if part("demo") {
+        bench(
+            "demo model",
+            demo_n,
+            rounds.min(3),
+            &receiver,
+            Workload::Demo,
+        );
+    }
+    if part("spans") {
+        let n = if quick { 5_000 } else { 50_000 };
+        span_work(n, "grpc", &receiver.endpoint);
+        span_work(n, "http/protobuf", &receiver.http_endpoint);
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -73,10 +89,14 @@ struct Mode {
     rate: Option<f64>,
 }
 
-const MODES: [Mode; 3] = [
+const MODES: [Mode; 4] = [
     Mode {
         name: "off",
         rate: None,
+    },
+    Mode {
+        name: "0%",
+        rate: Some(0.0),
     },
     Mode {
         name: "10%",
@@ -96,15 +116,28 @@ struct Run {
 }
 
 fn bench(label: &str, n: usize, rounds: usize, receiver: &Receiver, workload: Workload) {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One async thread for clients and server, beside the engine's thread: two busy threads on
+    // the two cores, so that run-to-run scheduling noise stays small.
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
     let mut runs: Vec<Vec<Run>> = vec![Vec::new(); MODES.len()];
-    // One warm-up round, not reported.
+    // `--mode NAME` runs only that mode (for profiling).
+    let wanted: Vec<String> = std::env::args()
+        .skip_while(|a| a != "--mode")
+        .nth(1)
+        .into_iter()
+        .collect();
+    // One warm-up round, not reported; the modes' order changes from round to round.
     for round in 0..=rounds {
-        for (i, mode) in MODES.iter().enumerate() {
+        let mut order: Vec<usize> = (0..MODES.len()).collect();
+        order.rotate_left(round % MODES.len());
+        for i in order {
+            let mode = &MODES[i];
+            if !wanted.is_empty() && !wanted.iter().any(|w| w == mode.name) {
+                continue;
+            }
             let run = runtime.block_on(run_once(n, *mode, &receiver.endpoint, workload));
             if round > 0 {
                 runs[i].push(run);
@@ -112,6 +145,9 @@ fn bench(label: &str, n: usize, rounds: usize, receiver: &Receiver, workload: Wo
         }
     }
     for (mode, mut rs) in MODES.iter().zip(runs) {
+        if rs.is_empty() {
+            continue;
+        }
         rs.sort_by(|a, b| a.requests_per_s.total_cmp(&b.requests_per_s));
         let med = rs[rs.len() / 2];
         let mut cpu: Vec<f64> = rs.iter().map(|r| r.cpu_us_per_request).collect();
@@ -262,7 +298,10 @@ fn cpu_seconds() -> f64 {
 /// The OTLP receiver, in a child process (this binary, re-run with [`RECEIVER_ENV`]).
 struct Receiver {
     child: Child,
+    /// Its OTLP/gRPC endpoint.
     endpoint: String,
+    /// Its OTLP/HTTP endpoint.
+    http_endpoint: String,
 }
 
 impl Receiver {
@@ -278,9 +317,11 @@ impl Receiver {
         BufReader::new(stdout)
             .read_line(&mut line)
             .expect("its endpoint");
+        let mut endpoints = line.split_whitespace().map(str::to_owned);
         Self {
             child,
-            endpoint: line.trim().to_owned(),
+            endpoint: endpoints.next().expect("gRPC endpoint"),
+            http_endpoint: endpoints.next().expect("HTTP endpoint"),
         }
     }
 }
@@ -301,7 +342,7 @@ fn run_receiver() {
         .expect("runtime");
     runtime.block_on(async {
         let receiver = OtlpReceiver::start().await.expect("receiver");
-        println!("{}", receiver.grpc_endpoint());
+        println!("{} {}", receiver.grpc_endpoint(), receiver.http_endpoint());
         std::io::stdout().flush().expect("stdout");
         tokio::task::spawn_blocking(|| {
             let mut sink = String::new();
@@ -310,4 +351,90 @@ fn run_receiver() {
         .await
         .expect("stdin");
     });
+}
+
+/// The tracing work of one request alone — `llm_request` with its attributes and events, the
+/// carrier, `llm_core` with a run's four journey events, both ended, batched, encoded and sent
+/// over gRPC — repeated `n` times on one thread; CPU per request including the export.
+fn span_work(n: usize, protocol: &str, endpoint: &str) {
+    use wayfinder_core::journey::{JourneyEvent, JourneyEventKind, JourneyFields};
+    use wayfinder_core::{FinishStatus, Phase, ScheduleKind, SeqId};
+    let telemetry = Telemetry::otlp(&TracingConfig {
+        endpoint: Some(endpoint.to_owned()),
+        protocol: Some(protocol.to_owned()),
+        max_queue_size: 1 << 20,
+        ..TracingConfig::default()
+    })
+    .expect("provider");
+    let mut observer = CoreObserver::new(&telemetry);
+    let headers = axum::http::HeaderMap::new();
+    let params = wayfinder_trace::RequestParams {
+        model: "demo".into(),
+        temperature: 0.7,
+        top_p: 1.0,
+        max_tokens: 16,
+        n: 1,
+        stream: false,
+        seed: None,
+    };
+    let kinds = [
+        JourneyEventKind::Queued,
+        JourneyEventKind::Scheduled(ScheduleKind::First),
+        JourneyEventKind::FirstToken,
+        JourneyEventKind::Finished(FinishStatus::Length),
+    ];
+    let cpu0 = cpu_seconds();
+    for i in 0..n {
+        if i % 1024 == 1023 {
+            // Keep the queue short, as a server's steady stream of spans does.
+            telemetry.force_flush();
+        }
+        let id = format!("chatcmpl-{i:024x}");
+        let mut span = telemetry
+            .start_request(&headers, &id, "chat")
+            .expect("sampled");
+        span.set_params(&params);
+        let carrier = span.carrier();
+        span.handed_off();
+        for (k, kind) in kinds.into_iter().enumerate() {
+            observer.on_event(&JourneyEvent {
+                seq_id: SeqId(i as u64),
+                request_id: &id,
+                carrier: &carrier,
+                kind,
+                fields: JourneyFields {
+                    ts_monotonic: wayfinder_core::clock::monotonic_now(),
+                    scheduler_step: k as u64,
+                    phase: Phase::Decode,
+                    prefill_done_tokens: 20,
+                    prefill_total_tokens: 20,
+                    decode_done_tokens: k,
+                    decode_max_tokens: 16,
+                    num_preemptions: 0,
+                },
+            });
+            if k == 2 {
+                span.first_response();
+            }
+        }
+        span.set_usage(20, 16);
+        span.set_response("demo", &id, &["length"]);
+        span.set_latency(&wayfinder_trace::Latency {
+            time_in_queue: Some(0.001),
+            time_to_first_token: Some(0.01),
+            e2e: Some(0.1),
+            prefill: Some(0.009),
+            decode: Some(0.09),
+        });
+        span.departed();
+    }
+    telemetry.shutdown();
+    let cpu = cpu_seconds() - cpu0;
+    let stats = telemetry.stats();
+    assert_eq!(stats.exported, 2 * n as u64, "every span exported");
+    println!(
+        "span work alone, {protocol}: {n} traced requests, {:.1} CPU µs per request (both \
+         spans built, batched, encoded and sent)",
+        cpu * 1e6 / n as f64
+    );
 }

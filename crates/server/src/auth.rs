@@ -5,11 +5,14 @@ use axum::http::header::AUTHORIZATION;
 use axum::middleware::Next;
 use axum::response::Response;
 
+use wayfinder_core::clock::monotonic_now;
+
 use crate::error::ApiError;
+use crate::journey::{self, Journey};
 use crate::state::AppState;
 
 /// Lets the request through when no key is set or it carries `Authorization: Bearer <key>`;
-/// otherwise 401.
+/// otherwise 401 — which, on a generation endpoint, still gets its journey (and span).
 pub(crate) async fn require_key(
     State(state): State<AppState>,
     request: Request,
@@ -23,7 +26,14 @@ pub(crate) async fn require_key(
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim);
         if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), key.as_bytes())) {
-            return Err(ApiError::Unauthorized);
+            let error = ApiError::Unauthorized;
+            if let Some((operation, prefix)) = journey::endpoint(request.uri().path()) {
+                let id = state.new_id(prefix);
+                let mut j =
+                    Journey::arrived(&state, request.headers(), id, monotonic_now(), operation);
+                j.failed(&error);
+            }
+            return Err(error);
         }
     }
     Ok(next.run(request).await)

@@ -160,6 +160,11 @@ impl Generation {
         })
     }
 
+    /// The `tracing` span of the request's log lines.
+    pub(crate) fn log_span(&self) -> tracing::Span {
+        self.journey.log_span()
+    }
+
     /// The response id.
     pub(crate) fn id(&self) -> &str {
         self.journey.id()

@@ -23,6 +23,15 @@ pub(crate) const CHAT: &str = "chat";
 /// `gen_ai.operation.name` of the completions endpoint.
 pub(crate) const TEXT_COMPLETION: &str = "text_completion";
 
+/// The generation endpoint at `path`: its operation name and response-id prefix.
+pub(crate) fn endpoint(path: &str) -> Option<(&'static str, &'static str)> {
+    match path {
+        "/v1/chat/completions" => Some((CHAT, "chatcmpl")),
+        "/v1/completions" => Some((TEXT_COMPLETION, "cmpl")),
+        _ => None,
+    }
+}
+
 /// One API request's milestones and, when traced, its span.
 #[derive(Debug)]
 pub(crate) struct Journey {

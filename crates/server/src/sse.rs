@@ -11,6 +11,7 @@ use std::convert::Infallible;
 use axum::response::sse::{Event, Sse};
 use futures_util::stream::{self, Stream, StreamExt};
 use serde::Serialize;
+use tracing::Instrument;
 
 use crate::error::ApiError;
 use crate::generation::{Delta, Generation};
@@ -50,38 +51,44 @@ pub(crate) fn respond(
     writer: impl ChunkWriter,
     include_usage: bool,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    // Log lines written while streaming sit in the request's span (with its trace id).
+    let log = generation.log_span();
     let events = stream::unfold(
         (generation, writer, Phase::Opening),
-        move |(mut generation, writer, phase)| async move {
-            match phase {
-                Phase::Opening => {
-                    let events = writer.opening();
-                    Some((events, (generation, writer, Phase::Body)))
-                }
-                Phase::Body => {
-                    let events = match generation.next().await {
-                        Some(Ok(delta)) => {
-                            return Some((
-                                split(&writer, delta),
-                                (generation, writer, Phase::Body),
-                            ));
-                        }
-                        Some(Err(e)) => vec![error_event(&e), done()],
-                        None => {
-                            let mut events = Vec::with_capacity(2);
-                            if include_usage {
-                                events.push(writer.usage(generation.usage()));
+        move |(mut generation, writer, phase)| {
+            let log = log.clone();
+            async move {
+                match phase {
+                    Phase::Opening => {
+                        let events = writer.opening();
+                        Some((events, (generation, writer, Phase::Body)))
+                    }
+                    Phase::Body => {
+                        let events = match generation.next().await {
+                            Some(Ok(delta)) => {
+                                return Some((
+                                    split(&writer, delta),
+                                    (generation, writer, Phase::Body),
+                                ));
                             }
-                            // The contract: streaming departs before `data: [DONE]`.
-                            generation.depart();
-                            events.push(done());
-                            events
-                        }
-                    };
-                    Some((events, (generation, writer, Phase::Done)))
+                            Some(Err(e)) => vec![error_event(&e), done()],
+                            None => {
+                                let mut events = Vec::with_capacity(2);
+                                if include_usage {
+                                    events.push(writer.usage(generation.usage()));
+                                }
+                                // The contract: streaming departs before `data: [DONE]`.
+                                generation.depart();
+                                events.push(done());
+                                events
+                            }
+                        };
+                        Some((events, (generation, writer, Phase::Done)))
+                    }
+                    Phase::Done => None,
                 }
-                Phase::Done => None,
             }
+            .instrument(log)
         },
     )
     .flat_map(|events| stream::iter(events.into_iter().map(Ok)));

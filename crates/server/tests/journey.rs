@@ -557,3 +557,49 @@ async fn sampled_steps_are_short_spans_linked_to_their_requests() {
     let finished: i64 = steps.iter().map(|s| int(s, attr::BATCH_NUM_FINISHED)).sum();
     assert_eq!(finished, 2);
 }
+
+#[tokio::test]
+async fn a_request_refused_for_its_api_key_still_has_an_aborted_request_span() {
+    let server = traced(Options {
+        api_key: Some("sesame".into()),
+        ..Options::default()
+    });
+    let reply = server
+        .post("/v1/chat/completions", &chat(&json!({"max_tokens": 2})))
+        .await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+    let spans = spans(&server, 1).await;
+    let request = one(&spans, SPAN_REQUEST);
+    assert_eq!(api_events(request), ["api.ARRIVED", "api.ABORTED"]);
+    assert_eq!(string(request, attr::ERROR_TYPE), "401");
+    assert!(named(&spans, SPAN_CORE).is_empty());
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn log_lines_of_a_traced_request_carry_its_trace_id() {
+    let logs = common::CapturedLogs::default();
+    let _guard = tracing::subscriber::set_default(logs.subscriber());
+    let server = traced(Options::default());
+    let traceparent = format!("00-{CLIENT_TRACE}-{CLIENT_SPAN}-01");
+    for stream in [false, true] {
+        let reply = server
+            .call(post_with(
+                "/v1/chat/completions",
+                &chat(&json!({"max_tokens": 2, "stream": stream})),
+                &[("traceparent", &traceparent)],
+            ))
+            .await;
+        assert_eq!(reply.status, StatusCode::OK);
+    }
+    let text = logs.text();
+    let with_trace = |needle: &str| {
+        text.lines()
+            .filter(|l| l.contains(needle))
+            .all(|l| l.contains(&format!("trace_id={CLIENT_TRACE}")))
+            && text.contains(needle)
+    };
+    assert!(with_trace("api.handed_off"), "{text}");
+    assert!(with_trace("api.departed"), "streaming too: {text}");
+    assert!(text.contains("context injected"), "{text}");
+    assert!(text.contains("parent_context=true"), "{text}");
+}
