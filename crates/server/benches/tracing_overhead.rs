@@ -41,8 +41,9 @@ fn main() {
     let receiver = Receiver::spawn();
     let rounds = if quick { 1 } else { 5 };
     println!(
-        "tracing overhead: {CONCURRENCY} requests in flight, max_tokens {MAX_TOKENS}, OTLP/gRPC to {}",
-        receiver.endpoint
+        "tracing overhead: {CONCURRENCY} requests in flight, max_tokens {MAX_TOKENS}, OTLP {} to {}",
+        receiver.target().0,
+        receiver.target().1
     );
     println!(
         "{:<14} {:>6} {:>9} {:>12} {:>14} {:>10}",
@@ -138,7 +139,7 @@ fn bench(label: &str, n: usize, rounds: usize, receiver: &Receiver, workload: Wo
             if !wanted.is_empty() && !wanted.iter().any(|w| w == mode.name) {
                 continue;
             }
-            let run = runtime.block_on(run_once(n, *mode, &receiver.endpoint, workload));
+            let run = runtime.block_on(run_once(n, *mode, receiver.target(), workload));
             if round > 0 {
                 runs[i].push(run);
             }
@@ -162,11 +163,12 @@ fn bench(label: &str, n: usize, rounds: usize, receiver: &Receiver, workload: Wo
     }
 }
 
-async fn run_once(n: usize, mode: Mode, endpoint: &str, workload: Workload) -> Run {
+async fn run_once(n: usize, mode: Mode, target: (&str, &str), workload: Workload) -> Run {
+    let (protocol, endpoint) = target;
     let telemetry = mode.rate.map(|rate| {
         Telemetry::otlp(&TracingConfig {
             endpoint: Some(endpoint.to_owned()),
-            protocol: Some("grpc".into()),
+            protocol: Some(protocol.to_owned()),
             sample_rate: rate,
             max_queue_size: 65536,
             ..TracingConfig::default()
@@ -305,6 +307,16 @@ struct Receiver {
 }
 
 impl Receiver {
+    /// The protocol and endpoint the in-server runs export to: `--protocol http/protobuf`
+    /// picks HTTP, gRPC otherwise (the default, as in `serve`).
+    fn target(&self) -> (&'static str, &str) {
+        if std::env::args().any(|a| a == "http/protobuf") {
+            ("http/protobuf", &self.http_endpoint)
+        } else {
+            ("grpc", &self.endpoint)
+        }
+    }
+
     fn spawn() -> Self {
         let mut child = Command::new(std::env::current_exe().expect("this binary"))
             .env(RECEIVER_ENV, "1")
@@ -341,7 +353,7 @@ fn run_receiver() {
         .build()
         .expect("runtime");
     runtime.block_on(async {
-        let receiver = OtlpReceiver::start().await.expect("receiver");
+        let receiver = OtlpReceiver::start_counting().await.expect("receiver");
         println!("{} {}", receiver.grpc_endpoint(), receiver.http_endpoint());
         std::io::stdout().flush().expect("stdout");
         tokio::task::spawn_blocking(|| {

@@ -80,10 +80,30 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-type Store = Arc<Mutex<Vec<ReceivedSpan>>>;
+/// What the receiver keeps: every span, or (for benchmarks) only their number.
+#[derive(Debug, Default)]
+struct Kept {
+    spans: Mutex<Vec<ReceivedSpan>>,
+    count_only: bool,
+    count: std::sync::atomic::AtomicUsize,
+}
+
+type Store = Arc<Kept>;
 
 fn keep(store: &Store, request: ExportTraceServiceRequest, transport: &'static str) {
-    let mut spans = store.lock().unwrap_or_else(|e| e.into_inner());
+    if store.count_only {
+        let n: usize = request
+            .resource_spans
+            .iter()
+            .flat_map(|rs| &rs.scope_spans)
+            .map(|ss| ss.spans.len())
+            .sum();
+        store
+            .count
+            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        return;
+    }
+    let mut spans = store.spans.lock().unwrap_or_else(|e| e.into_inner());
     for rs in request.resource_spans {
         let resource = rs.resource.map(|r| r.attributes).unwrap_or_default();
         for ss in rs.scope_spans {
@@ -141,7 +161,19 @@ pub struct OtlpReceiver {
 impl OtlpReceiver {
     /// Starts both transports on loopback ports chosen by the OS.
     pub async fn start() -> std::io::Result<Self> {
-        let store = Store::default();
+        Self::start_with(Store::default()).await
+    }
+
+    /// The same, keeping only the number of spans received (for benchmarks).
+    pub async fn start_counting() -> std::io::Result<Self> {
+        Self::start_with(Arc::new(Kept {
+            count_only: true,
+            ..Kept::default()
+        }))
+        .await
+    }
+
+    async fn start_with(store: Store) -> std::io::Result<Self> {
         let grpc_listener = TcpListener::bind("127.0.0.1:0").await?;
         let http_listener = TcpListener::bind("127.0.0.1:0").await?;
         let (grpc, http) = (grpc_listener.local_addr()?, http_listener.local_addr()?);
@@ -177,14 +209,25 @@ impl OtlpReceiver {
         format!("http://{}/v1/traces", self.http)
     }
 
-    /// Every span received so far.
+    /// Every span received so far (none when only counting).
     pub fn spans(&self) -> Vec<ReceivedSpan> {
-        self.store.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.store
+            .spans
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// How many spans were received so far.
     pub fn num_spans(&self) -> usize {
-        self.store.lock().unwrap_or_else(|e| e.into_inner()).len()
+        if self.store.count_only {
+            return self.store.count.load(std::sync::atomic::Ordering::Relaxed);
+        }
+        self.store
+            .spans
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
     }
 
     /// Waits (up to `timeout`) until at least `n` spans have arrived; returns all received.
