@@ -115,6 +115,10 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
     let executor = ModelExecutor::new(model.decoder, num_blocks, args.block_size);
     let kv_bytes = executor.kv_cache_bytes();
     let telemetry = args.tracing.init(ProcessRole::All)?;
+    // Flushes the spans on every way out, errors included.
+    let _flush = telemetry
+        .as_ref()
+        .map(wayfinder_trace::Telemetry::shutdown_guard);
     let observer = telemetry
         .as_ref()
         .map(|t| Box::new(CoreObserver::new(t)) as Box<dyn wayfinder_core::JourneyObserver>);
@@ -179,9 +183,6 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
             .context("serving")
     });
     engine.shutdown();
-    if let Some(t) = &telemetry {
-        t.shutdown();
-    }
     tracing::info!("stopped");
     served
 }

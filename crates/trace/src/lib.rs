@@ -42,7 +42,7 @@ pub use config::{
 };
 pub use export::ExportStats;
 pub use observer::CoreObserver;
-pub use provider::{Telemetry, TraceError, init, process_telemetry};
+pub use provider::{ShutdownGuard, Telemetry, TraceError, init, process_telemetry};
 
 #[cfg(feature = "testing")]
 pub use opentelemetry_sdk::trace::{InMemorySpanExporter, InMemorySpanExporterBuilder, SpanData};

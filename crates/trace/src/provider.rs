@@ -308,6 +308,12 @@ impl Telemetry {
         }
     }
 
+    /// A guard that calls [`Telemetry::shutdown`] when dropped, so that every way out of a
+    /// process (errors included) flushes its spans.
+    pub fn shutdown_guard(&self) -> ShutdownGuard {
+        ShutdownGuard(self.clone())
+    }
+
     pub(crate) fn api_tracer(&self) -> &SdkTracer {
         &self.inner.api
     }
@@ -319,6 +325,17 @@ impl Telemetry {
     }
     pub(crate) fn clock(&self) -> WallClock {
         self.inner.clock
+    }
+}
+
+/// Flushes and shuts the provider down when dropped; see [`Telemetry::shutdown_guard`].
+#[derive(Debug)]
+#[must_use = "the provider is shut down when the guard is dropped"]
+pub struct ShutdownGuard(Telemetry);
+
+impl Drop for ShutdownGuard {
+    fn drop(&mut self) {
+        self.0.shutdown();
     }
 }
 
