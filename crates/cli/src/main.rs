@@ -2,13 +2,17 @@
 //!
 //! The command-line entry point.
 //!
-//! - `wayfinder serve [MODEL]`: the OpenAI-compatible API on a model folder, `demo` or a shape.
+//! - `wayfinder serve [MODEL]`: the OpenAI-compatible API on a model folder, `demo` or a shape;
+//!   the engine in process, in an `engine-core` child (`--engine-process`) or at an address.
+//! - `wayfinder engine-core --listen ADDR [MODEL]`: the engine core alone, for API servers.
 //! - `wayfinder make-model --shape NAME --out DIR`: a random-weight model of a published shape.
 //! - `wayfinder bench throughput`: the engine alone (no HTTP) on a real model.
 //! - `wayfinder bench serve`: load any OpenAI-compatible server; latency percentiles.
 
 mod bench_serve;
 mod bench_throughput;
+mod engine_args;
+mod engine_core;
 mod model_arg;
 mod serve;
 mod tracing_args;
@@ -36,6 +40,8 @@ struct Cli {
 enum Command {
     /// Serve the OpenAI-compatible API.
     Serve(serve::Args),
+    /// Run the engine core alone, serving API servers over the engine protocol.
+    EngineCore(engine_core::Args),
     /// Write a random-weight model of a published shape, as a Hugging Face folder.
     MakeModel(MakeModelArgs),
     /// Benchmarks.
@@ -79,6 +85,7 @@ fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().command {
         Command::Serve(args) => serve::run(&args),
+        Command::EngineCore(args) => engine_core::run(&args),
         Command::MakeModel(args) => make_model(&args),
         Command::Bench(BenchCommand::Throughput(args)) => bench_throughput::run(&args),
         Command::Bench(BenchCommand::Serve(args)) => bench_serve::run(&args),

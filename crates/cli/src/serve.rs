@@ -1,25 +1,27 @@
-//! `wayfinder serve [MODEL]`: load a model, start the engine with the real [`ModelExecutor`],
-//! and serve the OpenAI API until SIGINT or SIGTERM.
+//! `wayfinder serve [MODEL]`: load a model, start the engine with the real [`ModelExecutor`] —
+//! in this process, in an `engine-core` child (`--engine-process`), or reached at an address
+//! (`--engine-address`) — and serve the OpenAI API until SIGINT or SIGTERM.
+//!
+//! [`ModelExecutor`]: wayfinder_model::ModelExecutor
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
-use wayfinder_core::{EngineConfig, EngineHandle, SamplingParams, SchedulerConfig};
-use wayfinder_model::{KvCacheSize, LoadOptions, ModelExecutor};
+use wayfinder_core::{EngineHandle, SamplingParams};
+use wayfinder_ipc::{EngineAddr, RemoteConfig, SpawnSpec};
 use wayfinder_server::{AppState, Limits, ServerParts};
-use wayfinder_trace::{CoreObserver, ProcessRole};
+use wayfinder_trace::{CoreObserver, ProcessRole, Telemetry};
 
-use crate::model_arg;
+use crate::engine_args::{EngineArgs, ModelText};
 
 /// Options of `serve`; names follow vLLM's where vLLM has them.
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
-    /// A Hugging Face model folder, `demo` (the built-in random-weight model), or a shape name
-    /// (smollm2-135m, qwen2.5-0.5b).
-    #[arg(default_value = "demo")]
-    model: String,
+    /// The engine: model, dtype, KV cache, batching.
+    #[command(flatten)]
+    engine: EngineArgs,
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
@@ -29,28 +31,6 @@ pub(crate) struct Args {
     /// The name clients send as `model`; defaults to MODEL as given.
     #[arg(long)]
     served_model_name: Option<String>,
-    /// Longest request, prompt plus output; defaults to the model's context, capped by the KV
-    /// cache's capacity.
-    #[arg(long)]
-    max_model_len: Option<usize>,
-    /// Most requests running at once.
-    #[arg(long, default_value_t = 256)]
-    max_num_seqs: usize,
-    /// Most tokens computed in one engine step.
-    #[arg(long, default_value_t = 2048)]
-    max_num_batched_tokens: usize,
-    /// Tokens per KV block.
-    #[arg(long, default_value_t = 16)]
-    block_size: usize,
-    /// KV cache size in bytes; accepts suffixes such as 512MiB, 2GiB, 1GB.
-    #[arg(long, default_value = "1GiB", value_parser = parse_bytes)]
-    kv_cache_memory: u64,
-    /// KV cache size in blocks (overrides --kv-cache-memory).
-    #[arg(long)]
-    num_kv_blocks: Option<usize>,
-    /// Weight dtype: auto, f32, bf16 or f16.
-    #[arg(long, default_value = "auto")]
-    dtype: String,
     /// Require `Authorization: Bearer <key>` on /v1/*.
     #[arg(long, env = "WAYFINDER_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
@@ -60,99 +40,63 @@ pub(crate) struct Args {
     /// Seconds requests in flight may take to finish after SIGINT/SIGTERM before being aborted.
     #[arg(long, default_value_t = 30.0)]
     shutdown_timeout: f64,
+    /// Run the engine core in a child process (`wayfinder engine-core`) reached over a local
+    /// socket; it is restarted with backoff if it dies.
+    #[arg(long, conflicts_with = "engine_address")]
+    engine_process: bool,
+    /// Use the engine core listening at this address (`HOST:PORT` or `unix:PATH`, started
+    /// with `wayfinder engine-core --listen`); MODEL must name the same model, for its
+    /// tokenizer and chat template.
+    #[arg(long)]
+    engine_address: Option<String>,
     /// Journey tracing (docs/JOURNEY_TRACING.md).
     #[command(flatten)]
     tracing: crate::tracing_args::TracingArgs,
 }
 
+/// The engine this server uses, however it runs.
+struct Engine {
+    handle: EngineHandle,
+    model: ModelText,
+    max_model_len: usize,
+    /// How it runs, for the log.
+    mode: String,
+}
+
 pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
-    let dtype = model_arg::parse_dtype(&args.dtype)?;
-    ModelExecutor::check_block_size(args.block_size).context("--block-size")?;
-    let dir = model_arg::resolve(&args.model, dtype)?;
-    let model = wayfinder_model::load(
-        &dir,
-        &LoadOptions {
-            dtype,
-            max_model_len: args.max_model_len,
-        },
-    )
-    .with_context(|| format!("loading {}", dir.display()))?;
-    let size = match args.num_kv_blocks {
-        Some(n) => KvCacheSize::Blocks(n),
-        None => KvCacheSize::Bytes(args.kv_cache_memory),
+    let remote = args.engine_process || args.engine_address.is_some();
+    let role = if remote {
+        ProcessRole::Api
+    } else {
+        ProcessRole::All
     };
-    let num_blocks = size.num_blocks(&model.config, args.block_size);
-    let capacity = num_blocks * args.block_size;
-    anyhow::ensure!(
-        capacity > 0,
-        "the KV cache holds no block of {} tokens; give it more memory (--kv-cache-memory) or \
-         blocks (--num-kv-blocks)",
-        args.block_size
-    );
-    let max_model_len = match args.max_model_len {
-        Some(m) if m > capacity => anyhow::bail!(
-            "--max-model-len {m} exceeds the KV cache capacity of {capacity} tokens \
-             ({num_blocks} blocks of {}); lower it or raise --kv-cache-memory / --num-kv-blocks",
-            args.block_size
-        ),
-        Some(m) => m,
-        None if model.max_model_len > capacity => {
-            tracing::info!(
-                model_len = model.max_model_len,
-                capacity,
-                "max_model_len capped to the KV cache capacity"
-            );
-            capacity
-        }
-        None => model.max_model_len,
+    let telemetry = args.tracing.init(role)?;
+    // Flushes the spans on every way out, errors included.
+    let _flush = telemetry.as_ref().map(Telemetry::shutdown_guard);
+    let engine = if remote {
+        remote_engine(args)?
+    } else {
+        local_engine(args, telemetry.as_ref())?
     };
     let name = args
         .served_model_name
         .clone()
-        .unwrap_or_else(|| args.model.clone());
-    let used_dtype = model.dtype;
-    let eos_token_ids = model.eos_token_ids.clone();
-    let executor = ModelExecutor::new(model.decoder, num_blocks, args.block_size);
-    let kv_bytes = executor.kv_cache_bytes();
-    let telemetry = args.tracing.init(ProcessRole::All)?;
-    // Flushes the spans on every way out, errors included.
-    let _flush = telemetry
-        .as_ref()
-        .map(wayfinder_trace::Telemetry::shutdown_guard);
-    let observer = telemetry
-        .as_ref()
-        .map(|t| Box::new(CoreObserver::new(t)) as Box<dyn wayfinder_core::JourneyObserver>);
-    let engine = EngineHandle::spawn(
-        EngineConfig {
-            scheduler: SchedulerConfig {
-                max_num_seqs: args.max_num_seqs,
-                max_num_batched_tokens: args.max_num_batched_tokens,
-                max_model_len,
-                block_size: args.block_size,
-                num_blocks,
-                ..SchedulerConfig::default()
-            },
-            eos_token_ids: eos_token_ids.clone(),
-            seed: None,
-        },
-        Box::new(executor),
-        observer,
-    )?;
+        .unwrap_or_else(|| args.engine.model.clone());
     let state = AppState::new(ServerParts {
-        engine: engine.clone(),
-        tokenizer: Arc::new(model.tokenizer),
-        chat_template: Arc::new(model.chat_template),
+        engine: engine.handle.clone(),
+        tokenizer: Arc::new(engine.model.tokenizer),
+        chat_template: Arc::new(engine.model.chat_template),
         model_name: name.clone(),
-        max_model_len,
-        eos_token_ids,
+        max_model_len: engine.max_model_len,
+        eos_token_ids: engine.model.eos_token_ids,
         limits: Limits {
-            max_num_seqs: args.max_num_seqs,
+            max_num_seqs: args.engine.max_num_seqs,
             max_waiting_requests: args.max_waiting_requests,
             shutdown_timeout: Duration::from_secs_f64(args.shutdown_timeout.max(0.0)),
             ..Limits::default()
         },
         api_key: args.api_key.clone().filter(|k| !k.is_empty()),
-        sampling_defaults: sampling_defaults(&model.generation),
+        sampling_defaults: sampling_defaults(&engine.model.generation),
         tracing: telemetry.clone(),
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -168,12 +112,9 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
         tracing::info!(
             address = %format!("http://{addr}"),
             model = %name,
-            folder = %dir.display(),
-            dtype = used_dtype.as_str(),
-            kv_blocks = num_blocks,
-            kv_tokens = capacity,
-            kv_mib = kv_bytes / (1 << 20),
-            max_model_len,
+            folder = %engine.model.folder.display(),
+            engine = %engine.mode,
+            max_model_len = engine.max_model_len,
             auth = args.api_key.is_some(),
             journey_tracing = telemetry.is_some(),
             "serving the OpenAI API"
@@ -182,13 +123,67 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
             .await
             .context("serving")
     });
-    engine.shutdown();
+    engine.handle.shutdown();
     tracing::info!("stopped");
     served
 }
 
+fn local_engine(args: &Args, telemetry: Option<&Telemetry>) -> anyhow::Result<Engine> {
+    let observer = telemetry
+        .map(|t| Box::new(CoreObserver::new(t)) as Box<dyn wayfinder_core::JourneyObserver>);
+    let local = args.engine.start(observer)?;
+    Ok(Engine {
+        mode: format!(
+            "in process ({}, {} KV blocks, {} MiB)",
+            local.dtype,
+            local.num_blocks,
+            local.kv_bytes >> 20
+        ),
+        handle: local.handle,
+        model: local.model,
+        max_model_len: local.max_model_len,
+    })
+}
+
+fn remote_engine(args: &Args) -> anyhow::Result<Engine> {
+    let model = args.engine.load_text()?;
+    let (addr, spawn) = match &args.engine_address {
+        Some(a) => (EngineAddr::parse(a).map_err(anyhow::Error::msg)?, None),
+        None => {
+            let socket =
+                std::env::temp_dir().join(format!("wayfinder-engine-{}.sock", std::process::id()));
+            let addr = EngineAddr::Unix(socket);
+            let mut child_args: Vec<std::ffi::OsString> = vec![
+                "engine-core".into(),
+                "--listen".into(),
+                addr.to_string().into(),
+                "--exit-on-stdin-eof".into(),
+            ];
+            child_args.extend(args.engine.to_args());
+            child_args.extend(args.tracing.to_args());
+            let spec = SpawnSpec {
+                program: std::env::current_exe().context("finding this program")?,
+                args: child_args,
+                envs: Vec::new(),
+            };
+            (addr, Some(spec))
+        }
+    };
+    let (handle, info, _status) = wayfinder_ipc::connect(RemoteConfig::new(addr.clone(), spawn))
+        .context("starting the engine core")?;
+    Ok(Engine {
+        handle,
+        model,
+        max_model_len: info.max_model_len,
+        mode: format!(
+            "engine core at {addr} (pid {}, {} KV blocks)",
+            info.pid, info.num_blocks
+        ),
+    })
+}
+
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let interrupt = async {
         if tokio::signal::ctrl_c().await.is_err() {
             std::future::pending::<()>().await;

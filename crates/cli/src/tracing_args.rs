@@ -56,6 +56,44 @@ impl TracingArgs {
         }
     }
 
+    /// These flags as arguments, to hand to an `engine-core` child (which makes its own
+    /// provider from them).
+    pub(crate) fn to_args(&self) -> Vec<std::ffi::OsString> {
+        let mut args: Vec<std::ffi::OsString> = Vec::new();
+        if self.enable_journey_tracing {
+            args.push("--enable-journey-tracing".into());
+        }
+        let mut flag = |name: &str, value: String| {
+            args.push(format!("--{name}").into());
+            args.push(value.into());
+        };
+        flag(
+            "journey-tracing-sample-rate",
+            self.journey_tracing_sample_rate.to_string(),
+        );
+        if let Some(e) = &self.otlp_traces_endpoint {
+            flag("otlp-traces-endpoint", e.clone());
+        }
+        if let Some(p) = &self.otlp_traces_protocol {
+            flag("otlp-traces-protocol", p.clone());
+        }
+        if let Some(n) = &self.otlp_service_name {
+            flag("otlp-service-name", n.clone());
+        }
+        flag(
+            "step-tracing-sample-rate",
+            self.step_tracing_sample_rate.to_string(),
+        );
+        flag(
+            "step-tracing-rich-subsample-rate",
+            self.step_tracing_rich_subsample_rate.to_string(),
+        );
+        if self.step_tracing_enabled {
+            args.push("--step-tracing-enabled".into());
+        }
+        args
+    }
+
     /// This process's provider when tracing is on; the flags are checked either way.
     pub(crate) fn init(&self, role: ProcessRole) -> anyhow::Result<Option<Telemetry>> {
         let config = self.config(role);

@@ -30,7 +30,7 @@ use crate::sampling::Sampler;
 use crate::scheduler::{AddOutcome, Scheduler, SchedulerConfig, SchedulerOutput};
 use crate::sequence::{FinishStatus, Phase, RequestTimestamps, SeqId, Sequence};
 
-pub use crate::handle::{EngineError, EngineHandle, RequestStream};
+pub use crate::handle::{EngineCommand, EngineError, EngineHandle, RequestStream};
 
 /// Everything the engine needs besides its executor and observer.
 #[derive(Debug, Clone, Default, PartialEq)]

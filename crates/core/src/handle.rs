@@ -1,11 +1,14 @@
 //! [`EngineHandle`]: the cheap, cloneable way into the engine thread, and [`RequestStream`], a
 //! request's own output channel.
 //!
-//! The handle only sends commands; the engine loop owns all state. Dropping a stream before its
-//! final output aborts the request, so a client that goes away frees its KV blocks.
+//! The handle only sends [`EngineCommand`]s; whoever receives them owns all state. That is the
+//! engine loop on its own thread ([`EngineHandle::spawn`]) or, with
+//! [`EngineHandle::from_worker`], any other worker — the proxy that forwards the commands to an
+//! engine-core process over its IPC transport. Dropping a stream before its final output aborts
+//! the request, so a client that goes away frees its KV blocks, wherever they are.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Sender};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -35,6 +38,7 @@ pub enum EngineError {
 
 /// A snapshot of the engine's load, taken on the engine thread between steps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct EngineStats {
     /// Requests in the running set.
     pub num_running: usize,
@@ -48,23 +52,38 @@ pub struct EngineStats {
     pub num_steps: u64,
 }
 
-pub(crate) enum Command {
+/// What an [`EngineHandle`] asks of its engine.
+#[derive(Debug)]
+pub enum EngineCommand {
+    /// Run a request; send its outputs (tokens, then one `Finished`) on `tx`. Dropping `tx`
+    /// without a `Finished` tells the caller the engine went away.
     Add {
+        /// The engine-wide id the handle gave it.
         seq: SeqId,
+        /// The request.
         request: Box<EngineRequest>,
+        /// Its output channel.
         tx: async_mpsc::UnboundedSender<RequestOutput>,
     },
+    /// Abort a request by engine id (its stream was dropped).
     Abort(SeqId),
+    /// Abort a request by client id.
     AbortById(String),
+    /// Reply with the engine's load.
     Stats(oneshot::Sender<EngineStats>),
+    /// Stop.
     Shutdown,
 }
+
+pub(crate) type Command = EngineCommand;
 
 #[derive(Debug)]
 struct Shared {
     commands: Sender<Command>,
     next_seq: AtomicU64,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// Set by a worker that can lose its engine and get it back (a remote engine).
+    healthy: Option<Arc<AtomicBool>>,
 }
 
 /// Sends commands to the engine thread. Cheap to clone; every clone drives the same engine.
@@ -81,16 +100,37 @@ impl EngineHandle {
         observer: Option<Box<dyn JourneyObserver>>,
     ) -> Result<Self, EngineError> {
         let engine = EngineLoop::new(config, executor, observer)?;
+        Self::start("wayfinder-engine", None, move |rx| engine.run(&rx))
+    }
+
+    /// A handle whose commands go to `worker`, run on a thread of its own named `name`. The
+    /// worker must answer every command as the engine loop does (see [`EngineCommand`]) and
+    /// return after `Shutdown` or when the channel closes. `healthy` says whether it can serve
+    /// right now; [`EngineHandle::is_running`] reports it.
+    pub fn from_worker(
+        name: &str,
+        healthy: Arc<AtomicBool>,
+        worker: impl FnOnce(Receiver<EngineCommand>) + Send + 'static,
+    ) -> Result<Self, EngineError> {
+        Self::start(name, Some(healthy), worker)
+    }
+
+    fn start(
+        name: &str,
+        healthy: Option<Arc<AtomicBool>>,
+        worker: impl FnOnce(Receiver<EngineCommand>) + Send + 'static,
+    ) -> Result<Self, EngineError> {
         let (commands, rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
-            .name("wayfinder-engine".into())
-            .spawn(move || engine.run(&rx))
+            .name(name.into())
+            .spawn(move || worker(rx))
             .map_err(|e| EngineError::Spawn(e.to_string()))?;
         Ok(Self {
             shared: Arc::new(Shared {
                 commands,
                 next_seq: AtomicU64::new(0),
                 thread: Mutex::new(Some(thread)),
+                healthy,
             }),
         })
     }
@@ -134,10 +174,17 @@ impl EngineHandle {
         rx.blocking_recv().map_err(|_| EngineError::NotRunning)
     }
 
-    /// Whether the engine thread is still running.
+    /// Whether the engine can take requests: its thread runs and, for a worker with an
+    /// engine elsewhere, that engine is reachable.
     pub fn is_running(&self) -> bool {
         let thread = self.shared.thread.lock().unwrap_or_else(|e| e.into_inner());
-        thread.as_ref().is_some_and(|t| !t.is_finished())
+        let alive = thread.as_ref().is_some_and(|t| !t.is_finished());
+        alive
+            && self
+                .shared
+                .healthy
+                .as_ref()
+                .is_none_or(|h| h.load(Ordering::Acquire))
     }
 
     /// Stops the engine: every live request ends `aborted`, then the thread exits. Blocks until

@@ -39,7 +39,7 @@ pub mod sequence;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use engine::{EngineConfig, EngineError, EngineHandle, RequestStream};
+pub use engine::{EngineCommand, EngineConfig, EngineError, EngineHandle, RequestStream};
 pub use executor::{Batch, BatchSeq, Executor, ExecutorError, Logits};
 pub use handle::EngineStats;
 pub use journey::{

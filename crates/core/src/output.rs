@@ -8,6 +8,7 @@ use crate::sequence::{FinishStatus, RequestTimestamps, Sequence};
 
 /// Prompt and completion token counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Usage {
     /// Prompt tokens.
     pub prompt_tokens: usize,
@@ -17,6 +18,7 @@ pub struct Usage {
 
 /// One sampled token.
 #[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct TokenOutput {
     /// The token id.
     pub token_id: u32,
@@ -26,6 +28,7 @@ pub struct TokenOutput {
 
 /// The end of a request.
 #[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct FinishedOutput {
     /// How it ended.
     pub status: FinishStatus,
@@ -56,6 +59,7 @@ impl FinishedOutput {
 
 /// An item on a request's output stream.
 #[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum RequestOutput {
     /// A token, as soon as it is sampled.
     Token(TokenOutput),

@@ -39,6 +39,7 @@ impl InvalidRequest {
 
 /// How the next token is chosen from the logits. See [`crate::sampling`].
 #[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct SamplingParams {
     /// 0 means greedy.
     pub temperature: f32,
@@ -147,6 +148,7 @@ pub const MAX_TOP_LOGPROBS: u32 = 20;
 
 /// When generation ends, besides the engine's own limits (context length, model eos).
 #[derive(Debug, Clone, PartialEq, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct StopConditions {
     /// The most tokens to generate (at least 1).
     pub max_tokens: u32,

@@ -18,6 +18,7 @@ use crate::request::SamplingParams;
 
 /// The log-probability of a sampled token and the most likely alternatives.
 #[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct TokenLogprobs {
     /// Log-probability of the sampled token.
     pub logprob: f32,

@@ -18,6 +18,7 @@ use crate::request::{Carrier, EngineRequest, Priority, SamplingParams, StopCondi
 /// The engine's own handle for a request, unique for the engine's lifetime (request ids chosen
 /// by clients need not be).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct SeqId(pub u64);
 
 /// Where a request is in its lifecycle.
@@ -35,6 +36,7 @@ pub enum RequestStatus {
 
 /// How a request ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum FinishStatus {
     /// A stop token or end-of-sequence token was generated (or a stop string matched upstream).
     Stopped,
@@ -85,6 +87,7 @@ impl Phase {
 
 /// A request's timestamps, in seconds on [`crate::clock`]'s monotonic clock.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct RequestTimestamps {
     /// When the request arrived (set by whoever built it, usually the API layer).
     pub arrival: f64,

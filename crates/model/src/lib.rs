@@ -40,5 +40,5 @@ pub mod weights;
 pub use config::ModelConfig;
 pub use error::ModelError;
 pub use executor::{KvCacheSize, ModelExecutor};
-pub use loader::{LoadOptions, Model, load};
+pub use loader::{LoadOptions, Model, TextParts, load, load_text};
 pub use weights::Dtype;

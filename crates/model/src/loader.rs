@@ -153,8 +153,29 @@ pub fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
     Ok(shards.into_iter().map(|s| dir.join(s)).collect())
 }
 
-/// Loads the model in `dir`.
-pub fn load(dir: &Path, options: &LoadOptions) -> Result<Model, ModelError> {
+/// What the API layer needs of a model, without its weights: the configuration, tokenizer,
+/// chat template, generation defaults and end-of-sequence tokens.
+#[derive(Debug)]
+pub struct TextParts {
+    /// The folder's name.
+    pub name: String,
+    /// The architecture's configuration.
+    pub config: ModelConfig,
+    /// The tokenizer.
+    pub tokenizer: Tokenizer,
+    /// The chat template.
+    pub chat_template: ChatTemplate,
+    /// Sampling defaults from `generation_config.json`.
+    pub generation: GenerationDefaults,
+    /// Every end-of-sequence token id.
+    pub eos_token_ids: Vec<u32>,
+    /// `torch_dtype` of `config.json`, if it names one.
+    torch_dtype: Option<String>,
+}
+
+/// Loads the parts of the model in `dir` that are not weights (for an API process whose engine
+/// core runs elsewhere, and as the first half of [`load`]).
+pub fn load_text(dir: &Path) -> Result<TextParts, ModelError> {
     if !dir.is_dir() {
         return Err(ModelError::MissingFile(dir.to_path_buf()));
     }
@@ -172,26 +193,6 @@ pub fn load(dir: &Path, options: &LoadOptions) -> Result<Model, ModelError> {
         &tokenizer_path,
         add_bos.then_some(bos_text.as_deref()).flatten(),
     )?;
-
-    let weights = WeightLoader::open(&safetensors_files(dir)?)?;
-    let dtype = options
-        .dtype
-        .or_else(|| hf.torch_dtype.as_deref().and_then(Dtype::parse))
-        .or_else(|| weights.stored_dtype())
-        .unwrap_or(Dtype::F32);
-    let max_model_len = options
-        .max_model_len
-        .unwrap_or(config.max_position_embeddings);
-    if max_model_len > config.max_position_embeddings {
-        return Err(ModelError::InvalidConfig(format!(
-            "max_model_len {max_model_len} exceeds the model's context of {} tokens \
-             (max_position_embeddings in {})",
-            config.max_position_embeddings,
-            dir.join("config.json").display()
-        )));
-    }
-    let decoder = Decoder::load(config.clone(), &weights, dtype, max_model_len)?;
-    weights.finish();
 
     let mut eos: Vec<u32> = Vec::new();
     eos.extend(
@@ -236,18 +237,51 @@ pub fn load(dir: &Path, options: &LoadOptions) -> Result<Model, ModelError> {
         )),
         other => other,
     })?;
-
     let name = dir
         .file_name()
         .map_or_else(|| "model".to_owned(), |n| n.to_string_lossy().into_owned());
-    Ok(Model {
+    Ok(TextParts {
         name,
         config,
-        decoder,
         tokenizer,
         chat_template,
         generation,
         eos_token_ids: eos,
+        torch_dtype: hf.torch_dtype,
+    })
+}
+
+/// Loads the model in `dir`.
+pub fn load(dir: &Path, options: &LoadOptions) -> Result<Model, ModelError> {
+    let text = load_text(dir)?;
+    let weights = WeightLoader::open(&safetensors_files(dir)?)?;
+    let dtype = options
+        .dtype
+        .or_else(|| text.torch_dtype.as_deref().and_then(Dtype::parse))
+        .or_else(|| weights.stored_dtype())
+        .unwrap_or(Dtype::F32);
+    let config = text.config;
+    let max_model_len = options
+        .max_model_len
+        .unwrap_or(config.max_position_embeddings);
+    if max_model_len > config.max_position_embeddings {
+        return Err(ModelError::InvalidConfig(format!(
+            "max_model_len {max_model_len} exceeds the model's context of {} tokens \
+             (max_position_embeddings in {})",
+            config.max_position_embeddings,
+            dir.join("config.json").display()
+        )));
+    }
+    let decoder = Decoder::load(config.clone(), &weights, dtype, max_model_len)?;
+    weights.finish();
+    Ok(Model {
+        name: text.name,
+        config,
+        decoder,
+        tokenizer: text.tokenizer,
+        chat_template: text.chat_template,
+        generation: text.generation,
+        eos_token_ids: text.eos_token_ids,
         dtype,
         max_model_len,
     })

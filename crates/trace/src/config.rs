@@ -105,6 +105,8 @@ pub struct TracingConfig {
     pub max_queue_size: usize,
     /// How long one export may take.
     pub export_timeout: Duration,
+    /// How often queued spans are exported (the batch processor's scheduled delay).
+    pub export_interval: Duration,
     /// How long shutdown may spend flushing.
     pub shutdown_timeout: Duration,
 }
@@ -120,6 +122,7 @@ impl Default for TracingConfig {
             step: StepTracingConfig::default(),
             max_queue_size: 4096,
             export_timeout: Duration::from_secs(5),
+            export_interval: Duration::from_millis(500),
             shutdown_timeout: Duration::from_secs(5),
         }
     }

@@ -196,7 +196,7 @@ impl Telemetry {
         let batch = BatchConfigBuilder::default()
             .with_max_queue_size(config.max_queue_size)
             .with_max_export_batch_size(config.max_queue_size.min(512))
-            .with_scheduled_delay(Duration::from_millis(500))
+            .with_scheduled_delay(config.export_interval)
             .build();
         let processor = BatchSpanProcessor::builder(exporter)
             .with_batch_config(batch)

@@ -1,0 +1,187 @@
+//! The engine's flags — model, dtype, KV cache, batching — shared by `serve` (which runs the
+//! engine in process or hands the flags to its engine-core child) and `engine-core`, and the
+//! engine they start.
+
+use std::ffi::OsString;
+
+use anyhow::Context;
+use wayfinder_core::{EngineConfig, EngineHandle, JourneyObserver, SchedulerConfig};
+use wayfinder_model::{KvCacheSize, LoadOptions, Model, ModelExecutor};
+
+use crate::model_arg;
+
+/// The engine's flags; names follow vLLM's.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct EngineArgs {
+    /// A Hugging Face model folder, `demo` (the built-in random-weight model), or a shape name
+    /// (smollm2-135m, qwen2.5-0.5b).
+    #[arg(default_value = "demo")]
+    pub(crate) model: String,
+    /// Longest request, prompt plus output; defaults to the model's context, capped by the KV
+    /// cache's capacity.
+    #[arg(long)]
+    pub(crate) max_model_len: Option<usize>,
+    /// Most requests running at once.
+    #[arg(long, default_value_t = 256)]
+    pub(crate) max_num_seqs: usize,
+    /// Most tokens computed in one engine step.
+    #[arg(long, default_value_t = 2048)]
+    pub(crate) max_num_batched_tokens: usize,
+    /// Tokens per KV block.
+    #[arg(long, default_value_t = 16)]
+    pub(crate) block_size: usize,
+    /// KV cache size in bytes; accepts suffixes such as 512MiB, 2GiB, 1GB.
+    #[arg(long, default_value = "1GiB", value_parser = crate::serve::parse_bytes)]
+    pub(crate) kv_cache_memory: u64,
+    /// KV cache size in blocks (overrides --kv-cache-memory).
+    #[arg(long)]
+    pub(crate) num_kv_blocks: Option<usize>,
+    /// Weight dtype: auto, f32, bf16 or f16.
+    #[arg(long, default_value = "auto")]
+    pub(crate) dtype: String,
+}
+
+/// A running local engine and what it was built from.
+pub(crate) struct LocalEngine {
+    pub(crate) handle: EngineHandle,
+    pub(crate) model: ModelText,
+    pub(crate) max_model_len: usize,
+    pub(crate) num_blocks: usize,
+    pub(crate) kv_bytes: usize,
+    pub(crate) dtype: &'static str,
+}
+
+/// The text side of the model (what the API layer needs).
+pub(crate) struct ModelText {
+    pub(crate) folder: std::path::PathBuf,
+    pub(crate) tokenizer: wayfinder_model::tokenizer::Tokenizer,
+    pub(crate) chat_template: wayfinder_model::chat_template::ChatTemplate,
+    pub(crate) generation: wayfinder_model::loader::GenerationDefaults,
+    pub(crate) eos_token_ids: Vec<u32>,
+}
+
+impl EngineArgs {
+    /// The model folder these flags name (writing the demo model or a shape first if needed).
+    pub(crate) fn folder(&self) -> anyhow::Result<std::path::PathBuf> {
+        model_arg::resolve(&self.model, model_arg::parse_dtype(&self.dtype)?)
+    }
+
+    /// Loads the model and starts the engine on it, with `observer`.
+    pub(crate) fn start(
+        &self,
+        observer: Option<Box<dyn JourneyObserver>>,
+    ) -> anyhow::Result<LocalEngine> {
+        let dtype = model_arg::parse_dtype(&self.dtype)?;
+        ModelExecutor::check_block_size(self.block_size).context("--block-size")?;
+        let dir = self.folder()?;
+        let model: Model = wayfinder_model::load(
+            &dir,
+            &LoadOptions {
+                dtype,
+                max_model_len: self.max_model_len,
+            },
+        )
+        .with_context(|| format!("loading {}", dir.display()))?;
+        let size = match self.num_kv_blocks {
+            Some(n) => KvCacheSize::Blocks(n),
+            None => KvCacheSize::Bytes(self.kv_cache_memory),
+        };
+        let num_blocks = size.num_blocks(&model.config, self.block_size);
+        let capacity = num_blocks * self.block_size;
+        anyhow::ensure!(
+            capacity > 0,
+            "the KV cache holds no block of {} tokens; give it more memory (--kv-cache-memory) \
+             or blocks (--num-kv-blocks)",
+            self.block_size
+        );
+        let max_model_len = match self.max_model_len {
+            Some(m) if m > capacity => anyhow::bail!(
+                "--max-model-len {m} exceeds the KV cache capacity of {capacity} tokens \
+                 ({num_blocks} blocks of {}); lower it or raise --kv-cache-memory / \
+                 --num-kv-blocks",
+                self.block_size
+            ),
+            Some(m) => m,
+            None if model.max_model_len > capacity => {
+                tracing::info!(
+                    model_len = model.max_model_len,
+                    capacity,
+                    "max_model_len capped to the KV cache capacity"
+                );
+                capacity
+            }
+            None => model.max_model_len,
+        };
+        let dtype = model.dtype.as_str();
+        let executor = ModelExecutor::new(model.decoder, num_blocks, self.block_size);
+        let kv_bytes = executor.kv_cache_bytes();
+        let handle = EngineHandle::spawn(
+            EngineConfig {
+                scheduler: SchedulerConfig {
+                    max_num_seqs: self.max_num_seqs,
+                    max_num_batched_tokens: self.max_num_batched_tokens,
+                    max_model_len,
+                    block_size: self.block_size,
+                    num_blocks,
+                    ..SchedulerConfig::default()
+                },
+                eos_token_ids: model.eos_token_ids.clone(),
+                seed: None,
+            },
+            Box::new(executor),
+            observer,
+        )?;
+        Ok(LocalEngine {
+            handle,
+            model: ModelText {
+                folder: dir,
+                tokenizer: model.tokenizer,
+                chat_template: model.chat_template,
+                generation: model.generation,
+                eos_token_ids: model.eos_token_ids,
+            },
+            max_model_len,
+            num_blocks,
+            kv_bytes,
+            dtype,
+        })
+    }
+
+    /// Only the text side of the model, for an API process whose engine runs elsewhere.
+    pub(crate) fn load_text(&self) -> anyhow::Result<ModelText> {
+        let dir = self.folder()?;
+        let text = wayfinder_model::load_text(&dir)
+            .with_context(|| format!("loading {}", dir.display()))?;
+        Ok(ModelText {
+            folder: dir,
+            tokenizer: text.tokenizer,
+            chat_template: text.chat_template,
+            generation: text.generation,
+            eos_token_ids: text.eos_token_ids,
+        })
+    }
+
+    /// These flags as arguments, to hand to an `engine-core` child.
+    pub(crate) fn to_args(&self) -> Vec<OsString> {
+        let mut args: Vec<OsString> = vec![self.model.clone().into()];
+        let mut flag = |name: &str, value: String| {
+            args.push(format!("--{name}").into());
+            args.push(value.into());
+        };
+        if let Some(m) = self.max_model_len {
+            flag("max-model-len", m.to_string());
+        }
+        flag("max-num-seqs", self.max_num_seqs.to_string());
+        flag(
+            "max-num-batched-tokens",
+            self.max_num_batched_tokens.to_string(),
+        );
+        flag("block-size", self.block_size.to_string());
+        flag("kv-cache-memory", self.kv_cache_memory.to_string());
+        if let Some(n) = self.num_kv_blocks {
+            flag("num-kv-blocks", n.to_string());
+        }
+        flag("dtype", self.dtype.clone());
+        args
+    }
+}

@@ -1,0 +1,178 @@
+//! Where an engine core listens: `unix:/path/to.sock` (the local socket of
+//! `serve --engine-process`) or `HOST:PORT` (TCP, for an engine core on another host).
+
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+
+/// An engine core's address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EngineAddr {
+    /// A Unix domain socket.
+    Unix(PathBuf),
+    /// TCP.
+    Tcp(String),
+}
+
+impl EngineAddr {
+    /// Parses `unix:PATH` or `HOST:PORT`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if let Some(path) = s.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err("`unix:` needs a socket path".into());
+            }
+            return Ok(Self::Unix(PathBuf::from(path)));
+        }
+        match s.rsplit_once(':') {
+            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
+                Ok(Self::Tcp(s.to_owned()))
+            }
+            _ => Err(format!(
+                "{s:?} is not an engine address: use HOST:PORT or unix:/path/to.sock"
+            )),
+        }
+    }
+
+    /// Listens here (a stale socket file is replaced).
+    pub async fn listen(&self) -> std::io::Result<Listener> {
+        match self {
+            Self::Unix(path) => {
+                if path.exists() {
+                    std::fs::remove_file(path)?;
+                }
+                Ok(Listener::Unix(UnixListener::bind(path)?))
+            }
+            Self::Tcp(addr) => Ok(Listener::Tcp(TcpListener::bind(addr).await?)),
+        }
+    }
+
+    /// Connects here.
+    pub async fn connect(&self) -> std::io::Result<Stream> {
+        match self {
+            Self::Unix(path) => Ok(Stream::Unix(UnixStream::connect(path).await?)),
+            Self::Tcp(addr) => {
+                let s = TcpStream::connect(addr).await?;
+                s.set_nodelay(true)?;
+                Ok(Stream::Tcp(s))
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for EngineAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Unix(p) => write!(f, "unix:{}", p.display()),
+            Self::Tcp(a) => f.write_str(a),
+        }
+    }
+}
+
+/// A bound listener.
+#[derive(Debug)]
+pub enum Listener {
+    /// Unix.
+    Unix(UnixListener),
+    /// TCP.
+    Tcp(TcpListener),
+}
+
+impl Listener {
+    /// The next connection.
+    pub async fn accept(&self) -> std::io::Result<Stream> {
+        match self {
+            Self::Unix(l) => Ok(Stream::Unix(l.accept().await?.0)),
+            Self::Tcp(l) => {
+                let (s, _) = l.accept().await?;
+                s.set_nodelay(true)?;
+                Ok(Stream::Tcp(s))
+            }
+        }
+    }
+
+    /// Where it listens (for TCP, with the port the OS chose).
+    pub fn local_addr(&self) -> std::io::Result<EngineAddr> {
+        match self {
+            Self::Unix(l) => {
+                let addr = l.local_addr()?;
+                let path = addr
+                    .as_pathname()
+                    .ok_or_else(|| std::io::Error::other("an unnamed Unix socket"))?;
+                Ok(EngineAddr::Unix(path.to_path_buf()))
+            }
+            Self::Tcp(l) => Ok(EngineAddr::Tcp(l.local_addr()?.to_string())),
+        }
+    }
+}
+
+/// A connection.
+#[derive(Debug)]
+pub enum Stream {
+    /// Unix.
+    Unix(UnixStream),
+    /// TCP.
+    Tcp(TcpStream),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Unix(s) => Pin::new(s).poll_read(cx, buf),
+            Self::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Self::Unix(s) => Pin::new(s).poll_write(cx, buf),
+            Self::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Unix(s) => Pin::new(s).poll_flush(cx),
+            Self::Tcp(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Unix(s) => Pin::new(s).poll_shutdown(cx),
+            Self::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_parse() {
+        assert_eq!(
+            EngineAddr::parse("unix:/tmp/e.sock"),
+            Ok(EngineAddr::Unix("/tmp/e.sock".into()))
+        );
+        assert_eq!(
+            EngineAddr::parse("127.0.0.1:9000"),
+            Ok(EngineAddr::Tcp("127.0.0.1:9000".into()))
+        );
+        assert!(EngineAddr::parse("unix:").is_err());
+        assert!(EngineAddr::parse("localhost").is_err());
+        assert!(EngineAddr::parse("host:port").is_err());
+    }
+}
