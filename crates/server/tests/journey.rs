@@ -26,11 +26,72 @@ use journey_support::{
 const CLIENT_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CLIENT_SPAN: &str = "00f067aa0ba902b7";
 
-fn traced(options: Options) -> TestServer {
-    TestServer::new(&Options {
-        tracing: Some(TracingConfig::default()),
+/// Where the engine runs: the journey tests run in both modes with the same assertions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    InProcess,
+    EngineProcess,
+}
+
+async fn server(mode: Mode, options: Options) -> TestServer {
+    TestServer::start(&Options {
+        engine_process: mode == Mode::EngineProcess,
         ..options
     })
+    .await
+}
+
+async fn traced(mode: Mode, options: Options) -> TestServer {
+    server(
+        mode,
+        Options {
+            tracing: Some(TracingConfig::default()),
+            ..options
+        },
+    )
+    .await
+}
+
+/// Runs each named scenario twice: engine in process, and engine in a child process.
+macro_rules! in_both_modes {
+    ($($name:ident),* $(,)?) => {
+        mod in_process {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Mode::InProcess).await;
+                }
+            )*
+        }
+        mod engine_process {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Mode::EngineProcess).await;
+                }
+            )*
+        }
+    };
+}
+
+in_both_modes!(
+    a_non_streaming_chat_request_has_both_spans_with_every_event_and_attribute,
+    a_streaming_request_follows_the_clients_traceparent_whatever_the_header_case,
+    n_choices_make_one_request_span_with_one_core_span_per_choice,
+    a_client_disconnect_aborts_both_spans,
+    rejected_requests_leave_an_aborted_request_span_and_no_core_span,
+    overload_and_engine_errors_are_aborted_with_their_reason,
+    a_preempted_request_reads_preempted_then_resume_and_its_prefill_never_goes_down,
+    a_sampled_out_request_has_no_spans_and_no_tracing_state,
+    sampled_steps_are_short_spans_linked_to_their_requests,
+    a_request_refused_for_its_api_key_still_has_an_aborted_request_span,
+);
+
+/// The engine-core child of the engine-process mode (see `common::engine_child_main`).
+#[test]
+#[ignore = "run by the engine-process tests as their engine core"]
+fn engine_child() {
+    common::engine_child_main();
 }
 
 fn chat(extra: &Json) -> Json {
@@ -56,9 +117,8 @@ fn api_events(span: &wayfinder_trace::SpanData) -> Vec<String> {
     event_names(span)
 }
 
-#[tokio::test]
-async fn a_non_streaming_chat_request_has_both_spans_with_every_event_and_attribute() {
-    let server = traced(Options::default());
+async fn a_non_streaming_chat_request_has_both_spans_with_every_event_and_attribute(mode: Mode) {
+    let server = traced(mode, Options::default()).await;
     let reply = server
         .post(
             "/v1/chat/completions",
@@ -162,9 +222,8 @@ async fn a_non_streaming_chat_request_has_both_spans_with_every_event_and_attrib
     assert!(core.start_time >= request.start_time && core.end_time <= request.end_time);
 }
 
-#[tokio::test]
-async fn a_streaming_request_follows_the_clients_traceparent_whatever_the_header_case() {
-    let server = traced(Options::default());
+async fn a_streaming_request_follows_the_clients_traceparent_whatever_the_header_case(mode: Mode) {
+    let server = traced(mode, Options::default()).await;
     let traceparent = format!("00-{CLIENT_TRACE}-{CLIENT_SPAN}-01");
     let reply = server
         .call(post_with(
@@ -201,9 +260,8 @@ async fn a_streaming_request_follows_the_clients_traceparent_whatever_the_header
     );
 }
 
-#[tokio::test]
-async fn n_choices_make_one_request_span_with_one_core_span_per_choice() {
-    let server = traced(Options::default());
+async fn n_choices_make_one_request_span_with_one_core_span_per_choice(mode: Mode) {
+    let server = traced(mode, Options::default()).await;
     for stream in [false, true] {
         let reply = server
             .post(
@@ -232,12 +290,15 @@ async fn n_choices_make_one_request_span_with_one_core_span_per_choice() {
     }
 }
 
-#[tokio::test]
-async fn a_client_disconnect_aborts_both_spans() {
-    let server = traced(Options {
-        step_delay: Duration::from_millis(20),
-        ..Options::default()
-    });
+async fn a_client_disconnect_aborts_both_spans(mode: Mode) {
+    let server = traced(
+        mode,
+        Options {
+            step_delay: Duration::from_millis(20),
+            ..Options::default()
+        },
+    )
+    .await;
     let response = app(server.state.clone())
         .oneshot(common::post(
             "/v1/chat/completions",
@@ -261,9 +322,8 @@ async fn a_client_disconnect_aborts_both_spans() {
     assert_eq!(event_str(finished, attr::FINISH_STATUS), "aborted");
 }
 
-#[tokio::test]
-async fn rejected_requests_leave_an_aborted_request_span_and_no_core_span() {
-    let server = traced(Options::default());
+async fn rejected_requests_leave_an_aborted_request_span_and_no_core_span(mode: Mode) {
+    let server = traced(mode, Options::default()).await;
     let bad_json = server
         .call(post_with(
             "/v1/chat/completions",
@@ -304,15 +364,18 @@ async fn rejected_requests_leave_an_aborted_request_span_and_no_core_span() {
     assert_eq!(error_types, ["400", "400", "404"]);
 }
 
-#[tokio::test]
-async fn overload_and_engine_errors_are_aborted_with_their_reason() {
-    let server = traced(Options {
-        max_num_seqs: 1,
-        max_waiting_requests: 0,
-        step_delay: Duration::from_millis(10),
-        fail_on_steps: vec![3],
-        ..Options::default()
-    });
+async fn overload_and_engine_errors_are_aborted_with_their_reason(mode: Mode) {
+    let server = traced(
+        mode,
+        Options {
+            max_num_seqs: 1,
+            max_waiting_requests: 0,
+            step_delay: Duration::from_millis(10),
+            fail_on_steps: vec![3],
+            ..Options::default()
+        },
+    )
+    .await;
     let first = tokio::spawn({
         let server = server.clone();
         async move {
@@ -359,25 +422,32 @@ async fn overload_and_engine_errors_are_aborted_with_their_reason() {
     assert_eq!(event_str(finished, attr::FINISH_STATUS), "error");
 }
 
-#[tokio::test]
-async fn a_preempted_request_reads_preempted_then_resume_and_its_prefill_never_goes_down() {
+async fn a_preempted_request_reads_preempted_then_resume_and_its_prefill_never_goes_down(
+    mode: Mode,
+) {
     // Six blocks of 16 tokens for two requests that each grow to four blocks.
-    let server = traced(Options {
-        num_blocks: 6,
-        max_model_len: 96,
-        ..Options::default()
-    });
+    let server = traced(
+        mode,
+        Options {
+            num_blocks: 6,
+            max_model_len: 96,
+            // Slow steps, so that the requests surely overlap.
+            step_delay: Duration::from_millis(2),
+            ..Options::default()
+        },
+    )
+    .await;
     let long = |seed: u64| {
         json!({"model": MODEL, "prompt": "the sea and the sky and the long road home",
                "max_tokens": 50, "seed": seed, "temperature": 1.0})
     };
-    let (one_body, two_body) = (long(1), long(2));
-    let (a, b) = tokio::join!(
-        server.post("/v1/completions", &one_body),
-        server.post("/v1/completions", &two_body)
-    );
-    assert_eq!((a.status, b.status), (StatusCode::OK, StatusCode::OK));
-    let spans = spans(&server, 4).await;
+    let replies = futures_util::future::join_all((0..3).map(|seed| {
+        let (server, body) = (server.clone(), long(seed));
+        async move { server.post("/v1/completions", &body).await }
+    }))
+    .await;
+    assert!(replies.iter().all(|r| r.status == StatusCode::OK));
+    let spans = spans(&server, 6).await;
     let cores = named(&spans, SPAN_CORE);
     let preempted: Vec<_> = cores
         .iter()
@@ -405,16 +475,20 @@ async fn a_preempted_request_reads_preempted_then_resume_and_its_prefill_never_g
     }
 }
 
-#[tokio::test]
-async fn a_sampled_out_request_has_no_spans_and_no_tracing_state() {
-    let server = TestServer::new(&Options {
-        tracing: Some(TracingConfig {
-            sample_rate: 0.0,
-            ..TracingConfig::default()
-        }),
-        record_journey: true,
-        ..Options::default()
-    });
+async fn a_sampled_out_request_has_no_spans_and_no_tracing_state(mode: Mode) {
+    let server = server(
+        mode,
+        Options {
+            tracing: Some(TracingConfig {
+                sample_rate: 0.0,
+                ..TracingConfig::default()
+            }),
+            // The recorder sits beside the engine: in process only.
+            record_journey: mode == Mode::InProcess,
+            ..Options::default()
+        },
+    )
+    .await;
     let reply = server
         .post("/v1/chat/completions", &chat(&json!({"max_tokens": 2})))
         .await;
@@ -430,11 +504,12 @@ async fn a_sampled_out_request_has_no_spans_and_no_tracing_state() {
         .await;
     assert_eq!(reply.status, StatusCode::OK);
     server.wait_idle().await;
-    let journey = server.journey.as_ref().expect("recorded");
-    assert!(
-        journey.events().iter().all(|e| e.carrier.is_empty()),
-        "nothing injected into the engine requests"
-    );
+    if let Some(journey) = &server.journey {
+        assert!(
+            journey.events().iter().all(|e| e.carrier.is_empty()),
+            "nothing injected into the engine requests"
+        );
+    }
     // …and so is a sampled one, even at rate 0.
     let sampled = format!("00-{CLIENT_TRACE}-{CLIENT_SPAN}-01");
     let reply = server
@@ -447,12 +522,14 @@ async fn a_sampled_out_request_has_no_spans_and_no_tracing_state() {
     assert_eq!(reply.status, StatusCode::OK);
     let spans = spans(&server, 2).await;
     assert_eq!(spans.len(), 2, "only the request with a sampled parent");
-    assert!(
-        journey
-            .events()
-            .iter()
-            .any(|e| e.carrier.contains_key(SAMPLED_KEY))
-    );
+    if let Some(journey) = &server.journey {
+        assert!(
+            journey
+                .events()
+                .iter()
+                .any(|e| e.carrier.contains_key(SAMPLED_KEY))
+        );
+    }
 }
 
 #[tokio::test]
@@ -477,19 +554,22 @@ async fn with_tracing_off_no_span_is_made_and_no_carrier_travels() {
     assert!(journey.events().iter().all(|e| e.carrier.is_empty()));
 }
 
-#[tokio::test]
-async fn sampled_steps_are_short_spans_linked_to_their_requests() {
-    let server = TestServer::new(&Options {
-        tracing: Some(TracingConfig {
-            step: StepTracingConfig {
-                enabled: true,
-                sample_rate: 1.0,
-                rich_subsample_rate: 1.0,
-            },
-            ..TracingConfig::default()
-        }),
-        ..Options::default()
-    });
+async fn sampled_steps_are_short_spans_linked_to_their_requests(mode: Mode) {
+    let server = server(
+        mode,
+        Options {
+            tracing: Some(TracingConfig {
+                step: StepTracingConfig {
+                    enabled: true,
+                    sample_rate: 1.0,
+                    rich_subsample_rate: 1.0,
+                },
+                ..TracingConfig::default()
+            }),
+            ..Options::default()
+        },
+    )
+    .await;
     let (chat_body, completion_body) = (
         chat(&json!({"max_tokens": 3})),
         json!({"model": MODEL, "prompt": "hi", "max_tokens": 3}),
@@ -558,12 +638,15 @@ async fn sampled_steps_are_short_spans_linked_to_their_requests() {
     assert_eq!(finished, 2);
 }
 
-#[tokio::test]
-async fn a_request_refused_for_its_api_key_still_has_an_aborted_request_span() {
-    let server = traced(Options {
-        api_key: Some("sesame".into()),
-        ..Options::default()
-    });
+async fn a_request_refused_for_its_api_key_still_has_an_aborted_request_span(mode: Mode) {
+    let server = traced(
+        mode,
+        Options {
+            api_key: Some("sesame".into()),
+            ..Options::default()
+        },
+    )
+    .await;
     let reply = server
         .post("/v1/chat/completions", &chat(&json!({"max_tokens": 2})))
         .await;
@@ -579,7 +662,7 @@ async fn a_request_refused_for_its_api_key_still_has_an_aborted_request_span() {
 async fn log_lines_of_a_traced_request_carry_its_trace_id() {
     let logs = common::CapturedLogs::default();
     let _guard = tracing::subscriber::set_default(logs.subscriber());
-    let server = traced(Options::default());
+    let server = traced(Mode::InProcess, Options::default()).await;
     let traceparent = format!("00-{CLIENT_TRACE}-{CLIENT_SPAN}-01");
     for stream in [false, true] {
         let reply = server
@@ -602,4 +685,83 @@ async fn log_lines_of_a_traced_request_carry_its_trace_id() {
     assert!(with_trace("api.departed"), "streaming too: {text}");
     assert!(text.contains("context injected"), "{text}");
     assert!(text.contains("parent_context=true"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_engine_process_dies_requests_end_with_503_and_it_comes_back() {
+    let server = traced(
+        Mode::EngineProcess,
+        Options {
+            step_delay: Duration::from_millis(10),
+            ..Options::default()
+        },
+    )
+    .await;
+    let in_flight: Vec<_> = (0..3)
+        .map(|i| {
+            let server = server.clone();
+            tokio::spawn(async move {
+                let body =
+                    json!({"model": MODEL, "prompt": format!("story {i}"), "max_tokens": 200});
+                server.post("/v1/completions", &body).await
+            })
+        })
+        .collect();
+    // Kill the child once all three are running.
+    for _ in 0..500 {
+        if server
+            .engine
+            .stats()
+            .await
+            .is_ok_and(|s| s.num_running == 3)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let pid = i32::try_from(server.engine_pid.expect("a child")).expect("pid");
+    // SAFETY: killing the engine child this test started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    for reply in in_flight {
+        let reply = reply.await.expect("task");
+        let error = reply.error(StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(error["type"], "service_unavailable");
+    }
+    // /health says so until the supervisor has restarted the child, then recovers.
+    let mut saw_down = false;
+    for _ in 0..1000 {
+        match server.get("/health").await.status {
+            StatusCode::OK if saw_down || server.engine.stats().await.is_ok() => break,
+            StatusCode::OK => {}
+            _ => saw_down = true,
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(server.get("/health").await.status, StatusCode::OK);
+    let after = server
+        .post(
+            "/v1/completions",
+            &json!({"model": MODEL, "prompt": "again", "max_tokens": 3}),
+        )
+        .await;
+    assert_eq!(after.status, StatusCode::OK, "{}", after.text);
+
+    // Three aborted API spans (the killed child's own spans died with it) and a full journey
+    // for the request after the restart.
+    let spans = spans(&server, 5).await;
+    let requests = named(&spans, SPAN_REQUEST);
+    let reasons: Vec<String> = requests
+        .iter()
+        .filter_map(|r| {
+            let last = r.events.events.last()?;
+            (last.name == "api.ABORTED").then(|| event_str(last, attr::REASON))
+        })
+        .collect();
+    assert_eq!(reasons, ["engine_unavailable"; 3]);
+    assert_eq!(requests.len(), 4);
+    assert_eq!(
+        named(&spans, SPAN_CORE).len(),
+        1,
+        "the journey after the restart"
+    );
 }

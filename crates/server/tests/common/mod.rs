@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{HeaderMap, Request, StatusCode};
-use serde_json::Value;
+use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -66,6 +66,10 @@ pub struct Options {
     pub telemetry: Option<wayfinder_trace::Telemetry>,
     /// Also record every journey event the engine emits (with its carrier).
     pub record_journey: bool,
+    /// Run the engine in a child process (this test binary re-run as `engine_child`) reached
+    /// over the engine protocol; with `tracing`, both processes export to an OTLP receiver.
+    /// Needs [`TestServer::start`].
+    pub engine_process: bool,
 }
 
 impl Default for Options {
@@ -84,6 +88,7 @@ impl Default for Options {
             tracing: None,
             telemetry: None,
             record_journey: false,
+            engine_process: false,
         }
     }
 }
@@ -98,6 +103,10 @@ pub struct TestServer {
     pub telemetry: Option<wayfinder_trace::Telemetry>,
     /// The engine's journey events, when `Options::record_journey` is set.
     pub journey: Option<JourneyLog>,
+    /// With `Options::engine_process`: the receiver both processes export to, and the
+    /// engine child's pid.
+    pub receiver: Option<Arc<wayfinder_trace::receiver::OtlpReceiver>>,
+    pub engine_pid: Option<u32>,
 }
 
 impl TestServer {
@@ -147,35 +156,93 @@ impl TestServer {
             observer,
         )
         .expect("the engine starts");
-        let template = ChatTemplate::new(
-            Some(CHATML_TEMPLATE),
-            String::new(),
-            "<|im_end|>".to_owned(),
-        )
-        .expect("the template compiles");
-        let state = AppState::new(ServerParts {
-            engine: engine.clone(),
-            tokenizer,
-            chat_template: Arc::new(template),
-            model_name: MODEL.to_owned(),
-            max_model_len: options.max_model_len,
-            eos_token_ids: eos_ids(),
-            limits: Limits {
-                max_num_seqs: options.max_num_seqs,
-                max_waiting_requests: options.max_waiting_requests,
-                max_body_bytes: options.max_body_bytes,
-                shutdown_timeout: options.shutdown_timeout,
-            },
-            api_key: options.api_key.clone(),
-            sampling_defaults: options.sampling_defaults.clone(),
-            tracing: telemetry.clone(),
-        });
+        let state = state_of(options, engine.clone(), telemetry.clone());
         Self {
             state,
             engine,
             spans,
             telemetry,
             journey,
+            receiver: None,
+            engine_pid: None,
+        }
+    }
+
+    /// [`TestServer::new`], or with `Options::engine_process` the engine in a child process.
+    pub async fn start(options: &Options) -> Self {
+        if !options.engine_process {
+            return Self::new(options);
+        }
+        let receiver = Arc::new(
+            wayfinder_trace::receiver::OtlpReceiver::start()
+                .await
+                .expect("an OTLP receiver"),
+        );
+        let tracing_config = |role| {
+            options
+                .tracing
+                .clone()
+                .map(|c| wayfinder_trace::TracingConfig {
+                    endpoint: Some(receiver.grpc_endpoint()),
+                    protocol: Some("grpc".into()),
+                    role,
+                    export_interval: Duration::from_millis(50),
+                    ..c
+                })
+        };
+        let telemetry = tracing_config(wayfinder_trace::ProcessRole::Api)
+            .map(|c| wayfinder_trace::Telemetry::otlp(&c).expect("an OTLP provider"));
+        let child = json!({
+            "vocab_size": tokenizer().vocab_size(),
+            "eos": eos_ids(),
+            "num_blocks": options.num_blocks,
+            "max_num_seqs": options.max_num_seqs,
+            "max_model_len": options.max_model_len,
+            "step_delay_ms": options.step_delay.as_millis() as u64,
+            "fail_on_steps": options.fail_on_steps,
+            "tracing": tracing_config(wayfinder_trace::ProcessRole::Engine).map(|c| json!({
+                "endpoint": c.endpoint,
+                "sample_rate": c.sample_rate,
+                "step_enabled": c.step.enabled,
+                "step_rate": c.step.sample_rate,
+                "step_rich": c.step.rich_subsample_rate,
+            })),
+        });
+        let socket = std::env::temp_dir().join(format!(
+            "wayfinder-test-{}-{}.sock",
+            std::process::id(),
+            NEXT_CHILD.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        let addr = wayfinder_ipc::EngineAddr::Unix(socket);
+        let spawn = wayfinder_ipc::SpawnSpec {
+            program: std::env::current_exe().expect("this test binary"),
+            args: ["engine_child", "--exact", "--ignored", "--nocapture"]
+                .map(Into::into)
+                .to_vec(),
+            envs: vec![
+                (CHILD_ENV.into(), child.to_string().into()),
+                (CHILD_ADDR_ENV.into(), addr.to_string().into()),
+            ],
+        };
+        let config = wayfinder_ipc::RemoteConfig {
+            startup_timeout: Duration::from_secs(60),
+            ping_interval: Duration::from_millis(500),
+            ..wayfinder_ipc::RemoteConfig::new(addr, Some(spawn))
+        };
+        let (engine, info, _status) =
+            tokio::task::spawn_blocking(move || wayfinder_ipc::connect(config))
+                .await
+                .expect("join")
+                .expect("the engine child starts");
+        let state = state_of(options, engine.clone(), telemetry.clone());
+        Self {
+            state,
+            engine,
+            spans: None,
+            telemetry,
+            journey: None,
+            receiver: Some(receiver),
+            engine_pid: Some(info.pid),
         }
     }
 
@@ -228,6 +295,130 @@ impl TestServer {
             stats = self.engine.stats().await.expect("engine up");
         }
         panic!("the engine did not become idle: {stats:?}");
+    }
+}
+
+/// The API state of a test server around `engine`.
+fn state_of(
+    options: &Options,
+    engine: EngineHandle,
+    telemetry: Option<wayfinder_trace::Telemetry>,
+) -> AppState {
+    let template = ChatTemplate::new(
+        Some(CHATML_TEMPLATE),
+        String::new(),
+        "<|im_end|>".to_owned(),
+    )
+    .expect("the template compiles");
+    AppState::new(ServerParts {
+        engine,
+        tokenizer: tokenizer(),
+        chat_template: Arc::new(template),
+        model_name: MODEL.to_owned(),
+        max_model_len: options.max_model_len,
+        eos_token_ids: eos_ids(),
+        limits: Limits {
+            max_num_seqs: options.max_num_seqs,
+            max_waiting_requests: options.max_waiting_requests,
+            max_body_bytes: options.max_body_bytes,
+            shutdown_timeout: options.shutdown_timeout,
+        },
+        api_key: options.api_key.clone(),
+        sampling_defaults: options.sampling_defaults.clone(),
+        tracing: telemetry,
+    })
+}
+
+const CHILD_ENV: &str = "WAYFINDER_TEST_ENGINE";
+const CHILD_ADDR_ENV: &str = "WAYFINDER_TEST_ENGINE_ADDR";
+static NEXT_CHILD: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// The engine-core child of `Options::engine_process`: the test executor behind the engine
+/// protocol, with its own tracer provider (role `engine`) exporting to the parent's receiver,
+/// until its stdin closes or it gets SIGTERM. Call it from an `#[ignore]`d test named
+/// `engine_child`; without the environment the parent sets, it does nothing.
+pub fn engine_child_main() {
+    let (Ok(spec), Ok(addr)) = (std::env::var(CHILD_ENV), std::env::var(CHILD_ADDR_ENV)) else {
+        return;
+    };
+    let spec: Value = serde_json::from_str(&spec).expect("the parent's JSON");
+    let n = |k: &str| spec[k].as_u64().unwrap_or_else(|| panic!("{k}")) as usize;
+    let telemetry = spec["tracing"].as_object().map(|t| {
+        wayfinder_trace::Telemetry::otlp(&wayfinder_trace::TracingConfig {
+            endpoint: t["endpoint"].as_str().map(str::to_owned),
+            protocol: Some("grpc".into()),
+            role: wayfinder_trace::ProcessRole::Engine,
+            sample_rate: t["sample_rate"].as_f64().unwrap_or(1.0),
+            step: wayfinder_trace::StepTracingConfig {
+                enabled: t["step_enabled"].as_bool().unwrap_or(false),
+                sample_rate: t["step_rate"].as_f64().unwrap_or(0.01),
+                rich_subsample_rate: t["step_rich"].as_f64().unwrap_or(0.001),
+            },
+            export_interval: Duration::from_millis(50),
+            ..wayfinder_trace::TracingConfig::default()
+        })
+        .expect("the engine's provider")
+    });
+    let eos: Vec<u32> = serde_json::from_value(spec["eos"].clone()).expect("eos ids");
+    let executor = TestExecutor::new(TestExecutorConfig {
+        vocab_size: n("vocab_size"),
+        num_slots: n("num_blocks") * BLOCK_SIZE,
+        step_delay: Duration::from_millis(n("step_delay_ms") as u64),
+        avoid_tokens: eos.clone(),
+        fail_on_steps: serde_json::from_value(spec["fail_on_steps"].clone()).expect("steps"),
+    });
+    let observer = telemetry
+        .as_ref()
+        .map(|t| Box::new(wayfinder_trace::CoreObserver::new(t)) as Box<dyn JourneyObserver>);
+    let engine = EngineHandle::spawn(
+        EngineConfig {
+            scheduler: SchedulerConfig {
+                max_num_seqs: n("max_num_seqs"),
+                max_num_batched_tokens: 512,
+                max_model_len: n("max_model_len"),
+                block_size: BLOCK_SIZE,
+                num_blocks: n("num_blocks"),
+                ..SchedulerConfig::default()
+            },
+            eos_token_ids: eos,
+            seed: Some(7),
+        },
+        Box::new(executor),
+        observer,
+    )
+    .expect("the engine starts");
+    let info = wayfinder_ipc::EngineInfo {
+        pid: std::process::id(),
+        max_model_len: n("max_model_len"),
+        num_blocks: n("num_blocks"),
+        block_size: BLOCK_SIZE,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let listener = wayfinder_ipc::EngineAddr::parse(&addr)
+            .expect("address")
+            .listen()
+            .await
+            .expect("listen");
+        let stdin_closed = tokio::task::spawn_blocking(|| {
+            let mut sink = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink);
+        });
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = wayfinder_ipc::serve(listener, engine.clone(), info) => {}
+            _ = stdin_closed => {}
+            _ = term.recv() => {}
+        }
+    });
+    runtime.shutdown_background();
+    engine.shutdown();
+    if let Some(t) = telemetry {
+        t.shutdown();
     }
 }
 

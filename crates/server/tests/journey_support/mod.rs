@@ -14,10 +14,39 @@ use wayfinder_trace::names::{self, attr, scope};
 
 use crate::common::TestServer;
 
-/// Waits until the engine is idle and at least `n` spans were exported; returns them all.
+/// Waits until the engine is idle and at least `n` spans were exported; returns them all —
+/// from the in-memory exporter, or (engine in a child process) from the OTLP receiver both
+/// processes export to, after checking that each span came from its own process.
 pub async fn spans(server: &TestServer, n: usize) -> Vec<SpanData> {
     server.wait_idle().await;
     let telemetry = server.telemetry.as_ref().expect("tracing on");
+    if let Some(receiver) = &server.receiver {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let t = telemetry.clone();
+            tokio::task::spawn_blocking(move || t.force_flush())
+                .await
+                .expect("flush");
+            let mut received = receiver.spans();
+            if received.len() >= n || Instant::now() > deadline {
+                // The child exports on its own schedule (every 50 ms): wait for a quiet spell
+                // so that nothing it still holds is missed.
+                loop {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    let now = receiver.spans();
+                    if now.len() == received.len() {
+                        break;
+                    }
+                    received = now;
+                }
+                check_processes(server, &received);
+                let spans: Vec<SpanData> = received.iter().map(from_wire).collect();
+                check_invariants(&spans);
+                return spans;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
     let exporter = server.spans.as_ref().expect("an in-memory exporter");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -28,6 +57,43 @@ pub async fn spans(server: &TestServer, n: usize) -> Vec<SpanData> {
             return spans;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// With the engine in a child process: API spans come from this process (role `api`), engine
+/// spans from the child (role `engine`), each process with its own resource.
+fn check_processes(server: &TestServer, received: &[wayfinder_trace::receiver::ReceivedSpan]) {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value as Wire;
+    let first_child = server.engine_pid.expect("an engine child");
+    assert_ne!(first_child, std::process::id());
+    for r in received {
+        let pid = match r.resource_attribute("process.pid") {
+            Some(Wire::IntValue(p)) => *p,
+            other => panic!("{} has no process.pid: {other:?}", r.name()),
+        };
+        let role = if r.scope == scope::API {
+            assert_eq!(
+                pid,
+                i64::from(std::process::id()),
+                "{} from this process",
+                r.name()
+            );
+            "api"
+        } else {
+            // The first child, or one the supervisor started after it.
+            assert_ne!(
+                pid,
+                i64::from(std::process::id()),
+                "{} from the child",
+                r.name()
+            );
+            "engine"
+        };
+        assert!(
+            matches!(r.resource_attribute(attr::PROCESS_ROLE), Some(Wire::StringValue(v)) if v == role),
+            "{} has role {role}",
+            r.name()
+        );
     }
 }
 
@@ -240,4 +306,107 @@ fn check_journey_events(span: &SpanData) {
             "{names:?}"
         );
     }
+}
+
+/// A span received over OTLP, as the SDK's `SpanData`, so that one set of assertions reads
+/// spans from the in-memory exporter and from the wire alike.
+pub fn from_wire(r: &wayfinder_trace::receiver::ReceivedSpan) -> SpanData {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use opentelemetry::InstrumentationScope;
+    use opentelemetry::trace::{Event, Link, SpanContext, Status, TraceFlags, TraceId, TraceState};
+    use opentelemetry_sdk::trace::{SpanEvents, SpanLinks};
+
+    let span = &r.span;
+    let trace_id = |b: &[u8]| TraceId::from_bytes(b.try_into().unwrap_or([0; 16]));
+    let span_id = |b: &[u8]| SpanId::from_bytes(b.try_into().unwrap_or([0; 8]));
+    let time = |ns: u64| UNIX_EPOCH + Duration::from_nanos(ns);
+    let context = |t: &[u8], s: &[u8], state: &str| {
+        SpanContext::new(
+            trace_id(t),
+            span_id(s),
+            TraceFlags::SAMPLED,
+            false,
+            state.parse::<TraceState>().unwrap_or_default(),
+        )
+    };
+    let mut events = SpanEvents::default();
+    events.events = span
+        .events
+        .iter()
+        .map(|e| {
+            Event::new(
+                e.name.clone(),
+                time(e.time_unix_nano),
+                key_values(&e.attributes),
+                0,
+            )
+        })
+        .collect();
+    let mut links = SpanLinks::default();
+    links.links = span
+        .links
+        .iter()
+        .map(|l| {
+            Link::new(
+                context(&l.trace_id, &l.span_id, &l.trace_state),
+                Vec::new(),
+                0,
+            )
+        })
+        .collect();
+    // OTLP span flags: bit 8 says whether bit 9 (the parent is remote) is known.
+    const IS_REMOTE: u32 = 0x200;
+    SpanData {
+        span_context: context(&span.trace_id, &span.span_id, &span.trace_state),
+        parent_span_id: span_id(&span.parent_span_id),
+        parent_span_is_remote: span.flags & IS_REMOTE != 0,
+        span_kind: match span.kind {
+            2 => SpanKind::Server,
+            3 => SpanKind::Client,
+            4 => SpanKind::Producer,
+            5 => SpanKind::Consumer,
+            _ => SpanKind::Internal,
+        },
+        name: span.name.clone().into(),
+        start_time: time(span.start_time_unix_nano),
+        end_time: time(span.end_time_unix_nano),
+        attributes: key_values(&span.attributes),
+        dropped_attributes_count: 0,
+        events,
+        links,
+        status: match &span.status {
+            Some(s) if s.code == 2 => Status::error(s.message.clone()),
+            Some(s) if s.code == 1 => Status::Ok,
+            _ => Status::Unset,
+        },
+        instrumentation_scope: InstrumentationScope::builder(r.scope.clone()).build(),
+    }
+}
+
+fn key_values(attrs: &[opentelemetry_proto::tonic::common::v1::KeyValue]) -> Vec<KeyValue> {
+    use opentelemetry::{Array, StringValue};
+    use opentelemetry_proto::tonic::common::v1::any_value::Value as Wire;
+    attrs
+        .iter()
+        .filter_map(|kv| {
+            let value = match kv.value.as_ref()?.value.as_ref()? {
+                Wire::StringValue(s) => Value::String(s.clone().into()),
+                Wire::BoolValue(b) => Value::Bool(*b),
+                Wire::IntValue(i) => Value::I64(*i),
+                Wire::DoubleValue(d) => Value::F64(*d),
+                Wire::ArrayValue(a) => Value::Array(Array::String(
+                    a.values
+                        .iter()
+                        .filter_map(|v| match v.value.as_ref()? {
+                            Wire::StringValue(s) => Some(StringValue::from(s.clone())),
+                            _ => None,
+                        })
+                        .collect(),
+                )),
+                _ => return None,
+            };
+            Some(KeyValue::new(kv.key.clone(), value))
+        })
+        .collect()
 }
