@@ -1,6 +1,7 @@
-//! `wayfinder serve --enable-journey-tracing`, the real binary on the demo model: a request
-//! sent with a `traceparent` leaves both spans, in the client's trace, at a real OTLP receiver;
-//! SIGTERM flushes them.
+//! `wayfinder serve --enable-journey-tracing`, the real binary on the demo model, with the
+//! engine in process and in an `engine-core` child: a request sent with a `traceparent` leaves
+//! both spans, in the client's trace, at a real OTLP receiver; SIGTERM stops the child and
+//! flushes both processes' spans.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -25,10 +26,23 @@ impl Drop for Server {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_exports_both_spans_of_a_traced_request_and_flushes_on_sigterm() {
+    traced_serve(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_an_engine_process_both_processes_export_and_flush_on_sigterm() {
+    traced_serve(true).await;
+}
+
+async fn traced_serve(engine_process: bool) {
     let receiver = OtlpReceiver::start().await.expect("receiver");
     let cache = tempfile::tempdir().expect("tempdir");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_wayfinder"))
-        .args(["serve", "demo", "--port", "0", "--num-kv-blocks", "64"])
+    let mut command = Command::new(env!("CARGO_BIN_EXE_wayfinder"));
+    command.args(["serve", "demo", "--port", "0", "--num-kv-blocks", "64"]);
+    if engine_process {
+        command.arg("--engine-process");
+    }
+    let mut child = command
         .args(["--enable-journey-tracing", "--otlp-traces-endpoint"])
         .arg(receiver.grpc_endpoint())
         .args(["--otlp-service-name", "cli-test"])
