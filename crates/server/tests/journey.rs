@@ -1,56 +1,28 @@
-//! The journey contract, end to end in process: the API's `llm_request` and the engine's
-//! `llm_core` spans (exported to the SDK's in-memory exporter through the real batch
-//! processor) for every path a request can take.
+//! The journey contract, end to end: the API's `llm_request` and the engine's `llm_core`
+//! spans for every path a request can take, each scenario run twice — with the engine in
+//! process (spans from the SDK's in-memory exporter, through the real batch processor) and in
+//! a child process (spans from both processes over OTLP to a receiver in the test).
 
 mod common;
 mod journey_support;
 
 use std::time::Duration;
 
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
+use axum::http::StatusCode;
 use futures_util::StreamExt;
 use opentelemetry::Value;
 use opentelemetry::trace::{SpanId, Status, TraceId};
-use serde_json::{Value as Json, json};
+use serde_json::json;
 use tower::ServiceExt;
 use wayfinder_server::app;
 use wayfinder_trace::names::{SAMPLED_KEY, SPAN_CORE, SPAN_REQUEST, SPAN_STEP, attr};
 use wayfinder_trace::{StepTracingConfig, TracingConfig};
 
-use common::{MODEL, Options, TestServer};
+use common::{MODEL, Options};
 use journey_support::{
-    attr_of, children, event_int, event_names, event_str, float, int, named, one, spans, string,
+    CLIENT_SPAN, CLIENT_TRACE, Mode, attr_of, chat, children, event_int, event_names, event_str,
+    float, int, named, one, post_with, server, spans, string, traced,
 };
-
-const CLIENT_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
-const CLIENT_SPAN: &str = "00f067aa0ba902b7";
-
-/// Where the engine runs: the journey tests run in both modes with the same assertions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Mode {
-    InProcess,
-    EngineProcess,
-}
-
-async fn server(mode: Mode, options: Options) -> TestServer {
-    TestServer::start(&Options {
-        engine_process: mode == Mode::EngineProcess,
-        ..options
-    })
-    .await
-}
-
-async fn traced(mode: Mode, options: Options) -> TestServer {
-    server(
-        mode,
-        Options {
-            tracing: Some(TracingConfig::default()),
-            ..options
-        },
-    )
-    .await
-}
 
 /// Runs each named scenario twice: engine in process, and engine in a child process.
 macro_rules! in_both_modes {
@@ -92,25 +64,6 @@ in_both_modes!(
 #[ignore = "run by the engine-process tests as their engine core"]
 fn engine_child() {
     common::engine_child_main();
-}
-
-fn chat(extra: &Json) -> Json {
-    let mut body = json!({
-        "model": MODEL,
-        "messages": [{"role": "user", "content": "tell me about the sea"}],
-    });
-    for (k, v) in extra.as_object().expect("object") {
-        body[k] = v.clone();
-    }
-    body
-}
-
-fn post_with(path: &str, body: &Json, headers: &[(&str, &str)]) -> Request<Body> {
-    let mut r = Request::post(path).header("content-type", "application/json");
-    for (k, v) in headers {
-        r = r.header(*k, *v);
-    }
-    r.body(Body::from(body.to_string())).expect("request")
 }
 
 fn api_events(span: &wayfinder_trace::SpanData) -> Vec<String> {
@@ -532,28 +485,6 @@ async fn a_sampled_out_request_has_no_spans_and_no_tracing_state(mode: Mode) {
     }
 }
 
-#[tokio::test]
-async fn with_tracing_off_no_span_is_made_and_no_carrier_travels() {
-    let server = TestServer::new(&Options {
-        record_journey: true,
-        ..Options::default()
-    });
-    assert!(server.state.tracing().is_none());
-    let traceparent = format!("00-{CLIENT_TRACE}-{CLIENT_SPAN}-01");
-    let reply = server
-        .call(post_with(
-            "/v1/chat/completions",
-            &chat(&json!({"max_tokens": 2})),
-            &[("traceparent", &traceparent)],
-        ))
-        .await;
-    assert_eq!(reply.status, StatusCode::OK);
-    server.wait_idle().await;
-    let journey = server.journey.as_ref().expect("recorded");
-    assert!(!journey.events().is_empty());
-    assert!(journey.events().iter().all(|e| e.carrier.is_empty()));
-}
-
 async fn sampled_steps_are_short_spans_linked_to_their_requests(mode: Mode) {
     let server = server(
         mode,
@@ -656,112 +587,4 @@ async fn a_request_refused_for_its_api_key_still_has_an_aborted_request_span(mod
     assert_eq!(api_events(request), ["api.ARRIVED", "api.ABORTED"]);
     assert_eq!(string(request, attr::ERROR_TYPE), "401");
     assert!(named(&spans, SPAN_CORE).is_empty());
-}
-
-#[tokio::test(flavor = "current_thread")]
-async fn log_lines_of_a_traced_request_carry_its_trace_id() {
-    let logs = common::CapturedLogs::default();
-    let _guard = tracing::subscriber::set_default(logs.subscriber());
-    let server = traced(Mode::InProcess, Options::default()).await;
-    let traceparent = format!("00-{CLIENT_TRACE}-{CLIENT_SPAN}-01");
-    for stream in [false, true] {
-        let reply = server
-            .call(post_with(
-                "/v1/chat/completions",
-                &chat(&json!({"max_tokens": 2, "stream": stream})),
-                &[("traceparent", &traceparent)],
-            ))
-            .await;
-        assert_eq!(reply.status, StatusCode::OK);
-    }
-    let text = logs.text();
-    let with_trace = |needle: &str| {
-        text.lines()
-            .filter(|l| l.contains(needle))
-            .all(|l| l.contains(&format!("trace_id={CLIENT_TRACE}")))
-            && text.contains(needle)
-    };
-    assert!(with_trace("api.handed_off"), "{text}");
-    assert!(with_trace("api.departed"), "streaming too: {text}");
-    assert!(text.contains("context injected"), "{text}");
-    assert!(text.contains("parent_context=true"), "{text}");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn when_the_engine_process_dies_requests_end_with_503_and_it_comes_back() {
-    let server = traced(
-        Mode::EngineProcess,
-        Options {
-            step_delay: Duration::from_millis(10),
-            ..Options::default()
-        },
-    )
-    .await;
-    let in_flight: Vec<_> = (0..3)
-        .map(|i| {
-            let server = server.clone();
-            tokio::spawn(async move {
-                let body =
-                    json!({"model": MODEL, "prompt": format!("story {i}"), "max_tokens": 200});
-                server.post("/v1/completions", &body).await
-            })
-        })
-        .collect();
-    // Kill the child once all three are running.
-    for _ in 0..500 {
-        if server
-            .engine
-            .stats()
-            .await
-            .is_ok_and(|s| s.num_running == 3)
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let pid = i32::try_from(server.engine_pid.expect("a child")).expect("pid");
-    // SAFETY: killing the engine child this test started.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
-    for reply in in_flight {
-        let reply = reply.await.expect("task");
-        let error = reply.error(StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(error["type"], "service_unavailable");
-    }
-    // /health says so until the supervisor has restarted the child, then recovers.
-    let mut saw_down = false;
-    for _ in 0..1000 {
-        match server.get("/health").await.status {
-            StatusCode::OK if saw_down || server.engine.stats().await.is_ok() => break,
-            StatusCode::OK => {}
-            _ => saw_down = true,
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(server.get("/health").await.status, StatusCode::OK);
-    let after = server
-        .post(
-            "/v1/completions",
-            &json!({"model": MODEL, "prompt": "again", "max_tokens": 3}),
-        )
-        .await;
-    assert_eq!(after.status, StatusCode::OK, "{}", after.text);
-
-    // Three aborted API spans (the killed child's own spans died with it) and a full journey
-    // for the request after the restart.
-    let spans = spans(&server, 5).await;
-    let requests = named(&spans, SPAN_REQUEST);
-    let reasons: Vec<String> = requests
-        .iter()
-        .filter_map(|r| {
-            let last = r.events.events.last()?;
-            (last.name == "api.ABORTED").then(|| event_str(last, attr::REASON))
-        })
-        .collect();
-    assert_eq!(reasons, ["engine_unavailable"; 3]);
-    assert_eq!(requests.len(), 4);
-    assert_eq!(
-        named(&spans, SPAN_CORE).len(),
-        1,
-        "the journey after the restart"
-    );
 }

@@ -12,7 +12,64 @@ use opentelemetry::{KeyValue, Value};
 use wayfinder_trace::SpanData;
 use wayfinder_trace::names::{self, attr, scope};
 
-use crate::common::TestServer;
+use axum::body::Body;
+use axum::http::Request;
+use serde_json::{Value as Json, json};
+use wayfinder_trace::TracingConfig;
+
+use crate::common::{MODEL, Options, TestServer};
+
+pub const CLIENT_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+pub const CLIENT_SPAN: &str = "00f067aa0ba902b7";
+
+/// Where the engine runs: the journey tests run in both modes with the same assertions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    InProcess,
+    EngineProcess,
+}
+
+/// A test server with its engine where `mode` says.
+pub async fn server(mode: Mode, options: Options) -> TestServer {
+    TestServer::start(&Options {
+        engine_process: mode == Mode::EngineProcess,
+        ..options
+    })
+    .await
+}
+
+/// The same, with journey tracing on.
+pub async fn traced(mode: Mode, options: Options) -> TestServer {
+    server(
+        mode,
+        Options {
+            tracing: Some(TracingConfig::default()),
+            ..options
+        },
+    )
+    .await
+}
+
+/// A chat request body with `extra` fields.
+pub fn chat(extra: &Json) -> Json {
+    let mut body = json!({
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "tell me about the sea"}],
+    });
+    for (k, v) in extra.as_object().expect("object") {
+        body[k] = v.clone();
+    }
+    body
+}
+
+/// A POST with a JSON body and extra headers.
+pub fn post_with(path: &str, body: &Json, headers: &[(&str, &str)]) -> Request<Body> {
+    let mut r = Request::post(path).header("content-type", "application/json");
+    for (k, v) in headers {
+        r = r.header(*k, *v);
+    }
+    r.body(Body::from(body.to_string())).expect("request")
+}
 
 /// Waits until the engine is idle and at least `n` spans were exported; returns them all —
 /// from the in-memory exporter, or (engine in a child process) from the OTLP receiver both
