@@ -187,6 +187,8 @@ impl OtlpReceiver {
         });
         let app = axum::Router::new()
             .route("/v1/traces", post(http_export))
+            // Batches of big spans run past axum's default 2 MB.
+            .layer(axum::extract::DefaultBodyLimit::max(64 << 20))
             .with_state(store.clone());
         let http_task = tokio::spawn(async move {
             let _ = axum::serve(http_listener, app).await;
