@@ -74,7 +74,9 @@ cleanup() {
         wait "$pid" 2>/dev/null || true
     done
 }
-trap cleanup EXIT INT TERM
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 log "starting both servers (context $CTX, $THREADS threads, concurrency $CONCURRENCY)"
 # wayfinder's forward pass uses one thread per core (all $(nproc) here).
@@ -111,9 +113,9 @@ bench() { # name port seed num_prompts result
         | sed "s/^/[$1] /"
 }
 
-log "warm-up"
-bench wayfinder "$WAYFINDER_PORT" 1000 "$CONCURRENCY" "$WORK/warmup-wayfinder.json"
-bench llama.cpp "$LLAMA_PORT" 1000 "$CONCURRENCY" "$WORK/warmup-llama_cpp.json"
+log "warm-up (pages the weights in)"
+bench wayfinder "$WAYFINDER_PORT" 1000 $((2 * CONCURRENCY)) "$WORK/warmup-wayfinder.json"
+bench llama_cpp "$LLAMA_PORT" 1000 $((2 * CONCURRENCY)) "$WORK/warmup-llama_cpp.json"
 
 for round in $(seq 1 "$ROUNDS"); do
     log "round $round of $ROUNDS"

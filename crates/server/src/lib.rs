@@ -86,6 +86,11 @@ pub async fn run(
     let timeout = state.limits().shutdown_timeout;
     let engine = state.engine().clone();
     let (signalled, on_signal) = oneshot::channel::<()>();
+    // Streamed chunks are small: without TCP_NODELAY they wait behind delayed ACKs (~40 ms
+    // stalls in TTFT and ITL, measured with `wayfinder bench serve`).
+    let listener = axum::serve::ListenerExt::tap_io(listener, |stream| {
+        let _ = stream.set_nodelay(true);
+    });
     let server = axum::serve(listener, app(state))
         .with_graceful_shutdown(async move {
             shutdown.await;

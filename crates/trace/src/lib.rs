@@ -12,6 +12,7 @@
 //! - [`init`] / [`Telemetry`] (`provider.rs`): the process singleton, its resource, the
 //!   bounded batch processor, the flush on shutdown.
 //! - `export.rs`: span counting around the processor and exporter; drops are logged.
+//! - `grpc.rs`: the OTLP/gRPC exporter (HTTP/protobuf is `opentelemetry-otlp`'s).
 //! - [`carrier`]: W3C inject/extract, from HTTP headers and into/out of engine carriers.
 //! - [`RequestSpan`] (`api.rs`): `llm_request` and the sampling decision.
 //! - [`CoreObserver`] (`observer.rs`): `llm_core` and `scheduler_step` from the engine's
@@ -30,6 +31,7 @@ mod api;
 pub mod carrier;
 pub mod config;
 mod export;
+mod grpc;
 pub mod names;
 mod observer;
 mod provider;

@@ -14,6 +14,7 @@ use opentelemetry::KeyValue;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{
     BatchConfigBuilder, BatchSpanProcessor, SdkTracer, SdkTracerProvider, SpanExporter,
 };
@@ -21,6 +22,7 @@ use wayfinder_core::clock::monotonic_now;
 
 use crate::config::{ExportTarget, Protocol, TracingConfig};
 use crate::export::{Counters, CountingExporter, CountingProcessor, ExportStats};
+use crate::grpc::GrpcExporter;
 use crate::names::{attr, scope};
 
 /// Why tracing could not start.
@@ -343,7 +345,7 @@ impl Drop for ShutdownGuard {
 fn build_exporter(
     target: &ExportTarget,
     timeout: Duration,
-) -> Result<(ExportRuntime, opentelemetry_otlp::SpanExporter), String> {
+) -> Result<(ExportRuntime, Exporter), String> {
     match target.protocol {
         Protocol::Grpc => {
             let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -354,14 +356,11 @@ fn build_exporter(
                 .map_err(|e| format!("starting its runtime: {e}"))?;
             let exporter = {
                 let _entered = runtime.enter();
-                opentelemetry_otlp::SpanExporter::builder()
-                    .with_tonic()
-                    .with_endpoint(target.endpoint.clone())
-                    .with_timeout(timeout)
-                    .build()
-                    .map_err(|e| e.to_string())?
+                GrpcExporter::new(&target.endpoint, timeout, runtime.handle().clone(), |k| {
+                    std::env::var(k).ok()
+                })?
             };
-            Ok((ExportRuntime(Some(runtime)), exporter))
+            Ok((ExportRuntime(Some(runtime)), Exporter::Grpc(exporter)))
         }
         Protocol::HttpProtobuf => {
             let exporter = opentelemetry_otlp::SpanExporter::builder()
@@ -371,7 +370,37 @@ fn build_exporter(
                 .with_timeout(timeout)
                 .build()
                 .map_err(|e| e.to_string())?;
-            Ok((ExportRuntime::default(), exporter))
+            Ok((ExportRuntime::default(), Exporter::Http(exporter)))
+        }
+    }
+}
+
+/// The exporter of one protocol.
+#[derive(Debug)]
+enum Exporter {
+    Grpc(GrpcExporter),
+    Http(opentelemetry_otlp::SpanExporter),
+}
+
+impl SpanExporter for Exporter {
+    async fn export(&self, batch: Vec<opentelemetry_sdk::trace::SpanData>) -> OTelSdkResult {
+        match self {
+            Self::Grpc(e) => e.export(batch).await,
+            Self::Http(e) => e.export(batch).await,
+        }
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        match self {
+            Self::Grpc(e) => e.shutdown_with_timeout(timeout),
+            Self::Http(e) => e.shutdown_with_timeout(timeout),
+        }
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        match self {
+            Self::Grpc(e) => e.set_resource(resource),
+            Self::Http(e) => e.set_resource(resource),
         }
     }
 }
