@@ -110,32 +110,34 @@ fn check_received(spans: &[ReceivedSpan], transport: &str) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn both_spans_arrive_over_grpc_in_the_clients_trace() {
+/// A traced request to a server exporting over `protocol` to a fresh receiver: both spans
+/// arrive by `transport`, every one exported and none lost.
+async fn both_spans_arrive(protocol: &str, transport: &str) {
     let receiver = OtlpReceiver::start().await.expect("receiver");
-    let server = server_exporting_to(receiver.grpc_endpoint(), "grpc");
+    let endpoint = match transport {
+        "grpc" => receiver.grpc_endpoint(),
+        _ => receiver.http_endpoint(),
+    };
+    let server = server_exporting_to(endpoint, protocol);
     traced_request(&server).await;
     let telemetry = server.telemetry.clone().expect("tracing on");
     tokio::task::spawn_blocking(move || telemetry.force_flush())
         .await
         .expect("flush");
     let spans = receiver.wait_for(2, Duration::from_secs(10)).await;
-    check_received(&spans, "grpc");
+    check_received(&spans, transport);
     let stats = server.telemetry.as_ref().expect("on").stats();
     assert_eq!((stats.exported, stats.failed), (2, 0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_spans_arrive_over_grpc_in_the_clients_trace() {
+    both_spans_arrive("grpc", "grpc").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_spans_arrive_over_http_protobuf_in_the_clients_trace() {
-    let receiver = OtlpReceiver::start().await.expect("receiver");
-    let server = server_exporting_to(receiver.http_endpoint(), "http/protobuf");
-    traced_request(&server).await;
-    let telemetry = server.telemetry.clone().expect("tracing on");
-    tokio::task::spawn_blocking(move || telemetry.force_flush())
-        .await
-        .expect("flush");
-    let spans = receiver.wait_for(2, Duration::from_secs(10)).await;
-    check_received(&spans, "http");
+    both_spans_arrive("http/protobuf", "http").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,13 +4,11 @@ use axum::Json;
 use axum::extract::{FromRequest, Request, State};
 use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
-use tracing::Instrument;
-use wayfinder_core::clock::monotonic_now;
 
 use crate::error::ApiError;
 use crate::generation::{Delta, Generation, TokenInfo};
 use crate::journey::{self, Journey};
-use crate::routes::with_request_id;
+use crate::routes;
 use crate::sse::{self, ChunkWriter, json_event};
 use crate::state::AppState;
 use crate::validation;
@@ -22,21 +20,7 @@ use crate::wire::{
 
 /// The handler: the journey starts as the request arrives, before its body is read.
 pub(crate) async fn handle(State(state): State<AppState>, request: Request) -> Response {
-    let arrival = monotonic_now();
-    let id = state.new_id("chatcmpl");
-    let journey = Journey::arrived(
-        &state,
-        request.headers(),
-        id.clone(),
-        arrival,
-        journey::CHAT,
-    );
-    let log = journey.log_span();
-    let response = respond(state, request, journey, arrival)
-        .instrument(log)
-        .await
-        .unwrap_or_else(IntoResponse::into_response);
-    with_request_id(response, &id)
+    routes::in_journey(state, request, (journey::CHAT, "chatcmpl"), respond).await
 }
 
 async fn respond(

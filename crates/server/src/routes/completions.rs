@@ -5,13 +5,11 @@ use axum::extract::{FromRequest, Request, State};
 use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value};
-use tracing::Instrument;
-use wayfinder_core::clock::monotonic_now;
 
 use crate::error::ApiError;
 use crate::generation::{Delta, Generation, TokenInfo};
 use crate::journey::{self, Journey};
-use crate::routes::with_request_id;
+use crate::routes;
 use crate::sse::{self, ChunkWriter, json_event};
 use crate::state::AppState;
 use crate::validation;
@@ -21,21 +19,7 @@ use crate::wire::{
 
 /// The handler: the journey starts as the request arrives, before its body is read.
 pub(crate) async fn handle(State(state): State<AppState>, request: Request) -> Response {
-    let arrival = monotonic_now();
-    let id = state.new_id("cmpl");
-    let journey = Journey::arrived(
-        &state,
-        request.headers(),
-        id.clone(),
-        arrival,
-        journey::TEXT_COMPLETION,
-    );
-    let log = journey.log_span();
-    let response = respond(state, request, journey, arrival)
-        .instrument(log)
-        .await
-        .unwrap_or_else(IntoResponse::into_response);
-    with_request_id(response, &id)
+    routes::in_journey(state, request, (journey::TEXT_COMPLETION, "cmpl"), respond).await
 }
 
 async fn respond(

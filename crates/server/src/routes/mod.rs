@@ -3,15 +3,45 @@
 pub(crate) mod chat;
 pub(crate) mod completions;
 
+use std::future::Future;
+
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use tracing::Instrument;
+use wayfinder_core::clock::monotonic_now;
+
 use crate::error::ApiError;
+use crate::journey::Journey;
 use crate::state::AppState;
 use crate::wire::{ModelCard, ModelList};
+
+/// Runs a generation endpoint's `respond` inside the request's journey: the journey (and its
+/// `llm_request` span) starts as the request arrives, before its body is read; log lines
+/// written meanwhile sit in the journey's log span; the response carries the id either way.
+pub(crate) async fn in_journey<F, Fut>(
+    state: AppState,
+    request: Request,
+    (operation, prefix): (&'static str, &'static str),
+    respond: F,
+) -> Response
+where
+    F: FnOnce(AppState, Request, Journey, f64) -> Fut,
+    Fut: Future<Output = Result<Response, ApiError>>,
+{
+    let arrival = monotonic_now();
+    let id = state.new_id(prefix);
+    let journey = Journey::arrived(&state, request.headers(), id.clone(), arrival, operation);
+    let log = journey.log_span();
+    let response = respond(state, request, journey, arrival)
+        .instrument(log)
+        .await
+        .unwrap_or_else(IntoResponse::into_response);
+    with_request_id(response, &id)
+}
 
 /// The header that carries the response id.
 pub(crate) const REQUEST_ID: &str = "x-request-id";
