@@ -7,7 +7,7 @@
 //! event at most once and exactly one of `api.DEPARTED` / `api.ABORTED`; dropping it ends the
 //! span (as `api.ABORTED` with `internal_error` if no outcome was recorded).
 
-use opentelemetry::trace::{Span as _, SpanContext, SpanKind, Status, TraceContextExt, Tracer};
+use opentelemetry::trace::{Span as _, SpanKind, Status, TraceContextExt, Tracer};
 use opentelemetry::{Array, Context, KeyValue, StringValue, Value};
 use opentelemetry_sdk::trace::Span;
 use wayfinder_core::Carrier;
@@ -133,11 +133,6 @@ fn sample(rate: f64) -> bool {
 }
 
 impl RequestSpan {
-    /// The span's context.
-    pub fn span_context(&self) -> &SpanContext {
-        self.span.span_context()
-    }
-
     /// The trace id, as log lines carry it.
     pub fn trace_id(&self) -> String {
         self.span.span_context().trace_id().to_string()
@@ -246,11 +241,6 @@ impl RequestSpan {
         self.span
             .set_attribute(KeyValue::new(attr::ERROR_TYPE, error_type.to_owned()));
         self.span.set_status(Status::error(message.to_owned()));
-    }
-
-    /// Whether `api.DEPARTED` or `api.ABORTED` was recorded.
-    pub fn is_closed(&self) -> bool {
-        self.closed
     }
 
     fn once(&mut self, bit: u8, name: &'static str) {

@@ -50,11 +50,6 @@ impl CoreObserver {
         }
     }
 
-    /// Live `llm_core` spans (for tests: none once every request has finished).
-    pub fn num_live_spans(&self) -> usize {
-        self.spans.len()
-    }
-
     fn start(&mut self, event: &JourneyEvent<'_>) {
         if !carrier::is_sampled(event.carrier) {
             return;
