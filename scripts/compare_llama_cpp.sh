@@ -84,7 +84,9 @@ log "starting both servers (context $CTX, $THREADS threads, concurrency $CONCURR
     --served-model-name "$MODEL_NAME" --max-model-len "$CTX" --max-num-seqs "$CONCURRENCY" \
     >"$WORK/wayfinder.log" 2>&1 &
 PIDS+=($!)
-"$PY" -m llama_cpp.server --model "$GGUF" --model_alias "$MODEL_NAME" \
+# `--interrupt_requests False`: by default llama-cpp-python cuts a running stream short when
+# another request arrives, which would make every stream but the last end early.
+"$PY" -m llama_cpp.server --model "$GGUF" --model_alias "$MODEL_NAME" --interrupt_requests False \
     --host 127.0.0.1 --port "$LLAMA_PORT" --n_ctx "$CTX" \
     --n_threads "$THREADS" --n_threads_batch "$THREADS" \
     >"$WORK/llama_cpp.log" 2>&1 &
@@ -104,7 +106,13 @@ wait_ready() { # name port log
 wait_ready wayfinder "$WAYFINDER_PORT" "$WORK/wayfinder.log"
 wait_ready llama.cpp "$LLAMA_PORT" "$WORK/llama_cpp.log"
 
-EXTRA_BODY="{\"min_tokens\": $OUTPUT_LEN, \"repeat_penalty\": 1.0}"
+# llama-cpp-python's server ignores `min_tokens`: a random-weight model reaches its end-of-text
+# token within a few tokens. A -100 logit bias on it (which wayfinder, not knowing the field,
+# ignores; it has `ignore_eos`) keeps every request going to OUTPUT_LEN tokens.
+EOS_BIAS=$("$PY" -c 'import json, sys
+eos = json.load(open(sys.argv[1])).get("eos_token_id", [])
+print(", ".join(f"\"{i}\": -100" for i in (eos if isinstance(eos, list) else [eos])))' "$MODEL_DIR/config.json")
+EXTRA_BODY="{\"min_tokens\": $OUTPUT_LEN, \"repeat_penalty\": 1.0, \"logit_bias\": {$EOS_BIAS}}"
 bench() { # name port seed num_prompts result
     "$BIN" bench serve --base-url "http://127.0.0.1:$2" --endpoint completions \
         --model "$MODEL_NAME" --num-prompts "$4" --request-rate "$REQUEST_RATE" \
@@ -131,9 +139,9 @@ for round in $(seq 1 "$ROUNDS"); do
 done
 
 log "summary ($WORK/*.json)"
-"$PY" - "$WORK" "$ROUNDS" <<'EOF'
+"$PY" - "$WORK" "$ROUNDS" "$OUTPUT_LEN" <<'EOF'
 import json, statistics, sys
-work, rounds = sys.argv[1], int(sys.argv[2])
+work, rounds, output_len = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 metrics = [
     ("output tok/s", lambda s: s["output_throughput"], "higher is better"),
     ("median TTFT (ms)", lambda s: s["ttft"]["median_ms"], "lower is better"),
@@ -145,6 +153,10 @@ for server in ["wayfinder", "llama_cpp"]:
     failed = sum(run["failed"] for run in runs)
     if failed:
         sys.exit(f"{server}: {failed} failed requests; see {work}/{server}-*.json")
+    # Both servers must have done the same work, or the ratios mean nothing.
+    short = [r["total_output_tokens"] for r in runs if r["total_output_tokens"] < 0.95 * r["completed"] * output_len]
+    if short:
+        sys.exit(f"{server}: fewer output tokens than asked ({short}); see {work}/{server}-*.json")
     medians[server] = {name: statistics.median(f(run) for run in runs) for name, f, _ in metrics}
 print(f"{'':20} {'wayfinder':>12} {'llama.cpp':>12} {'ratio':>8}")
 for name, _, better in metrics:
