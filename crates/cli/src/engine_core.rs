@@ -67,11 +67,7 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
         );
         let parent_gone = async {
             if args.exit_on_stdin_eof {
-                let _ = tokio::task::spawn_blocking(|| {
-                    let mut sink = Vec::new();
-                    let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink);
-                })
-                .await;
+                wayfinder_ipc::stdin_closed().await;
             } else {
                 std::future::pending::<()>().await;
             }

@@ -394,6 +394,16 @@ impl<'a> Supervisor<'a> {
     }
 }
 
+/// The child's side of the lifetime contract: resolves when stdin reaches its end, which for an
+/// engine core started by [`connect`] means the API process that holds the pipe is gone.
+pub async fn stdin_closed() {
+    let _ = tokio::task::spawn_blocking(|| {
+        let mut sink = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink);
+    })
+    .await;
+}
+
 async fn handshake(stream: Stream) -> Result<(Conn, EngineInfo), String> {
     let (read, write) = tokio::io::split(stream);
     let (mut reader, mut writer) = (Reader::new(read), Writer::new(write));

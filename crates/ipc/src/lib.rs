@@ -27,6 +27,6 @@ pub mod protocol;
 pub mod server;
 
 pub use addr::{EngineAddr, Listener};
-pub use client::{ConnectError, RemoteConfig, RemoteStatus, SpawnSpec, connect};
+pub use client::{ConnectError, RemoteConfig, RemoteStatus, SpawnSpec, connect, stdin_closed};
 pub use protocol::{EngineInfo, PROTOCOL_VERSION};
 pub use server::serve;

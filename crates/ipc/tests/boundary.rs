@@ -70,13 +70,9 @@ fn engine_child() {
             .listen()
             .await
             .expect("listen");
-        let stdin_closed = tokio::task::spawn_blocking(|| {
-            let mut sink = Vec::new();
-            let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink);
-        });
         tokio::select! {
             _ = wayfinder_ipc::serve(listener, engine.clone(), info) => {}
-            _ = stdin_closed => {}
+            () = wayfinder_ipc::stdin_closed() => {}
         }
     });
     engine.shutdown();

@@ -403,15 +403,11 @@ pub fn engine_child_main() {
             .listen()
             .await
             .expect("listen");
-        let stdin_closed = tokio::task::spawn_blocking(|| {
-            let mut sink = Vec::new();
-            let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink);
-        });
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .expect("SIGTERM handler");
         tokio::select! {
             _ = wayfinder_ipc::serve(listener, engine.clone(), info) => {}
-            _ = stdin_closed => {}
+            () = wayfinder_ipc::stdin_closed() => {}
             _ = term.recv() => {}
         }
     });
