@@ -3,9 +3,15 @@
 //! A query at position `p` attends to positions `lo..=p` of its request (causal; `lo > 0` only
 //! under a sliding window), read through the request's block table from the [`PagedKvStore`]
 //! layout. Prefill chunks, decode tokens and recomputation after preemption are all the same
-//! case. Work is split into one task per (query token, key/value head); each task handles the
-//! query heads that share that key/value head (grouped-query attention), so each key and value
-//! vector is loaded once per group.
+//! case.
+//!
+//! With AVX-512 the work is split into tiles of up to 12 query rows of one request that share a
+//! key/value head (the group's query heads, for several consecutive tokens of a prefill chunk),
+//! each a register-blocked kernel (`attention_avx512.rs`): every key or value vector loaded
+//! feeds all rows of the tile. Against one task per (token, key/value head) this made a
+//! 512-token prefill of SmolLM2-135M 1.45× faster (attention was 40 % of its time).
+//! Elsewhere a portable kernel runs one task per (query token, key/value head), handling the
+//! heads that share that key/value head, so each key and value vector is loaded once per group.
 //!
 //! [`PagedKvStore`]: crate::kv_store::PagedKvStore
 
@@ -94,6 +100,46 @@ pub fn paged_attention(
     let width = num_heads * head_dim;
     debug_assert_eq!(q.len(), batch.num_tokens() * width);
     debug_assert_eq!(out.len(), q.len());
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 {
+        let tiles = tiles(batch, group, num_kv_heads);
+        let out = crate::team::SendPtr(out.as_mut_ptr());
+        step.team.tasks(tiles.len(), &|i| {
+            let tile = &tiles[i];
+            let seq = &batch.seqs[tile.seq];
+            let out = &out;
+            let mut rows = Vec::with_capacity(crate::attention_avx512::MAX_ROWS);
+            for t in tile.tokens.clone() {
+                for h in tile.heads.clone() {
+                    let at = t * width + (tile.kv_head * group + h) * head_dim;
+                    rows.push(crate::attention_avx512::Row {
+                        q: q[at..at + head_dim].as_ptr(),
+                        // SAFETY: `at + head_dim <= out.len()`, as for `q`; tiles cover
+                        // disjoint (token, head) pairs, so no two tasks write the same floats.
+                        out: unsafe { out.0.add(at) },
+                        pos: batch.positions[t] as usize,
+                    });
+                }
+            }
+            SCORES.with_borrow_mut(|scratch| {
+                // SAFETY: `Isa::detect` found AVX-512F/BW/VL; rows are in bounds and
+                // disjoint (above); this step's keys and values are in `kv` (the caller's
+                // contract).
+                unsafe {
+                    crate::attention_avx512::attend_rows(
+                        &rows,
+                        batch.block_table(seq),
+                        tile.kv_head,
+                        kv,
+                        geometry,
+                        params,
+                        scratch,
+                    );
+                }
+            });
+        });
+        return;
+    }
     step.team.chunks(out, group * head_dim, &|task, o| {
         let (t, g) = (task / num_kv_heads, task % num_kv_heads);
         let seq = &batch.seqs[token_seq[t]];
@@ -110,12 +156,51 @@ pub fn paged_attention(
     });
 }
 
+/// One task of the tiled kernel: query heads `heads` (within the group) of key/value head
+/// `kv_head`, for the consecutive tokens `tokens` of request `seq`.
+#[cfg(target_arch = "x86_64")]
+#[derive(Debug, Clone)]
+struct Tile {
+    seq: usize,
+    tokens: std::ops::Range<usize>,
+    kv_head: usize,
+    heads: std::ops::Range<usize>,
+}
+
+/// The step's tiles: each at most `MAX_ROWS` query rows (tokens × heads), the tokens of later
+/// positions first so that the longest tasks start early.
+#[cfg(target_arch = "x86_64")]
+fn tiles(batch: &Batch, group: usize, num_kv_heads: usize) -> Vec<Tile> {
+    use crate::attention_avx512::MAX_ROWS;
+    let head_parts = group.div_ceil(MAX_ROWS);
+    let per_tile = (MAX_ROWS / group.div_ceil(head_parts)).max(1);
+    let mut tiles = Vec::new();
+    for (seq, s) in batch.seqs.iter().enumerate() {
+        let mut end = s.tokens.end;
+        while end > s.tokens.start {
+            let start = end.saturating_sub(per_tile).max(s.tokens.start);
+            for kv_head in 0..num_kv_heads {
+                for part in 0..head_parts {
+                    tiles.push(Tile {
+                        seq,
+                        tokens: start..end,
+                        kv_head,
+                        heads: group * part / head_parts..group * (part + 1) / head_parts,
+                    });
+                }
+            }
+            end = start;
+        }
+    }
+    tiles
+}
+
 thread_local! {
     /// Per-thread scratch for attention scores, reused across tasks and steps.
     static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// One task: one query token, one key/value head.
+/// One task of the portable kernel: one query token, one key/value head.
 struct Unit<'a> {
     /// The group's query heads, `[group, head_dim]`.
     q: &'a [f32],
@@ -170,6 +255,159 @@ fn attend(
         let v = &kv.v[off..off + hd];
         for h in 0..unit.group {
             axpy(&mut out[h * hd..(h + 1) * hd], scores[h * n + j - lo], v);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use wayfinder_core::BatchSeq;
+
+    use super::*;
+
+    /// A deterministic value in [-1, 1) for index `i` of stream `s`.
+    fn value(s: u64, i: usize) -> f32 {
+        let x = (i as u64 ^ (s << 32))
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            .rotate_left(17)
+            .wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        (x >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    }
+
+    /// Requests as (first new position, new tokens); each gets a shuffled block table.
+    fn batch(requests: &[(usize, usize)], block_size: usize, num_blocks: usize) -> Batch {
+        let mut b = Batch {
+            block_size,
+            ..Batch::default()
+        };
+        let mut next_block = 0;
+        for (i, &(start, n)) in requests.iter().enumerate() {
+            let context_len = start + n;
+            let blocks = context_len.div_ceil(block_size);
+            let table: Vec<u32> = (0..blocks)
+                .map(|k| ((next_block + k) * 7 % num_blocks) as u32)
+                .collect();
+            next_block += blocks;
+            let first = b.token_ids.len();
+            for p in start..context_len {
+                b.token_ids.push(1);
+                b.positions.push(p as u32);
+                b.slot_mapping
+                    .push(table[p / block_size] * block_size as u32 + (p % block_size) as u32);
+            }
+            let t0 = b.block_tables.len();
+            b.block_tables.extend(&table);
+            b.seqs.push(BatchSeq {
+                seq_id: wayfinder_core::SeqId(i as u64),
+                tokens: first..b.token_ids.len(),
+                context_len,
+                block_table: t0..b.block_tables.len(),
+                needs_logits: true,
+            });
+        }
+        assert!(next_block <= num_blocks, "test pool too small");
+        b
+    }
+
+    /// Attention straight from the definition, in f64.
+    fn reference(
+        q: &[f32],
+        b: &Batch,
+        kv: &LayerKv,
+        g: &KvGeometry,
+        p: &AttentionParams,
+    ) -> Vec<f32> {
+        let (hd, group) = (p.head_dim, p.num_heads / p.num_kv_heads);
+        let width = p.num_heads * hd;
+        let mut out = vec![0f32; q.len()];
+        for s in &b.seqs {
+            let table = b.block_table(s);
+            let slot =
+                |j: usize| table[j / g.block_size] as usize * g.block_size + j % g.block_size;
+            for t in s.tokens.clone() {
+                let pos = b.positions[t] as usize;
+                let lo = p.sliding_window.map_or(0, |w| (pos + 1).saturating_sub(w));
+                for h in 0..p.num_heads {
+                    let kvh = h / group;
+                    let qv = &q[t * width + h * hd..][..hd];
+                    let scores: Vec<f64> = (lo..=pos)
+                        .map(|j| {
+                            let (blk, off) = (slot(j) / g.block_size, slot(j) % g.block_size);
+                            let base = g.block_offset(blk, kvh);
+                            (0..hd)
+                                .map(|d| {
+                                    f64::from(qv[d])
+                                        * f64::from(kv.k[base + d * g.block_size + off])
+                                })
+                                .sum::<f64>()
+                                * f64::from(p.scale)
+                        })
+                        .collect();
+                    let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                    let e: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+                    let sum: f64 = e.iter().sum();
+                    for d in 0..hd {
+                        let v: f64 = (lo..=pos)
+                            .zip(&e)
+                            .map(|(j, w)| w * f64::from(kv.v[g.offset(slot(j), kvh) + d]))
+                            .sum();
+                        out[t * width + h * hd + d] = (v / sum) as f32;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn every_kernel_matches_the_definition_across_shapes() {
+        let team = Team::new(2);
+        // (block size, heads, kv heads, head dim, window)
+        let shapes = [
+            (16, 9, 3, 64, None),
+            (16, 14, 2, 64, None),
+            (1, 4, 4, 16, None),
+            (5, 6, 2, 40, None),
+            (20, 16, 1, 32, Some(9)),
+            (64, 8, 8, 64, Some(70)),
+        ];
+        // A prefill chunk in the middle of a prompt, a decode token, a whole prompt.
+        let requests = [(7, 30), (90, 1), (0, 19), (33, 12)];
+        for (bs, heads, kv_heads, hd, window) in shapes {
+            let params = AttentionParams {
+                num_heads: heads,
+                num_kv_heads: kv_heads,
+                head_dim: hd,
+                scale: 1.0 / (hd as f32).sqrt(),
+                sliding_window: window,
+            };
+            let geometry = KvGeometry {
+                num_blocks: 200,
+                block_size: bs,
+                num_kv_heads: kv_heads,
+                head_dim: hd,
+            };
+            let b = batch(&requests, bs, geometry.num_blocks);
+            let n = geometry.floats_per_layer();
+            let kv = LayerKv {
+                k: (0..n).map(|i| value(1, i)).collect(),
+                v: (0..n).map(|i| value(2, i)).collect(),
+            };
+            let q: Vec<f32> = (0..b.num_tokens() * heads * hd)
+                .map(|i| 3.0 * value(3, i))
+                .collect();
+            let want = reference(&q, &b, &kv, &geometry, &params);
+            for isa in [Isa::detect(), Isa::Baseline] {
+                let step = StepContext::new(&b, geometry, isa, &team);
+                let mut out = vec![f32::NAN; q.len()];
+                paged_attention(&q, &mut out, &step, &kv, &params);
+                for (i, (g, w)) in out.iter().zip(&want).enumerate() {
+                    assert!(
+                        (g - w).abs() < 1e-5,
+                        "{isa:?} bs {bs} heads {heads}/{kv_heads} hd {hd}: [{i}] {g} vs {w}"
+                    );
+                }
+            }
         }
     }
 }

@@ -14,11 +14,12 @@
 //! - [`weights`]: memory-mapped safetensors, sharded or not.
 //! - [`executor`]: [`ModelExecutor`], the [`wayfinder_core::Executor`] that `wayfinder serve` runs.
 //! - [`tokenizer`], [`chat_template`], [`stop`]: text in and out.
-//! - [`demo`], [`shapes`]: random-weight models written to disk — the built-in `demo` model and
+//! - [`demo`], [`synth`]: random-weight models written to disk — the built-in `demo` model and
 //!   the published shapes `wayfinder make-model` writes for benchmarks.
 
 pub mod arch;
 pub mod attention;
+mod attention_avx512;
 pub mod chat_template;
 pub mod config;
 pub mod decoder;

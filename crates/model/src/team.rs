@@ -121,6 +121,26 @@ impl Team {
         }
     }
 
+    /// Calls `f(i)` for every `i < count`, each on whichever member is free next. Indices are
+    /// claimed one at a time, so uneven work (causal attention: later tokens see more keys)
+    /// still balances.
+    pub fn tasks(&self, count: usize, f: &(dyn Fn(usize) + Sync)) {
+        if count <= 1 || self.size() == 1 {
+            (0..count).for_each(f);
+            return;
+        }
+        let next = AtomicUsize::new(0);
+        self.run(&|_| {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= count {
+                    break;
+                }
+                f(i);
+            }
+        });
+    }
+
     /// Splits `data` into chunks of `chunk` elements and calls `f(chunk_index, chunk)` for each,
     /// on whichever member is free next.
     pub fn chunks<T: Send>(
@@ -130,33 +150,16 @@ impl Team {
         f: &(dyn Fn(usize, &mut [T]) + Sync),
     ) {
         let chunk = chunk.max(1);
-        let count = data.len().div_ceil(chunk);
-        let n = self.size();
-        if count <= 1 || n == 1 {
-            for (i, c) in data.chunks_mut(chunk).enumerate() {
-                f(i, c);
-            }
-            return;
-        }
         let len = data.len();
         let base = SendPtr(data.as_mut_ptr());
-        // Chunks are claimed one at a time, so uneven work (causal attention: later tokens see
-        // more keys) still balances.
-        let next = AtomicUsize::new(0);
-        self.run(&|_| {
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= count {
-                    break;
-                }
-                let lo = i * chunk;
-                let hi = (lo + chunk).min(len);
-                let ptr = &base;
-                // SAFETY: chunk ranges of different `i` are disjoint and inside `data`, which is
-                // exclusively borrowed for the whole call; each `i` is claimed by one member.
-                let c = unsafe { std::slice::from_raw_parts_mut(ptr.0.add(lo), hi - lo) };
-                f(i, c);
-            }
+        self.tasks(len.div_ceil(chunk), &|i| {
+            let lo = i * chunk;
+            let hi = (lo + chunk).min(len);
+            let ptr = &base;
+            // SAFETY: chunk ranges of different `i` are disjoint and inside `data`, which is
+            // exclusively borrowed for the whole call; `tasks` hands each `i` to one member.
+            let c = unsafe { std::slice::from_raw_parts_mut(ptr.0.add(lo), hi - lo) };
+            f(i, c);
         });
     }
 }
