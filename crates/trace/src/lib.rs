@@ -12,7 +12,8 @@
 //! - [`init`] / [`Telemetry`] (`provider.rs`): the process singleton, its resource, the
 //!   bounded batch processor, the flush on shutdown.
 //! - `export.rs`: span counting around the processor and exporter; drops are logged.
-//! - `grpc.rs`: the OTLP/gRPC exporter (HTTP/protobuf is `opentelemetry-otlp`'s).
+//! - `grpc.rs`, `http.rs`: the OTLP exporters (gRPC, HTTP/protobuf); `encode.rs` writes their
+//!   protobuf straight from the spans.
 //! - [`carrier`]: W3C inject/extract, from HTTP headers and into/out of engine carriers.
 //! - [`RequestSpan`] (`api.rs`): `llm_request` and the sampling decision.
 //! - [`CoreObserver`] (`observer.rs`): `llm_core` and `scheduler_step` from the engine's
@@ -30,8 +31,10 @@
 mod api;
 pub mod carrier;
 pub mod config;
+mod encode;
 mod export;
 mod grpc;
+mod http;
 pub mod names;
 mod observer;
 mod provider;

@@ -12,7 +12,6 @@ use std::time::{Duration, SystemTime};
 use opentelemetry::InstrumentationScope;
 use opentelemetry::KeyValue;
 use opentelemetry::trace::TracerProvider as _;
-use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{
@@ -23,6 +22,7 @@ use wayfinder_core::clock::monotonic_now;
 use crate::config::{ExportTarget, Protocol, TracingConfig};
 use crate::export::{Counters, CountingExporter, CountingProcessor, ExportStats};
 use crate::grpc::GrpcExporter;
+use crate::http::HttpExporter;
 use crate::names::{attr, scope};
 
 /// Why tracing could not start.
@@ -363,13 +363,7 @@ fn build_exporter(
             Ok((ExportRuntime(Some(runtime)), Exporter::Grpc(exporter)))
         }
         Protocol::HttpProtobuf => {
-            let exporter = opentelemetry_otlp::SpanExporter::builder()
-                .with_http()
-                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-                .with_endpoint(target.endpoint.clone())
-                .with_timeout(timeout)
-                .build()
-                .map_err(|e| e.to_string())?;
+            let exporter = HttpExporter::new(&target.endpoint, timeout, |k| std::env::var(k).ok())?;
             Ok((ExportRuntime::default(), Exporter::Http(exporter)))
         }
     }
@@ -379,7 +373,7 @@ fn build_exporter(
 #[derive(Debug)]
 enum Exporter {
     Grpc(GrpcExporter),
-    Http(opentelemetry_otlp::SpanExporter),
+    Http(HttpExporter),
 }
 
 impl SpanExporter for Exporter {

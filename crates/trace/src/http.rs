@@ -1,0 +1,88 @@
+//! OTLP/HTTP span export with protobuf bodies.
+//!
+//! The batch's protobuf is written straight from the spans ([`crate::encode`], as for gRPC) on
+//! the batch processor's thread and POSTed to the traces endpoint with a blocking client, so the
+//! batch thread needs no async runtime. No retry: a failed batch is dropped and counted (the
+//! contract: tracing never holds a request up). Headers: [`otlp_headers`].
+
+use std::time::Duration;
+
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
+use opentelemetry_sdk::trace::{SpanData, SpanExporter};
+use reqwest::blocking::Client;
+use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+
+use crate::encode::{EncodedResource, export_request, otlp_headers};
+
+/// The exporter; see the module docs.
+#[derive(Debug)]
+pub(crate) struct HttpExporter {
+    client: Client,
+    endpoint: String,
+    resource: EncodedResource,
+}
+
+impl HttpExporter {
+    /// An exporter POSTing to `endpoint` (the full URL, `/v1/traces` included).
+    pub(crate) fn new(
+        endpoint: &str,
+        timeout: Duration,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, String> {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/x-protobuf"),
+        );
+        for (k, v) in otlp_headers(env)? {
+            let name = HeaderName::from_bytes(k.as_bytes())
+                .map_err(|e| format!("OTLP header name {k:?}: {e}"))?;
+            let value = HeaderValue::from_str(&v).map_err(|e| format!("OTLP header {k:?}: {e}"))?;
+            headers.insert(name, value);
+        }
+        // The blocking client owns a runtime, which must not be made (or dropped) inside
+        // another: build it on a thread of its own, wherever `new` is called from.
+        let client = std::thread::spawn(move || {
+            Client::builder()
+                .timeout(timeout)
+                .default_headers(headers)
+                .build()
+        })
+        .join()
+        .map_err(|_| "the HTTP client's thread panicked".to_owned())?
+        .map_err(|e| format!("the HTTP client: {e}"))?;
+        Ok(Self {
+            client,
+            endpoint: endpoint.to_owned(),
+            resource: EncodedResource::default(),
+        })
+    }
+}
+
+impl SpanExporter for HttpExporter {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        let body = export_request(&batch, &self.resource);
+        drop(batch);
+        let response = self
+            .client
+            .post(&self.endpoint)
+            .body(body)
+            .send()
+            .map_err(|e| OTelSdkError::InternalFailure(e.to_string()))?;
+        let status = response.status();
+        if status.is_success() {
+            Ok(())
+        } else {
+            let text = response.text().unwrap_or_default();
+            Err(OTelSdkError::InternalFailure(format!(
+                "the collector answered {status}: {}",
+                text.chars().take(200).collect::<String>()
+            )))
+        }
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.resource = EncodedResource::new(resource);
+    }
+}
