@@ -61,6 +61,10 @@ pub(crate) struct CollectedChoice {
 
 type OutputStream = Pin<Box<dyn Stream<Item = (usize, RequestOutput)> + Send>>;
 
+/// How long a traced request's span waits, after the response, for the engine timestamps of
+/// choices ended by a stop string (see [`Generation::depart`]).
+const ENGINE_TIMES_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// An API request in flight; see the module docs.
 pub(crate) struct Generation {
     state: AppState,
@@ -88,6 +92,8 @@ struct Choice {
     detok: IncrementalDetokenizer,
     stop: StopMatcher,
     finish: Option<&'static str>,
+    /// The engine's `Finished` for this choice came back (its timestamps are in the journey).
+    engine_done: bool,
     completion_tokens: usize,
     text_len: usize,
 }
@@ -143,6 +149,7 @@ impl Generation {
                 detok,
                 stop: StopMatcher::new(spec.stop),
                 finish: None,
+                engine_done: false,
                 completion_tokens: 0,
                 text_len: 0,
             });
@@ -186,21 +193,55 @@ impl Generation {
         result
     }
 
-    /// The response was completely written: records usage, finish reasons and latency, and
-    /// `api.DEPARTED`.
+    /// The response was completely written: `api.DEPARTED`, then usage, finish reasons and
+    /// latency.
+    ///
+    /// A choice ended by a stop string was aborted in the engine, and its engine timestamps
+    /// come with that abort's `Finished`, up to a step later. When the request is traced, a
+    /// task waits for them (at most [`ENGINE_TIMES_WAIT`]) and then records the span, so the
+    /// response is never held up for its telemetry.
     pub(crate) fn depart(&mut self) {
-        self.record();
         self.journey.departed();
+        let waiting: Vec<usize> = (0..self.choices.len())
+            .filter(|&i| !self.choices[i].engine_done)
+            .collect();
+        if waiting.is_empty() || !self.journey.is_traced() {
+            self.record();
+            return;
+        }
+        let (usage, reasons) = (self.usage(), self.finish_reasons());
+        let model = self.model.clone();
+        let mut journey = self.journey.take();
+        let mut outputs = std::mem::take(&mut self.outputs);
+        tokio::spawn(async move {
+            let mut waiting = waiting;
+            let _ = tokio::time::timeout(ENGINE_TIMES_WAIT, async {
+                while !waiting.is_empty() {
+                    match outputs.next().await {
+                        Some((i, RequestOutput::Finished(f))) => {
+                            journey.engine_finished(&f.timestamps);
+                            waiting.retain(|&w| w != i);
+                        }
+                        Some(_) => {}
+                        None => break,
+                    }
+                }
+            })
+            .await;
+            journey.record(&model, &usage, &reasons);
+        });
     }
 
     fn record(&mut self) {
-        let usage = self.usage();
-        let reasons: Vec<&'static str> = self
-            .choices
+        let (usage, reasons) = (self.usage(), self.finish_reasons());
+        self.journey.record(&self.model, &usage, &reasons);
+    }
+
+    fn finish_reasons(&self) -> Vec<&'static str> {
+        self.choices
             .iter()
             .map(|c| c.finish.unwrap_or("abort"))
-            .collect();
-        self.journey.record(&self.model, &usage, &reasons);
+            .collect()
     }
 
     async fn advance(&mut self) -> Option<Result<Delta, ApiError>> {
@@ -213,16 +254,17 @@ impl Generation {
                     "the engine stopped before the request finished".into(),
                 )));
             };
+            if let RequestOutput::Finished(f) = &output {
+                self.journey.engine_finished(&f.timestamps);
+                self.choices[i].engine_done = true;
+            }
             if self.choices[i].finish.is_some() {
                 // The rest of a choice ended by a stop string (its abort's `Finished`).
                 continue;
             }
             let delta = match output {
                 RequestOutput::Token(token) => self.on_token(i, &token),
-                RequestOutput::Finished(f) => {
-                    self.journey.engine_finished(&f.timestamps);
-                    self.on_finished(i, f.status, f.error.as_deref())
-                }
+                RequestOutput::Finished(f) => self.on_finished(i, f.status, f.error.as_deref()),
             };
             match delta {
                 Ok(Some(d)) => return Some(Ok(d)),

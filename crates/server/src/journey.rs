@@ -39,6 +39,8 @@ pub(crate) struct Journey {
     /// Monotonic seconds (the engine's clock).
     arrival: f64,
     first_output: Option<f64>,
+    /// When the response was completely written.
+    departed_at: Option<f64>,
     engine: EngineTimes,
     ended: bool,
     span: Option<RequestSpan>,
@@ -95,10 +97,30 @@ impl Journey {
             id,
             arrival,
             first_output: None,
+            departed_at: None,
             engine: EngineTimes::default(),
             ended: false,
             span,
         }
+    }
+
+    /// Whether the request is traced (it has an `llm_request` span).
+    pub(crate) fn is_traced(&self) -> bool {
+        self.span.is_some()
+    }
+
+    /// Moves the journey out, leaving an ended one without a span in its place.
+    pub(crate) fn take(&mut self) -> Journey {
+        let placeholder = Journey {
+            id: self.id.clone(),
+            arrival: self.arrival,
+            first_output: self.first_output,
+            departed_at: self.departed_at,
+            engine: self.engine,
+            ended: true,
+            span: None,
+        };
+        std::mem::replace(self, placeholder)
     }
 
     /// The response id.
@@ -185,7 +207,10 @@ impl Journey {
         span.set_latency(&Latency {
             time_in_queue: span_of(e.queued, e.first_scheduled),
             time_to_first_token: span_of(Some(self.arrival), self.first_output),
-            e2e: span_of(Some(self.arrival), Some(monotonic_now())),
+            e2e: span_of(
+                Some(self.arrival),
+                Some(self.departed_at.unwrap_or_else(monotonic_now)),
+            ),
             prefill: span_of(e.first_scheduled, e.first_token),
             decode: span_of(e.first_token, e.last_token),
         });
@@ -196,7 +221,9 @@ impl Journey {
         if std::mem::replace(&mut self.ended, true) {
             return;
         }
-        tracing::debug!(request_id = %self.id, after_s = monotonic_now() - self.arrival, "api.departed");
+        let now = monotonic_now();
+        self.departed_at = Some(now);
+        tracing::debug!(request_id = %self.id, after_s = now - self.arrival, "api.departed");
         if let Some(s) = &mut self.span {
             s.departed();
         }

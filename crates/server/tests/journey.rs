@@ -57,6 +57,7 @@ in_both_modes!(
     a_sampled_out_request_has_no_spans_and_no_tracing_state,
     sampled_steps_are_short_spans_linked_to_their_requests,
     a_request_refused_for_its_api_key_still_has_an_aborted_request_span,
+    a_choice_ended_by_a_stop_string_still_has_the_engines_latency,
 );
 
 /// The engine-core child of the engine-process mode (see `common::engine_child_main`).
@@ -587,4 +588,60 @@ async fn a_request_refused_for_its_api_key_still_has_an_aborted_request_span(mod
     assert_eq!(api_events(request), ["api.ARRIVED", "api.ABORTED"]);
     assert_eq!(string(request, attr::ERROR_TYPE), "401");
     assert!(named(&spans, SPAN_CORE).is_empty());
+}
+
+async fn a_choice_ended_by_a_stop_string_still_has_the_engines_latency(mode: Mode) {
+    let server = traced(mode, Options::default()).await;
+    let plain = chat(&json!({"max_tokens": 8, "temperature": 0}));
+    let reply = server.post("/v1/chat/completions", &plain).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    let text = reply.json()["choices"][0]["message"]["content"]
+        .as_str()
+        .expect("text")
+        .to_owned();
+    // The same greedy request again, stopped by the text's last characters: the API ends the
+    // choice and aborts it in the engine, whose `Finished` comes after the response.
+    let tail: String = {
+        let chars: Vec<char> = text.chars().collect();
+        chars[chars.len().saturating_sub(2)..].iter().collect()
+    };
+    assert!(!tail.is_empty(), "the test model writes text: {text:?}");
+    for stream in [false, true] {
+        let body = chat(
+            &json!({"max_tokens": 8, "temperature": 0, "stop": [tail.clone()],
+                                "stream": stream}),
+        );
+        let reply = server.post("/v1/chat/completions", &body).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    }
+    let spans = spans(&server, 6).await;
+    assert_eq!(named(&spans, SPAN_REQUEST).len(), 3);
+    let stopped: Vec<_> = named(&spans, SPAN_REQUEST)
+        .into_iter()
+        .filter(|r| {
+            attr_of(r, attr::FINISH_REASONS).map(ToString::to_string)
+                == Some("[\"stop\"]".to_owned())
+        })
+        .collect();
+    assert_eq!(stopped.len(), 2, "both stopped requests");
+    for request in stopped {
+        for key in [
+            attr::TIME_IN_QUEUE,
+            attr::TIME_TO_FIRST_TOKEN,
+            attr::E2E,
+            attr::TIME_IN_MODEL_PREFILL,
+            attr::TIME_IN_MODEL_INFERENCE,
+        ] {
+            assert!(float(request, key) > 0.0, "{key}");
+        }
+        if int(request, attr::COMPLETION_TOKENS) > 1 {
+            assert!(float(request, attr::TIME_IN_MODEL_DECODE) > 0.0);
+        }
+        let departed = request
+            .events
+            .iter()
+            .find(|e| e.name == "api.DEPARTED")
+            .expect("departed");
+        assert!(departed.timestamp <= request.end_time);
+    }
 }
