@@ -40,6 +40,10 @@ pub(crate) struct Args {
     /// Seconds requests in flight may take to finish after SIGINT/SIGTERM before being aborted.
     #[arg(long, default_value_t = 30.0)]
     shutdown_timeout: f64,
+    /// Seconds one generation request may take from arrival to its last token; a request
+    /// past it is aborted with 504 (`timeout_error`). Unset: no limit.
+    #[arg(long, value_parser = positive_seconds)]
+    request_timeout: Option<f64>,
     /// Run the engine core in a child process (`wayfinder engine-core`) reached over a local
     /// socket; it is restarted with backoff if it dies.
     #[arg(long, conflicts_with = "engine_address")]
@@ -93,6 +97,7 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
             max_num_seqs: args.engine.max_num_seqs,
             max_waiting_requests: args.max_waiting_requests,
             shutdown_timeout: Duration::from_secs_f64(args.shutdown_timeout.max(0.0)),
+            request_timeout: args.request_timeout.map(Duration::from_secs_f64),
             ..Limits::default()
         },
         api_key: args.api_key.clone().filter(|k| !k.is_empty()),
@@ -244,9 +249,25 @@ fn sampling_defaults(g: &wayfinder_model::loader::GenerationDefaults) -> Samplin
     }
 }
 
+/// A number of seconds above 0.
+fn positive_seconds(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v.is_finite() => Ok(v),
+        _ => Err(format!("{s:?} is not a positive number of seconds")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::parse_bytes;
+    use super::{parse_bytes, positive_seconds};
+
+    #[test]
+    fn request_timeouts_are_positive_seconds() {
+        assert_eq!(positive_seconds("2.5"), Ok(2.5));
+        for bad in ["0", "-1", "inf", "NaN", "soon"] {
+            assert!(positive_seconds(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn sizes_with_units() {

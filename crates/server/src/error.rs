@@ -54,6 +54,9 @@ pub enum ApiError {
     /// The engine is not running (shut down or died) or the request was aborted by shutdown.
     #[error("{0}")]
     Unavailable(String),
+    /// The request ran past the server's `--request-timeout`.
+    #[error("the request did not finish within the server's request timeout ({0:?})")]
+    Timeout(std::time::Duration),
     /// The engine failed while generating (an executor error).
     #[error("{0}")]
     Generation(String),
@@ -95,6 +98,7 @@ impl ApiError {
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::Generation(_) | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -113,6 +117,7 @@ impl ApiError {
             | Self::Unauthorized => reason::VALIDATION_ERROR,
             Self::Overloaded(_) => reason::OVERLOADED,
             Self::Unavailable(_) => reason::ENGINE_UNAVAILABLE,
+            Self::Timeout(_) => reason::TIMEOUT,
             Self::Generation(_) => reason::GENERATION_ERROR,
             Self::Internal(_) => reason::INTERNAL_ERROR,
         }
@@ -148,6 +153,7 @@ impl ApiError {
             Self::Unauthorized => ("invalid_request_error", None, Some("invalid_api_key")),
             Self::Overloaded(_) => ("rate_limit_error", None, Some("too_many_requests")),
             Self::Unavailable(_) => ("service_unavailable", None, None),
+            Self::Timeout(_) => ("timeout_error", None, Some("request_timeout")),
             Self::Generation(_) | Self::Internal(_) => ("internal_error", None, None),
         };
         ErrorBody {

@@ -74,6 +74,8 @@ pub(crate) struct Generation {
     logprobs: bool,
     model: String,
     journey: Journey,
+    /// When the request runs out of time, and the limit (`Limits::request_timeout`).
+    deadline: Option<(tokio::time::Instant, std::time::Duration)>,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -155,6 +157,12 @@ impl Generation {
             });
         }
         journey.handed_off();
+        let deadline = state.limits().request_timeout.map(|limit| {
+            // Counted from the request's arrival, which parsing and validation came after.
+            let spent = std::time::Duration::from_secs_f64(journey.elapsed());
+            let left = limit.saturating_sub(spent);
+            (tokio::time::Instant::now() + left, limit)
+        });
         Ok(Self {
             state: state.clone(),
             choices,
@@ -163,6 +171,7 @@ impl Generation {
             logprobs: valid.logprobs.is_some(),
             model: valid.model,
             journey,
+            deadline,
             _permit: permit,
         })
     }
@@ -181,7 +190,12 @@ impl Generation {
     /// the journey as failed; the end of the stream does not end it: call
     /// [`Generation::depart`] once the response is written.
     pub(crate) async fn next(&mut self) -> Option<Result<Delta, ApiError>> {
-        let result = self.advance().await;
+        let result = match self.deadline {
+            Some((at, limit)) => tokio::time::timeout_at(at, self.advance())
+                .await
+                .unwrap_or(Some(Err(ApiError::Timeout(limit)))),
+            None => self.advance().await,
+        };
         match &result {
             Some(Ok(_)) => self.journey.first_output(),
             Some(Err(e)) => {

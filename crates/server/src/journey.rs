@@ -104,6 +104,11 @@ impl Journey {
         }
     }
 
+    /// Seconds since the request arrived.
+    pub(crate) fn elapsed(&self) -> f64 {
+        (monotonic_now() - self.arrival).max(0.0)
+    }
+
     /// Whether the request is traced (it has an `llm_request` span).
     pub(crate) fn is_traced(&self) -> bool {
         self.span.is_some()

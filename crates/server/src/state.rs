@@ -27,6 +27,9 @@ pub struct Limits {
     pub max_body_bytes: usize,
     /// How long in-flight requests may run after a shutdown signal before they are aborted.
     pub shutdown_timeout: Duration,
+    /// How long one generation request may take, from arrival to its last token; `None`: no
+    /// limit. A request past it is aborted (504, journey reason `timeout`).
+    pub request_timeout: Option<Duration>,
 }
 
 impl Default for Limits {
@@ -36,6 +39,7 @@ impl Default for Limits {
             max_waiting_requests: 256,
             max_body_bytes: 8 * 1024 * 1024,
             shutdown_timeout: Duration::from_secs(30),
+            request_timeout: None,
         }
     }
 }

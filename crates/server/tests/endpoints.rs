@@ -434,6 +434,55 @@ async fn engine_failures_are_500_or_an_sse_error_event() {
 }
 
 #[tokio::test]
+async fn a_request_past_the_request_timeout_is_504_or_an_sse_error_and_frees_its_blocks() {
+    let server = TestServer::new(&Options {
+        step_delay: std::time::Duration::from_millis(20),
+        request_timeout: Some(std::time::Duration::from_millis(150)),
+        ..Options::default()
+    });
+    // 40 steps of 20 ms cannot finish in 150 ms.
+    let error = server
+        .post(
+            "/v1/chat/completions",
+            &chat("hi", &json!({"max_tokens": 40, "ignore_eos": true})),
+        )
+        .await
+        .error(StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(error["type"], "timeout_error");
+    assert_eq!(error["code"], "request_timeout");
+    server.wait_idle().await;
+
+    let reply = server
+        .post(
+            "/v1/chat/completions",
+            &chat(
+                "hi",
+                &json!({"max_tokens": 40, "ignore_eos": true, "stream": true}),
+            ),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let data = reply.sse_data();
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
+    let error: Value = serde_json::from_str(&data[data.len() - 2]).expect("JSON");
+    assert_eq!(error["error"]["type"], "timeout_error", "{error}");
+    assert!(
+        data.len() > 3,
+        "tokens streamed before the timeout: {data:?}"
+    );
+    server.wait_idle().await;
+
+    // A request that fits in the limit is untouched.
+    let reply = server
+        .post(
+            "/v1/chat/completions",
+            &chat("hi", &json!({"max_tokens": 2})),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+}
+
+#[tokio::test]
 async fn the_models_sampling_defaults_apply_where_a_request_sets_none() {
     // A model whose generation_config.json asks for greedy decoding.
     let server = TestServer::new(&Options {

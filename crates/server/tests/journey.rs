@@ -58,6 +58,7 @@ in_both_modes!(
     sampled_steps_are_short_spans_linked_to_their_requests,
     a_request_refused_for_its_api_key_still_has_an_aborted_request_span,
     a_choice_ended_by_a_stop_string_still_has_the_engines_latency,
+    a_request_past_the_request_timeout_is_aborted_with_reason_timeout,
 );
 
 /// The engine-core child of the engine-process mode (see `common::engine_child_main`).
@@ -644,4 +645,33 @@ async fn a_choice_ended_by_a_stop_string_still_has_the_engines_latency(mode: Mod
             .expect("departed");
         assert!(departed.timestamp <= request.end_time);
     }
+}
+
+async fn a_request_past_the_request_timeout_is_aborted_with_reason_timeout(mode: Mode) {
+    let server = traced(
+        mode,
+        Options {
+            step_delay: Duration::from_millis(20),
+            request_timeout: Some(Duration::from_millis(150)),
+            ..Options::default()
+        },
+    )
+    .await;
+    let reply = server
+        .post(
+            "/v1/completions",
+            &json!({"model": MODEL, "prompt": "a", "max_tokens": 40, "ignore_eos": true}),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::GATEWAY_TIMEOUT, "{}", reply.text);
+    let spans = spans(&server, 2).await;
+    let request = one(&spans, SPAN_REQUEST);
+    let last = request.events.events.last().expect("events");
+    assert_eq!(last.name, "api.ABORTED");
+    assert_eq!(event_str(last, attr::REASON), "timeout");
+    assert!(matches!(request.status, Status::Error { .. }));
+    assert_eq!(string(request, attr::ERROR_TYPE), "504");
+    let core = one(&spans, SPAN_CORE);
+    let finished = core.events.events.last().expect("events");
+    assert_eq!(event_str(finished, attr::FINISH_STATUS), "aborted");
 }

@@ -56,6 +56,8 @@ pub struct Options {
     pub max_body_bytes: usize,
     pub api_key: Option<String>,
     pub shutdown_timeout: Duration,
+    /// `Limits::request_timeout`.
+    pub request_timeout: Option<Duration>,
     /// Engine steps (from 1) on which the executor fails.
     pub fail_on_steps: Vec<u64>,
     /// The model's sampling defaults.
@@ -83,6 +85,7 @@ impl Default for Options {
             max_body_bytes: 64 * 1024,
             api_key: None,
             shutdown_timeout: Duration::from_secs(10),
+            request_timeout: None,
             fail_on_steps: Vec::new(),
             sampling_defaults: wayfinder_core::SamplingParams::default(),
             tracing: None,
@@ -322,6 +325,7 @@ fn state_of(
             max_waiting_requests: options.max_waiting_requests,
             max_body_bytes: options.max_body_bytes,
             shutdown_timeout: options.shutdown_timeout,
+            request_timeout: options.request_timeout,
         },
         api_key: options.api_key.clone(),
         sampling_defaults: options.sampling_defaults.clone(),
