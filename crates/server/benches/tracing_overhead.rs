@@ -5,7 +5,13 @@
 //!
 //! `cargo bench -p wayfinder-server --bench tracing_overhead` (add `-- --quick` for a short
 //! run). Non-streaming chat requests, `max_tokens` 16, 32 in flight, through the router in
-//! process; the modes alternate round by round and the median round is reported.
+//! process; the modes alternate round by round and the median round is reported, with the
+//! median of the rounds' paired differences "100 % − off" in CPU per request.
+//!
+//! Flags after `--`: `--only test|demo|spans`, `--rounds N`, `--rate R` (requests start at R
+//! per second instead of as fast as 32 in flight allow: every mode then runs at the same
+//! throughput), `--protocol http/protobuf`, `--mode NAME` (one mode, for profiling),
+//! `--verbose` (every round's CPU per request).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -39,7 +45,10 @@ fn main() {
     }
     let quick = std::env::args().any(|a| a == "--quick");
     let receiver = Receiver::spawn();
-    let rounds = if quick { 1 } else { 5 };
+    // `--rounds N` (default 5; 1 with `--quick`).
+    let rounds = flag("--rounds")
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(if quick { 1 } else { 5 });
     println!(
         "tracing overhead: {CONCURRENCY} requests in flight, max_tokens {MAX_TOKENS}, OTLP {} to {}",
         receiver.target().0,
@@ -51,7 +60,7 @@ fn main() {
     );
     let (test_n, demo_n) = if quick { (2000, 64) } else { (20000, 512) };
     // `--only test|demo|spans` runs one part.
-    let only: Option<String> = std::env::args().skip_while(|a| a != "--only").nth(1);
+    let only = flag("--only");
     let part = |name: &str| only.as_deref().is_none_or(|o| o == name);
     if part("test") {
         bench(
@@ -76,6 +85,11 @@ fn main() {
         span_work(n, "grpc", &receiver.endpoint);
         span_work(n, "http/protobuf", &receiver.http_endpoint);
     }
+}
+
+/// The value after `name` on the command line.
+fn flag(name: &str) -> Option<String> {
+    std::env::args().skip_while(|a| a != name).nth(1)
 }
 
 #[derive(Clone, Copy)]
@@ -125,11 +139,7 @@ fn bench(label: &str, n: usize, rounds: usize, receiver: &Receiver, workload: Wo
         .expect("runtime");
     let mut runs: Vec<Vec<Run>> = vec![Vec::new(); MODES.len()];
     // `--mode NAME` runs only that mode (for profiling).
-    let wanted: Vec<String> = std::env::args()
-        .skip_while(|a| a != "--mode")
-        .nth(1)
-        .into_iter()
-        .collect();
+    let wanted: Vec<String> = flag("--mode").into_iter().collect();
     // One warm-up round, not reported; the modes' order changes from round to round.
     for round in 0..=rounds {
         let mut order: Vec<usize> = (0..MODES.len()).collect();
@@ -143,6 +153,42 @@ fn bench(label: &str, n: usize, rounds: usize, receiver: &Receiver, workload: Wo
             if round > 0 {
                 runs[i].push(run);
             }
+        }
+    }
+    // The cost of 100 % tracing, round by round: each round runs every mode back to back, so
+    // pairing them cancels the machine's slow drift.
+    let (off, full) = (&runs[0], &runs[MODES.len() - 1]);
+    if !off.is_empty() && off.len() == full.len() {
+        let mut diffs: Vec<f64> = off
+            .iter()
+            .zip(full)
+            .map(|(o, f)| f.cpu_us_per_request - o.cpu_us_per_request)
+            .collect();
+        let listed: Vec<String> = diffs.iter().map(|d| format!("{d:.1}")).collect();
+        diffs.sort_by(f64::total_cmp);
+        println!(
+            "{label:<14} 100 % - off, CPU µs per request: median {:.1} (rounds: {})",
+            diffs[diffs.len() / 2],
+            listed.join(", ")
+        );
+        let mut ratios: Vec<f64> = off
+            .iter()
+            .zip(full)
+            .map(|(o, f)| f.requests_per_s / o.requests_per_s)
+            .collect();
+        ratios.sort_by(f64::total_cmp);
+        println!(
+            "{label:<14} 100 % / off, requests/s: median {:.3}",
+            ratios[ratios.len() / 2]
+        );
+        if std::env::args().any(|a| a == "--verbose") {
+            let cpu = |rs: &[Run]| -> Vec<String> {
+                rs.iter()
+                    .map(|r| format!("{:.1}", r.cpu_us_per_request))
+                    .collect()
+            };
+            println!("  off:  {}", cpu(off).join(", "));
+            println!("  100%: {}", cpu(full).join(", "));
         }
     }
     for (mode, mut rs) in MODES.iter().zip(runs) {
@@ -170,7 +216,9 @@ async fn run_once(n: usize, mode: Mode, target: (&str, &str), workload: Workload
             endpoint: Some(endpoint.to_owned()),
             protocol: Some(protocol.to_owned()),
             sample_rate: rate,
-            max_queue_size: 65536,
+            // `serve`'s default queue (4 096 spans): a ring the size of a whole run would put
+            // a first-touch page fault under every few spans, which a long-running server
+            // does not pay.
             ..TracingConfig::default()
         })
         .expect("provider")
@@ -197,11 +245,20 @@ async fn run_once(n: usize, mode: Mode, target: (&str, &str), workload: Workload
     });
     let cpu0 = cpu_seconds();
     let t0 = Instant::now();
+    // `--rate R`: requests start at R per second (open loop, still at most CONCURRENCY in
+    // flight), so that every mode runs at the same throughput and the engine batches alike;
+    // CPU per request then compares work, not how full each engine step was.
+    let rate: Option<f64> = flag("--rate").and_then(|r| r.parse().ok());
+    let start = tokio::time::Instant::now();
     let ok = futures_util::stream::iter(0..n)
-        .map(|_| {
+        .map(|i| {
             let state = state.clone();
             let request = common::post("/v1/chat/completions", &body);
             async move {
+                if let Some(rate) = rate {
+                    let at = start + std::time::Duration::from_secs_f64(i as f64 / rate);
+                    tokio::time::sleep_until(at).await;
+                }
                 let response = app(state).oneshot(request).await.expect("router");
                 let ok = response.status().is_success();
                 let _ = axum::body::to_bytes(response.into_body(), usize::MAX).await;
@@ -374,7 +431,7 @@ fn span_work(n: usize, protocol: &str, endpoint: &str) {
     let telemetry = Telemetry::otlp(&TracingConfig {
         endpoint: Some(endpoint.to_owned()),
         protocol: Some(protocol.to_owned()),
-        max_queue_size: 1 << 20,
+        // `serve`'s default queue (4 096 spans), flushed every 1 024 requests below.
         ..TracingConfig::default()
     })
     .expect("provider");

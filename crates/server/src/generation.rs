@@ -116,14 +116,21 @@ impl Generation {
                 return Err(e);
             }
         };
-        let carrier = journey.carrier();
+        let mut carrier = journey.carrier();
+        let count = valid.choices.len();
         let mut choices = Vec::with_capacity(valid.choices.len());
         let mut outputs = SelectAll::new();
         for (i, mut spec) in valid.choices.into_iter().enumerate() {
             let detok = IncrementalDetokenizer::new(spec.request.prompt(), true);
             let engine_id = spec.request.id().to_owned();
-            if let Some(c) = &carrier {
-                spec.request.set_carrier(c.clone());
+            // Each engine request carries the context; the last takes the original.
+            let own = if i + 1 == count {
+                carrier.take()
+            } else {
+                carrier.clone()
+            };
+            if let Some(c) = own {
+                spec.request.set_carrier(c);
             }
             let added = state
                 .engine()

@@ -100,11 +100,7 @@ impl Telemetry {
             .span_builder(SPAN_REQUEST)
             .with_kind(SpanKind::Server)
             .with_start_time(clock.wall(now))
-            .with_attributes([
-                KeyValue::new(attr::REQUEST_ID, request_id.to_owned()),
-                KeyValue::new(attr::OPERATION_NAME, operation),
-                KeyValue::new(attr::PROVIDER_NAME, PROVIDER),
-            ])
+            .with_attributes(initial_attributes(request_id, operation))
             .start_with_context(tracer, &cx);
         tracing::debug!(
             request_id,
@@ -125,6 +121,22 @@ impl Telemetry {
             closed: false,
         })
     }
+}
+
+/// Attributes `llm_request` has at most: 3 at arrival, 7 parameters, 4 usage, 3 response, 6
+/// latency and `error.type` (24), with room for two more.
+const MAX_REQUEST_ATTRIBUTES: usize = 26;
+
+/// The attributes known at arrival, in a vector with room for all the others, so that the
+/// span's attribute list never grows by reallocation (the SDK keeps the builder's vector).
+fn initial_attributes(request_id: &str, operation: &'static str) -> Vec<KeyValue> {
+    let mut attrs = Vec::with_capacity(MAX_REQUEST_ATTRIBUTES);
+    attrs.extend([
+        KeyValue::new(attr::REQUEST_ID, request_id.to_owned()),
+        KeyValue::new(attr::OPERATION_NAME, operation),
+        KeyValue::new(attr::PROVIDER_NAME, PROVIDER),
+    ]);
+    attrs
 }
 
 /// A Bernoulli draw at `rate`.
