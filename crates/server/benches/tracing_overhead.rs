@@ -288,6 +288,14 @@ async fn run_once(n: usize, mode: Mode, target: (&str, &str), workload: Workload
     tokio::task::spawn_blocking(move || engine.shutdown())
         .await
         .expect("engine shutdown");
+    if mode.rate == Some(1.0) && spans < 2 * n as u64 {
+        eprintln!(
+            "warning: {} of {} spans dropped in mode {}: its CPU per request is not comparable",
+            2 * n as u64 - spans,
+            2 * n,
+            mode.name
+        );
+    }
     Run {
         requests_per_s: n as f64 / wall,
         cpu_us_per_request: cpu * 1e6 / n as f64,

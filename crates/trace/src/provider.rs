@@ -25,12 +25,12 @@ use crate::grpc::GrpcExporter;
 use crate::http::HttpExporter;
 use crate::names::{attr, scope};
 
-/// Spans per export. A batch of journey spans encodes to about 1 KiB a span; at 512 spans the
-/// encoded request (and tonic's copy of it) passed mimalloc's largest pooled object size
-/// (512 KiB), so every export took fresh pages from the OS and page faults zeroed them (2 MiB
-/// at a time under transparent huge pages). At 256, in-server CPU per traced request over gRPC
-/// went from 21.7 to 15.4 µs (medians of 15 paired rounds, docs/BENCHMARKS.md).
-const EXPORT_BATCH: usize = 256;
+/// Spans per export. The SDK's batch processor exports one batch at a time and waits for the
+/// collector's answer, so this bounds the span rate a process can export: halving it to 256
+/// halved that rate (spans were dropped at 20 000 spans/s against a collector on the same two
+/// cores), although each 512-span request (~550 KiB encoded) is past mimalloc's largest pooled
+/// size and costs fresh pages.
+const EXPORT_BATCH: usize = 512;
 
 /// Why tracing could not start.
 #[derive(Debug, thiserror::Error)]
