@@ -167,3 +167,40 @@ async fn with_the_collector_unreachable_requests_succeed_and_drops_are_counted()
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_export_batches_arrive_whole_over_grpc() {
+    // 600 request spans: a full export batch of 512 (~550 KiB of protobuf), then one of 88.
+    let receiver = OtlpReceiver::start().await.expect("receiver");
+    let telemetry = Telemetry::otlp(&TracingConfig {
+        endpoint: Some(receiver.grpc_endpoint()),
+        protocol: Some("grpc".to_owned()),
+        ..TracingConfig::default()
+    })
+    .expect("an OTLP provider");
+    let headers = axum::http::HeaderMap::new();
+    for i in 0..600 {
+        let mut span = telemetry
+            .start_request(&headers, &format!("chatcmpl-{i}"), "chat")
+            .expect("sampled");
+        span.departed();
+    }
+    let t = telemetry.clone();
+    tokio::task::spawn_blocking(move || t.force_flush())
+        .await
+        .expect("flush");
+    let spans = receiver.wait_for(600, Duration::from_secs(10)).await;
+    assert_eq!(spans.len(), 600);
+    let mut ids: Vec<String> = spans
+        .iter()
+        .map(|s| match s.attribute(attr::REQUEST_ID) {
+            Some(Value::StringValue(id)) => id.clone(),
+            other => panic!("no request id: {other:?}"),
+        })
+        .collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 600, "every span once");
+    let stats = telemetry.stats();
+    assert_eq!((stats.exported, stats.failed), (600, 0));
+}
