@@ -53,6 +53,10 @@ pub struct StepContext<'a> {
     pub isa: Isa,
     /// Threads to run them on.
     pub team: &'a Team,
+    /// The AVX-512 kernel's tiles, made at the first layer: every layer of a model has the
+    /// same head layout, so they hold for all.
+    #[cfg(target_arch = "x86_64")]
+    tiles: std::cell::OnceCell<Vec<Tile>>,
 }
 
 impl<'a> StepContext<'a> {
@@ -65,6 +69,8 @@ impl<'a> StepContext<'a> {
         Self {
             batch,
             token_seq,
+            #[cfg(target_arch = "x86_64")]
+            tiles: std::cell::OnceCell::new(),
             geometry,
             isa,
             team,
@@ -102,23 +108,25 @@ pub fn paged_attention(
     debug_assert_eq!(out.len(), q.len());
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx512 {
-        let tiles = tiles(batch, group, num_kv_heads);
+        let tiles = step.tiles.get_or_init(|| tiles(batch, group, num_kv_heads));
         let out = crate::team::SendPtr(out.as_mut_ptr());
         step.team.tasks(tiles.len(), &|i| {
             let tile = &tiles[i];
             let seq = &batch.seqs[tile.seq];
             let out = &out;
-            let mut rows = Vec::with_capacity(crate::attention_avx512::MAX_ROWS);
+            let mut rows = [crate::attention_avx512::Row::EMPTY; crate::attention_avx512::MAX_ROWS];
+            let mut n = 0;
             for t in tile.tokens.clone() {
                 for h in tile.heads.clone() {
                     let at = t * width + (tile.kv_head * group + h) * head_dim;
-                    rows.push(crate::attention_avx512::Row {
+                    rows[n] = crate::attention_avx512::Row {
                         q: q[at..at + head_dim].as_ptr(),
                         // SAFETY: `at + head_dim <= out.len()`, as for `q`; tiles cover
                         // disjoint (token, head) pairs, so no two tasks write the same floats.
                         out: unsafe { out.0.add(at) },
                         pos: batch.positions[t] as usize,
-                    });
+                    };
+                    n += 1;
                 }
             }
             SCORES.with_borrow_mut(|scratch| {
@@ -127,7 +135,7 @@ pub fn paged_attention(
                 // contract).
                 unsafe {
                     crate::attention_avx512::attend_rows(
-                        &rows,
+                        &rows[..n],
                         batch.block_table(seq),
                         tile.kv_head,
                         kv,

@@ -34,6 +34,15 @@ pub(crate) struct Row {
     pub pos: usize,
 }
 
+impl Row {
+    /// A placeholder for unused slots of a tile's fixed-size row array.
+    pub(crate) const EMPTY: Row = Row {
+        q: std::ptr::null(),
+        out: std::ptr::null_mut(),
+        pos: 0,
+    };
+}
+
 /// Computes attention for `rows` (at most [`MAX_ROWS`]), all reading key/value head `head`
 /// through the request's block `table`.
 ///
