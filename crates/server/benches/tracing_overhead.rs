@@ -10,7 +10,7 @@
 //!
 //! Flags after `--`: `--only test|demo|spans`, `--rounds N`, `--rate R` (requests start at R
 //! per second instead of as fast as 32 in flight allow: every mode then runs at the same
-//! throughput), `--protocol http/protobuf`, `--mode NAME` (one mode, for profiling),
+//! throughput), `--protocol http/protobuf`, `--mode NAME` (only that mode; repeatable),
 //! `--verbose` (every round's CPU per request).
 
 #[path = "../tests/common/mod.rs"]
@@ -92,6 +92,15 @@ fn flag(name: &str) -> Option<String> {
     std::env::args().skip_while(|a| a != name).nth(1)
 }
 
+/// Every value given after `name` on the command line.
+fn flags(name: &str) -> Vec<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.windows(2)
+        .filter(|w| w[0] == name)
+        .map(|w| w[1].clone())
+        .collect()
+}
+
 #[derive(Clone, Copy)]
 enum Workload {
     TestExecutor,
@@ -138,8 +147,8 @@ fn bench(label: &str, n: usize, rounds: usize, receiver: &Receiver, workload: Wo
         .build()
         .expect("runtime");
     let mut runs: Vec<Vec<Run>> = vec![Vec::new(); MODES.len()];
-    // `--mode NAME` runs only that mode (for profiling).
-    let wanted: Vec<String> = flag("--mode").into_iter().collect();
+    // `--mode NAME` (repeatable) runs only those modes (for profiling, or a quicker A/B).
+    let wanted = flags("--mode");
     // One warm-up round, not reported; the modes' order changes from round to round.
     for round in 0..=rounds {
         let mut order: Vec<usize> = (0..MODES.len()).collect();

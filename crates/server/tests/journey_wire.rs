@@ -1,7 +1,7 @@
 //! The journey on the wire: a real OTLP receiver (gRPC and HTTP/protobuf) started in the test
 //! receives both spans of a request sent with a `traceparent`, in the client's trace, parent
-//! and child; and with the collector unreachable, requests still succeed and the drops are
-//! counted.
+//! and child; and with the collector unreachable or refusing, requests still succeed and the
+//! drops are counted.
 
 mod common;
 
@@ -166,6 +166,34 @@ async fn with_the_collector_unreachable_requests_succeed_and_drops_are_counted()
             "{protocol}: every span is counted as dropped"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_a_collector_refuses_are_counted_as_failed() {
+    // The collector answers: gRPC RESOURCE_EXHAUSTED (a trailers-only answer), HTTP 503.
+    let receiver = OtlpReceiver::start_refusing().await.expect("receiver");
+    for (protocol, endpoint) in [
+        ("grpc", receiver.grpc_endpoint()),
+        ("http/protobuf", receiver.http_endpoint()),
+    ] {
+        let server = server_exporting_to(endpoint, protocol);
+        traced_request(&server).await;
+        traced_request(&server).await;
+        let telemetry = server.telemetry.clone().expect("tracing on");
+        let stats = tokio::task::spawn_blocking(move || {
+            telemetry.shutdown();
+            telemetry.stats()
+        })
+        .await
+        .expect("shutdown");
+        assert_eq!(stats.ended, 4, "{protocol}");
+        assert_eq!(
+            stats.exported, 0,
+            "{protocol}: refused spans are not exported"
+        );
+        assert_eq!(stats.failed, 4, "{protocol}: refused spans are counted");
+    }
+    assert_eq!(receiver.num_spans(), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -45,22 +45,87 @@ impl EncodedResource {
     }
 }
 
-/// An `ExportTraceServiceRequest` holding `batch` under `resource`, spans grouped by
+/// How an encoded request is framed on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Framing {
+    /// The bare message (OTLP/HTTP).
+    None,
+    /// Behind gRPC's five-byte message header (uncompressed flag, big-endian length).
+    Grpc,
+}
+
+/// Bytes kept free at the front of the buffer: gRPC's message header, the
+/// `resource_spans` key and the longest length a `u32` takes.
+const FRONT: usize = 5 + 1 + 5;
+
+/// Writes an `ExportTraceServiceRequest` holding `batch` under `resource` into `buf`
+/// (cleared first; its capacity is kept, so a reused buffer takes no new memory), framed as
+/// `framing` says, and returns where the request starts in `buf`. Spans are grouped by
 /// instrumentation scope in the order the scopes first appear.
-pub(crate) fn export_request(batch: &[SpanData], resource: &EncodedResource) -> Vec<u8> {
+///
+/// The one `ResourceSpans` is written after [`FRONT`] free bytes and its key and length go
+/// right before it once its length is known, so the ~0.5 MiB body of a full batch is never
+/// shifted to make room for them.
+pub(crate) fn export_request_into(
+    buf: &mut Vec<u8>,
+    batch: &[SpanData],
+    resource: &EncodedResource,
+    framing: Framing,
+) -> usize {
+    buf.clear();
+    buf.reserve(FRONT + batch.len() * 1024 + resource.body.len() + 64);
+    buf.resize(FRONT, 0);
     let mut w = Writer {
-        buf: Vec::with_capacity(batch.len() * 1024 + resource.body.len() + 64),
+        buf: std::mem::take(buf),
     };
-    let mut scopes: Vec<&opentelemetry::InstrumentationScope> = Vec::new();
-    for span in batch {
-        if !scopes.contains(&&span.instrumentation_scope) {
-            scopes.push(&span.instrumentation_scope);
-        }
+    w.resource_spans(batch, resource);
+    *buf = w.buf;
+    let body_len = buf.len() - FRONT;
+    let mut head = [0u8; FRONT - 5];
+    let head_len = {
+        let mut cursor = &mut head[..];
+        encode_key(1, WireType::LengthDelimited, &mut cursor);
+        encode_varint(body_len as u64, &mut cursor);
+        FRONT - 5 - cursor.len()
+    };
+    let mut start = FRONT - head_len;
+    buf[start..FRONT].copy_from_slice(&head[..head_len]);
+    if framing == Framing::Grpc {
+        let message_len = u32::try_from(head_len + body_len).unwrap_or(u32::MAX);
+        start -= 5;
+        buf[start] = 0;
+        buf[start + 1..start + 5].copy_from_slice(&message_len.to_be_bytes());
     }
-    w.message(1, |w| {
-        w.message(1, |w| w.raw(&resource.body));
+    start
+}
+
+/// An `ExportTraceServiceRequest` holding `batch` under `resource`, in a buffer of its own.
+#[cfg(test)]
+pub(crate) fn export_request(batch: &[SpanData], resource: &EncodedResource) -> Vec<u8> {
+    let mut buf = Vec::new();
+    let start = export_request_into(&mut buf, batch, resource, Framing::None);
+    buf.split_off(start)
+}
+
+/// A protobuf writer; fields at their default values are left out, as prost does.
+#[derive(Default)]
+struct Writer {
+    buf: Vec<u8>,
+}
+
+impl Writer {
+    /// The body of the one `ResourceSpans`: the resource, a `ScopeSpans` per scope, the
+    /// resource's schema URL.
+    fn resource_spans(&mut self, batch: &[SpanData], resource: &EncodedResource) {
+        let mut scopes: Vec<&opentelemetry::InstrumentationScope> = Vec::new();
+        for span in batch {
+            if !scopes.contains(&&span.instrumentation_scope) {
+                scopes.push(&span.instrumentation_scope);
+            }
+        }
+        self.message(1, |w| w.raw(&resource.body));
         for scope in scopes {
-            w.message(2, |w| {
+            self.message(2, |w| {
                 w.message(1, |w| {
                     w.string(1, scope.name());
                     w.string(2, scope.version().unwrap_or_default());
@@ -72,18 +137,9 @@ pub(crate) fn export_request(batch: &[SpanData], resource: &EncodedResource) -> 
                 w.string(3, scope.schema_url().unwrap_or_default());
             });
         }
-        w.string(3, &resource.schema_url);
-    });
-    w.buf
-}
+        self.string(3, &resource.schema_url);
+    }
 
-/// A protobuf writer; fields at their default values are left out, as prost does.
-#[derive(Default)]
-struct Writer {
-    buf: Vec<u8>,
-}
-
-impl Writer {
     /// Field `tag` holding the message `body` writes.
     fn message(&mut self, tag: u32, body: impl FnOnce(&mut Self)) {
         encode_key(tag, WireType::LengthDelimited, &mut self.buf);
@@ -448,6 +504,30 @@ mod tests {
         assert_eq!(got, [("b".to_owned(), "2".to_owned())]);
         assert!(otlp_headers(env(&[("OTEL_EXPORTER_OTLP_HEADERS", "no-equals")])).is_err());
         assert!(otlp_headers(env(&[])).expect("none").is_empty());
+    }
+
+    #[test]
+    fn grpc_framing_and_a_reused_buffer_give_the_same_message() {
+        let api = InstrumentationScope::builder("wayfinder.api").build();
+        let batch: Vec<SpanData> = (0..40)
+            .map(|i| span(&api, i, Status::Unset, false))
+            .collect();
+        let resource = EncodedResource::new(&Resource::builder_empty().build());
+        let bare = export_request(&batch, &resource);
+        assert!(bare.len() > 16_384, "long enough for a three-byte length");
+        // A buffer that held a longer request before, with stale bytes in it.
+        let mut buf = vec![0xAB; 3 * bare.len()];
+        let start = export_request_into(&mut buf, &batch, &resource, Framing::Grpc);
+        let framed = &buf[start..];
+        assert_eq!(framed[0], 0, "not compressed");
+        let len = u32::from_be_bytes(framed[1..5].try_into().expect("four bytes"));
+        assert_eq!(len as usize, bare.len());
+        assert_eq!(&framed[5..], bare.as_slice());
+        let decoded = ExportTraceServiceRequest::decode(&framed[5..]).expect("valid protobuf");
+        assert_eq!(decoded.resource_spans[0].scope_spans[0].spans.len(), 40);
+        // Small requests too (a one-byte length).
+        let start = export_request_into(&mut buf, &batch[..0], &resource, Framing::None);
+        assert_eq!(&buf[start..], export_request(&[], &resource).as_slice());
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! OTLP/HTTP span export with protobuf bodies.
 //!
-//! The batch's protobuf is written straight from the spans ([`crate::encode`], as for gRPC) on
-//! the batch processor's thread and POSTed to the traces endpoint with a blocking client, so the
+//! The batch's protobuf is written straight from the spans ([`crate::encode`], as for gRPC)
+//! into a reused buffer ([`BufferPool`]) on the batch processor's thread and POSTed to the traces endpoint with a blocking client, so the
 //! batch thread needs no async runtime. No retry: a failed batch is dropped and counted (the
 //! contract: tracing never holds a request up). Headers: [`otlp_headers`].
 
@@ -13,7 +13,8 @@ use opentelemetry_sdk::trace::{SpanData, SpanExporter};
 use reqwest::blocking::Client;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 
-use crate::encode::{EncodedResource, export_request, otlp_headers};
+use crate::buffers::BufferPool;
+use crate::encode::{EncodedResource, Framing, export_request_into, otlp_headers};
 
 /// The exporter; see the module docs.
 #[derive(Debug)]
@@ -21,6 +22,7 @@ pub(crate) struct HttpExporter {
     client: Client,
     endpoint: String,
     resource: EncodedResource,
+    buffers: BufferPool,
 }
 
 impl HttpExporter {
@@ -56,14 +58,17 @@ impl HttpExporter {
             client,
             endpoint: endpoint.to_owned(),
             resource: EncodedResource::default(),
+            buffers: BufferPool::default(),
         })
     }
 }
 
 impl SpanExporter for HttpExporter {
     async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
-        let body = export_request(&batch, &self.resource);
+        let mut buf = self.buffers.take();
+        let start = export_request_into(&mut buf, &batch, &self.resource, Framing::None);
         drop(batch);
+        let body = self.buffers.share(buf, start);
         let response = self
             .client
             .post(&self.endpoint)

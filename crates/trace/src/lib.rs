@@ -13,7 +13,8 @@
 //!   bounded batch processor, the flush on shutdown.
 //! - `export.rs`: span counting around the processor and exporter; drops are logged.
 //! - `grpc.rs`, `http.rs`: the OTLP exporters (gRPC, HTTP/protobuf); `encode.rs` writes their
-//!   protobuf straight from the spans.
+//!   protobuf straight from the spans, into buffers reused from export to export
+//!   (`buffers.rs`).
 //! - [`carrier`]: W3C inject/extract, from HTTP headers and into/out of engine carriers.
 //! - [`RequestSpan`] (`api.rs`): `llm_request` and the sampling decision.
 //! - [`CoreObserver`] (`observer.rs`): `llm_core` and `scheduler_step` from the engine's
@@ -29,6 +30,7 @@
 //! ```
 
 mod api;
+mod buffers;
 pub mod carrier;
 pub mod config;
 mod encode;

@@ -28,8 +28,8 @@ use crate::names::{attr, scope};
 /// Spans per export. The SDK's batch processor exports one batch at a time and waits for the
 /// collector's answer, so this bounds the span rate a process can export: halving it to 256
 /// halved that rate (spans were dropped at 20 000 spans/s against a collector on the same two
-/// cores), although each 512-span request (~550 KiB encoded) is past mimalloc's largest pooled
-/// size and costs fresh pages.
+/// cores). A 512-span request encodes to ~550 KiB, in buffers reused from export to export
+/// (`buffers.rs`).
 const EXPORT_BATCH: usize = 512;
 
 /// Why tracing could not start.

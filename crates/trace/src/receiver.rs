@@ -85,6 +85,8 @@ fn hex(bytes: &[u8]) -> String {
 struct Kept {
     spans: Mutex<Vec<ReceivedSpan>>,
     count_only: bool,
+    /// Answer every export with an error (a collector that is overloaded) and keep nothing.
+    refuse: bool,
     count: std::sync::atomic::AtomicUsize,
 }
 
@@ -129,6 +131,9 @@ impl TraceService for Grpc {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        if self.0.refuse {
+            return Err(tonic::Status::resource_exhausted("the collector is full"));
+        }
         keep(&self.0, request.into_inner(), "grpc");
         Ok(tonic::Response::new(ExportTraceServiceResponse {
             partial_success: None,
@@ -137,6 +142,12 @@ impl TraceService for Grpc {
 }
 
 async fn http_export(State(store): State<Store>, body: Bytes) -> (StatusCode, Vec<u8>) {
+    if store.refuse {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            b"the collector is full".to_vec(),
+        );
+    }
     match ExportTraceServiceRequest::decode(body) {
         Ok(request) => {
             keep(&store, request, "http");
@@ -168,6 +179,16 @@ impl OtlpReceiver {
     pub async fn start_counting() -> std::io::Result<Self> {
         Self::start_with(Arc::new(Kept {
             count_only: true,
+            ..Kept::default()
+        }))
+        .await
+    }
+
+    /// A receiver that answers every export with an error — gRPC `RESOURCE_EXHAUSTED`,
+    /// HTTP 503 — and keeps nothing.
+    pub async fn start_refusing() -> std::io::Result<Self> {
+        Self::start_with(Arc::new(Kept {
+            refuse: true,
             ..Kept::default()
         }))
         .await
