@@ -44,11 +44,17 @@ fn main() {
         return;
     }
     let quick = std::env::args().any(|a| a == "--quick");
+    // `wayfinder serve`'s logging (fmt at INFO), so that what logging costs a traced request —
+    // its log span with the trace id — is counted; written nowhere, to keep the report clean.
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
+        .with_writer(std::io::sink)
+        .init();
     let receiver = Receiver::spawn();
-    // `--rounds N` (default 5; 1 with `--quick`).
-    let rounds = flag("--rounds")
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(if quick { 1 } else { 5 });
+    // `--rounds N` (default 5, and 3 for the demo model; 1 with `--quick`).
+    let asked: Option<usize> = flag("--rounds").and_then(|r| r.parse().ok());
+    let rounds = asked.unwrap_or(if quick { 1 } else { 5 });
+    let demo_rounds = asked.unwrap_or(rounds.min(3));
     println!(
         "tracing overhead: {CONCURRENCY} requests in flight, max_tokens {MAX_TOKENS}, OTLP {} to {}",
         receiver.target().0,
@@ -72,19 +78,20 @@ fn main() {
         );
     }
     if part("demo") {
-        bench(
-            "demo model",
-            demo_n,
-            rounds.min(3),
-            &receiver,
-            Workload::Demo,
-        );
+        bench("demo model", demo_n, demo_rounds, &receiver, Workload::Demo);
     }
     if part("spans") {
         let n = if quick { 5_000 } else { 50_000 };
         span_work(n, "grpc", &receiver.endpoint);
         span_work(n, "http/protobuf", &receiver.http_endpoint);
     }
+}
+
+/// The median and the quartiles of `values` (nearest rank).
+fn quartiles(mut values: Vec<f64>) -> (f64, f64, f64) {
+    values.sort_by(f64::total_cmp);
+    let at = |q: f64| values[((values.len() - 1) as f64 * q).round() as usize];
+    (at(0.5), at(0.25), at(0.75))
 }
 
 /// The value after `name` on the command line.
@@ -168,27 +175,29 @@ fn bench(label: &str, n: usize, rounds: usize, receiver: &Receiver, workload: Wo
     // pairing them cancels the machine's slow drift.
     let (off, full) = (&runs[0], &runs[MODES.len() - 1]);
     if !off.is_empty() && off.len() == full.len() {
-        let mut diffs: Vec<f64> = off
+        let diffs: Vec<f64> = off
             .iter()
             .zip(full)
             .map(|(o, f)| f.cpu_us_per_request - o.cpu_us_per_request)
             .collect();
         let listed: Vec<String> = diffs.iter().map(|d| format!("{d:.1}")).collect();
-        diffs.sort_by(f64::total_cmp);
+        let (median, q1, q3) = quartiles(diffs);
         println!(
-            "{label:<14} 100 % - off, CPU µs per request: median {:.1} (rounds: {})",
-            diffs[diffs.len() / 2],
+            "{label:<14} 100 % - off, CPU µs per request: median {median:.1}, middle half \
+             {q1:.1} to {q3:.1} (rounds: {})",
             listed.join(", ")
         );
-        let mut ratios: Vec<f64> = off
+        let ratios: Vec<f64> = off
             .iter()
             .zip(full)
             .map(|(o, f)| f.requests_per_s / o.requests_per_s)
             .collect();
-        ratios.sort_by(f64::total_cmp);
+        let listed: Vec<String> = ratios.iter().map(|r| format!("{r:.3}")).collect();
+        let (median, q1, q3) = quartiles(ratios);
         println!(
-            "{label:<14} 100 % / off, requests/s: median {:.3}",
-            ratios[ratios.len() / 2]
+            "{label:<14} 100 % / off, requests/s: median {median:.3}, middle half {q1:.3} to \
+             {q3:.3} (rounds: {})",
+            listed.join(", ")
         );
         if std::env::args().any(|a| a == "--verbose") {
             let cpu = |rs: &[Run]| -> Vec<String> {

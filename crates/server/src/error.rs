@@ -66,6 +66,15 @@ pub enum ApiError {
 }
 
 impl ApiError {
+    /// Says in the log that the request failed, when the server is at fault (5xx): a client's
+    /// mistake is answered, not logged.
+    pub(crate) fn log(&self) {
+        let status = self.status();
+        if status.is_server_error() {
+            tracing::warn!(%status, error = %self, "request failed");
+        }
+    }
+
     /// An invalid value for `param`; the message reads "`param` {message}".
     pub fn invalid(param: impl Into<String>, message: impl std::fmt::Display) -> Self {
         let param = param.into();
@@ -196,10 +205,8 @@ pub struct ErrorDetail {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        self.log();
         let status = self.status();
-        if status.is_server_error() {
-            tracing::warn!(%status, error = %self, "request failed");
-        }
         let mut response = (status, Json(self.body())).into_response();
         if let Self::Overloaded(_) = self {
             response.headers_mut().insert(

@@ -15,7 +15,7 @@ use wayfinder_model::stop::StopMatcher;
 use wayfinder_model::tokenizer::IncrementalDetokenizer;
 
 use crate::error::ApiError;
-use crate::journey::Journey;
+use crate::journey::{Journey, RequestLog};
 use crate::state::AppState;
 use crate::validation::ValidRequest;
 use crate::wire::UsageOut;
@@ -183,9 +183,9 @@ impl Generation {
         })
     }
 
-    /// The `tracing` span of the request's log lines.
-    pub(crate) fn log_span(&self) -> tracing::Span {
-        self.journey.log_span()
+    /// Where the request's log lines go.
+    pub(crate) fn log(&self) -> RequestLog {
+        self.journey.log()
     }
 
     /// The response id.

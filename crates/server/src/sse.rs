@@ -52,7 +52,7 @@ pub(crate) fn respond(
     include_usage: bool,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     // Log lines written while streaming sit in the request's span (with its trace id).
-    let log = generation.log_span();
+    let log = generation.log().for_future();
     let events = stream::unfold(
         (generation, writer, Phase::Opening),
         move |(mut generation, writer, phase)| {
@@ -71,7 +71,10 @@ pub(crate) fn respond(
                                     (generation, writer, Phase::Body),
                                 ));
                             }
-                            Some(Err(e)) => vec![error_event(&e), done()],
+                            Some(Err(e)) => {
+                                generation.log().span().in_scope(|| e.log());
+                                vec![error_event(&e), done()]
+                            }
                             None => {
                                 let mut events = Vec::with_capacity(2);
                                 if include_usage {

@@ -7,7 +7,7 @@
 //! event at most once and exactly one of `api.DEPARTED` / `api.ABORTED`; dropping it ends the
 //! span (as `api.ABORTED` with `internal_error` if no outcome was recorded).
 
-use opentelemetry::trace::{Span as _, SpanKind, Status, TraceContextExt, Tracer};
+use opentelemetry::trace::{Span as _, SpanKind, Status, TraceContextExt, TraceId, Tracer};
 use opentelemetry::{Array, Context, KeyValue, StringValue, Value};
 use opentelemetry_sdk::trace::Span;
 use wayfinder_core::Carrier;
@@ -145,9 +145,9 @@ fn sample(rate: f64) -> bool {
 }
 
 impl RequestSpan {
-    /// The trace id, as log lines carry it.
-    pub fn trace_id(&self) -> String {
-        self.span.span_context().trace_id().to_string()
+    /// The trace id (its `Display` is the hex form log lines carry).
+    pub fn trace_id(&self) -> TraceId {
+        self.span.span_context().trace_id()
     }
 
     /// The carrier for the engine request: this span's context and the sampling decision.

@@ -49,6 +49,7 @@ pub use config::{
 };
 pub use export::ExportStats;
 pub use observer::CoreObserver;
+pub use opentelemetry::trace::TraceId;
 pub use provider::{ShutdownGuard, Telemetry, TraceError, init, process_telemetry};
 
 #[cfg(feature = "testing")]

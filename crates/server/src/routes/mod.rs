@@ -21,7 +21,8 @@ use crate::wire::{ModelCard, ModelList};
 
 /// Runs a generation endpoint's `respond` inside the request's journey: the journey (and its
 /// `llm_request` span) starts as the request arrives, before its body is read; log lines
-/// written meanwhile sit in the journey's log span; the response carries the id either way.
+/// written meanwhile sit in the journey's log span ([`crate::journey::RequestLog`]); the
+/// response carries the id either way.
 pub(crate) async fn in_journey<F, Fut>(
     state: AppState,
     request: Request,
@@ -35,11 +36,15 @@ where
     let arrival = monotonic_now();
     let id = state.new_id(prefix);
     let journey = Journey::arrived(&state, request.headers(), id.clone(), arrival, operation);
-    let log = journey.log_span();
-    let response = respond(state, request, journey, arrival)
-        .instrument(log)
+    let log = journey.log();
+    let response = match respond(state, request, journey, arrival)
+        .instrument(log.for_future())
         .await
-        .unwrap_or_else(IntoResponse::into_response);
+    {
+        Ok(response) => response,
+        // The failure's log line carries the request's ids.
+        Err(e) => log.span().in_scope(|| e.into_response()),
+    };
     with_request_id(response, &id)
 }
 

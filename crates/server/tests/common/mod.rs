@@ -567,11 +567,19 @@ impl Running {
 pub struct CapturedLogs(Arc<std::sync::Mutex<Vec<u8>>>);
 
 impl CapturedLogs {
-    /// A subscriber writing here; install it with `tracing::subscriber::set_default`.
+    /// A subscriber writing here at DEBUG; install it with `tracing::subscriber::set_default`.
     pub fn subscriber(&self) -> impl tracing::Subscriber + Send + Sync + use<> {
+        self.subscriber_at(tracing::Level::DEBUG)
+    }
+
+    /// A subscriber writing here at `level`.
+    pub fn subscriber_at(
+        &self,
+        level: tracing::Level,
+    ) -> impl tracing::Subscriber + Send + Sync + use<> {
         let sink = self.clone();
         tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::DEBUG)
+            .with_max_level(level)
             .with_ansi(false)
             .with_writer(move || sink.clone())
             .finish()
