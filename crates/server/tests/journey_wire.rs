@@ -232,3 +232,39 @@ async fn full_export_batches_arrive_whole_over_grpc() {
     let stats = telemetry.stats();
     assert_eq!((stats.exported, stats.failed), (600, 0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_benchmarks_counting_receiver_counts_what_arrives() {
+    // The tracing benchmark's receiver counts spans without decoding them; over both
+    // transports it must count exactly what was exported.
+    let receiver = OtlpReceiver::start_counting().await.expect("receiver");
+    let mut expected = 0;
+    for (protocol, endpoint) in [
+        ("grpc", receiver.grpc_endpoint()),
+        ("http/protobuf", receiver.http_endpoint()),
+    ] {
+        let telemetry = Telemetry::otlp(&TracingConfig {
+            endpoint: Some(endpoint),
+            protocol: Some(protocol.to_owned()),
+            ..TracingConfig::default()
+        })
+        .expect("an OTLP provider");
+        let headers = axum::http::HeaderMap::new();
+        for i in 0..700 {
+            let mut span = telemetry
+                .start_request(&headers, &format!("chatcmpl-{i}"), "chat")
+                .expect("sampled");
+            span.departed();
+        }
+        let t = telemetry.clone();
+        let stats = tokio::task::spawn_blocking(move || {
+            t.shutdown();
+            t.stats()
+        })
+        .await
+        .expect("shutdown");
+        expected += 700;
+        assert_eq!((stats.exported, stats.failed), (700, 0), "{protocol}");
+        assert_eq!(receiver.num_spans(), expected, "{protocol}");
+    }
+}

@@ -42,6 +42,8 @@ mod observer;
 mod provider;
 #[cfg(feature = "receiver")]
 pub mod receiver;
+#[cfg(feature = "receiver")]
+mod receiver_count;
 
 pub use api::{Latency, RequestParams, RequestSpan};
 pub use config::{
