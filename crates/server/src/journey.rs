@@ -41,27 +41,27 @@ pub(crate) fn endpoint(path: &str) -> Option<(&'static str, &'static str)> {
 /// the handler's error becomes the response. So the future runs in the span only when a
 /// level below INFO is enabled ([`RequestLog::for_future`]), and a failure's line is written
 /// inside the span by the code that writes it ([`RequestLog::span`]).
-#[derive(Debug, Clone)]
-pub(crate) struct RequestLog(Option<(String, TraceId)>);
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RequestLog(Option<TraceId>);
 
 impl RequestLog {
-    /// The span, made now (none for an untraced request).
-    pub(crate) fn span(&self) -> tracing::Span {
+    /// The span of request `id`, made now (none for an untraced request).
+    pub(crate) fn span(&self, id: &str) -> tracing::Span {
         match &self.0 {
-            Some((id, trace_id)) => {
+            Some(trace_id) => {
                 tracing::info_span!("request", request_id = %id, trace_id = %trace_id)
             }
             None => tracing::Span::none(),
         }
     }
 
-    /// The span for the request's future: [`Self::span`] when log lines below INFO may be
-    /// written (anywhere: the most verbose level of any filter), else none.
-    pub(crate) fn for_future(&self) -> tracing::Span {
+    /// The span for the future of request `id`: [`Self::span`] when log lines below INFO may
+    /// be written (anywhere: the most verbose level of any filter), else none.
+    pub(crate) fn for_future(&self, id: &str) -> tracing::Span {
         if tracing::level_filters::LevelFilter::current()
             > tracing::level_filters::LevelFilter::INFO
         {
-            self.span()
+            self.span(id)
         } else {
             tracing::Span::none()
         }
@@ -171,7 +171,7 @@ impl Journey {
 
     /// Where the log lines written while serving this request go; see [`RequestLog`].
     pub(crate) fn log(&self) -> RequestLog {
-        RequestLog(self.span.as_ref().map(|s| (self.id.clone(), s.trace_id())))
+        RequestLog(self.span.as_ref().map(RequestSpan::trace_id))
     }
 
     /// Records the parameters in force.

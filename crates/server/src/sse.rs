@@ -52,7 +52,7 @@ pub(crate) fn respond(
     include_usage: bool,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     // Log lines written while streaming sit in the request's span (with its trace id).
-    let log = generation.log().for_future();
+    let log = generation.log().for_future(generation.id());
     let events = stream::unfold(
         (generation, writer, Phase::Opening),
         move |(mut generation, writer, phase)| {
@@ -72,7 +72,8 @@ pub(crate) fn respond(
                                 ));
                             }
                             Some(Err(e)) => {
-                                generation.log().span().in_scope(|| e.log());
+                                let log = generation.log().span(generation.id());
+                                log.in_scope(|| e.log());
                                 vec![error_event(&e), done()]
                             }
                             None => {

@@ -7,6 +7,8 @@
 //! event at most once and exactly one of `api.DEPARTED` / `api.ABORTED`; dropping it ends the
 //! span (as `api.ABORTED` with `internal_error` if no outcome was recorded).
 
+use std::sync::Arc;
+
 use opentelemetry::trace::{Span as _, SpanKind, Status, TraceContextExt, TraceId, Tracer};
 use opentelemetry::{Array, Context, KeyValue, StringValue, Value};
 use opentelemetry_sdk::trace::Span;
@@ -55,7 +57,8 @@ pub struct Latency {
 #[derive(Debug)]
 pub struct RequestSpan {
     span: Span,
-    request_id: String,
+    /// Shared by the `gen_ai.request.id` and `gen_ai.response.id` attributes.
+    request_id: Arc<str>,
     clock: WallClock,
     /// Events recorded so far (bit per event), so each is recorded at most once.
     recorded: u8,
@@ -96,14 +99,15 @@ impl Telemetry {
         let cx = parent.map_or_else(Context::new, |p| Context::new().with_remote_span_context(p));
         let clock = self.clock();
         let tracer = self.api_tracer();
+        let request_id: Arc<str> = request_id.into();
         let mut span = tracer
             .span_builder(SPAN_REQUEST)
             .with_kind(SpanKind::Server)
             .with_start_time(clock.wall(now))
-            .with_attributes(initial_attributes(request_id, operation))
+            .with_attributes(initial_attributes(&request_id, operation))
             .start_with_context(tracer, &cx);
         tracing::debug!(
-            request_id,
+            request_id = &*request_id,
             has_trace_headers = has_headers,
             trace_id = %span.span_context().trace_id(),
             "journey tracing: llm_request span made"
@@ -115,7 +119,7 @@ impl Telemetry {
         );
         Some(RequestSpan {
             span,
-            request_id: request_id.to_owned(),
+            request_id,
             clock,
             recorded: 0,
             closed: false,
@@ -129,10 +133,10 @@ const MAX_REQUEST_ATTRIBUTES: usize = 26;
 
 /// The attributes known at arrival, in a vector with room for all the others, so that the
 /// span's attribute list never grows by reallocation (the SDK keeps the builder's vector).
-fn initial_attributes(request_id: &str, operation: &'static str) -> Vec<KeyValue> {
+fn initial_attributes(request_id: &Arc<str>, operation: &'static str) -> Vec<KeyValue> {
     let mut attrs = Vec::with_capacity(MAX_REQUEST_ATTRIBUTES);
     attrs.extend([
-        KeyValue::new(attr::REQUEST_ID, request_id.to_owned()),
+        KeyValue::new(attr::REQUEST_ID, request_id.clone()),
         KeyValue::new(attr::OPERATION_NAME, operation),
         KeyValue::new(attr::PROVIDER_NAME, PROVIDER),
     ]);
@@ -200,9 +204,15 @@ impl RequestSpan {
     /// Records who answered: the model, the response id and each choice's finish reason.
     pub fn set_response(&mut self, model: &str, id: &str, finish_reasons: &[&'static str]) {
         let reasons: Vec<StringValue> = finish_reasons.iter().map(|r| (*r).into()).collect();
+        // The response id is the request id (one string for both) unless told otherwise.
+        let id: Value = if id == &*self.request_id {
+            self.request_id.clone().into()
+        } else {
+            id.to_owned().into()
+        };
         self.span.set_attributes([
             KeyValue::new(attr::RESPONSE_MODEL, model.to_owned()),
-            KeyValue::new(attr::RESPONSE_ID, id.to_owned()),
+            KeyValue::new(attr::RESPONSE_ID, id),
             KeyValue::new(attr::FINISH_REASONS, Value::Array(Array::String(reasons))),
         ]);
     }

@@ -125,14 +125,20 @@ impl Writer {
         }
         self.message(1, |w| w.raw(&resource.body));
         for scope in scopes {
-            self.message(2, |w| {
+            // ~1 KiB a journey span: a full batch's scope takes a 3-byte length.
+            let spans = batch
+                .iter()
+                .filter(|s| &s.instrumentation_scope == scope)
+                .count();
+            self.message_sized(2, encoded_len_varint(spans as u64 * 1024), |w| {
                 w.message(1, |w| {
                     w.string(1, scope.name());
                     w.string(2, scope.version().unwrap_or_default());
                     w.attributes(3, scope.attributes());
                 });
                 for span in batch.iter().filter(|s| &s.instrumentation_scope == scope) {
-                    w.message(2, |w| w.span(span));
+                    // Spans run from a few hundred bytes to a few KiB.
+                    w.message_sized(2, 2, |w| w.span(span));
                 }
                 w.string(3, scope.schema_url().unwrap_or_default());
             });
@@ -142,17 +148,27 @@ impl Writer {
 
     /// Field `tag` holding the message `body` writes.
     fn message(&mut self, tag: u32, body: impl FnOnce(&mut Self)) {
+        self.message_sized(tag, 1, body);
+    }
+
+    /// [`Self::message`] for a message expected to take a `width`-byte length (2: 128 bytes
+    /// to 16 KiB, 3: to 2 MiB): that much room is kept for the length before the body is
+    /// written, so the body only moves when the guess was wrong.
+    fn message_sized(&mut self, tag: u32, guess: usize, body: impl FnOnce(&mut Self)) {
         encode_key(tag, WireType::LengthDelimited, &mut self.buf);
         let at = self.buf.len();
-        self.buf.push(0);
+        self.buf.resize(at + guess, 0);
         body(self);
-        let len = self.buf.len() - at - 1;
+        let end = self.buf.len();
+        let len = end - at - guess;
         let width = encoded_len_varint(len as u64);
-        if width > 1 {
-            // Make room for the longer length: shift the body right.
-            let end = self.buf.len();
-            self.buf.resize(end + width - 1, 0);
-            self.buf.copy_within(at + 1..end, at + width);
+        if width != guess {
+            // Make the room the length takes: move the body.
+            if width > guess {
+                self.buf.resize(end + width - guess, 0);
+            }
+            self.buf.copy_within(at + guess..end, at + width);
+            self.buf.truncate(at + width + len);
         }
         let mut prefix = [0u8; 10];
         let mut slice = &mut prefix[..];
@@ -257,7 +273,10 @@ impl Writer {
         self.attributes(9, &s.attributes);
         self.varint(10, u64::from(s.dropped_attributes_count));
         for e in s.events.iter() {
-            self.message(11, |w| {
+            // A journey event's eleven attributes take ~350 bytes; an API event's one to
+            // three, under 128.
+            let guess = if e.attributes.len() > 3 { 2 } else { 1 };
+            self.message_sized(11, guess, |w| {
                 w.fixed64(1, nanos(e.timestamp));
                 w.string(2, &e.name);
                 w.attributes(3, &e.attributes);
@@ -528,6 +547,25 @@ mod tests {
         // Small requests too (a one-byte length).
         let start = export_request_into(&mut buf, &batch[..0], &resource, Framing::None);
         assert_eq!(&buf[start..], export_request(&[], &resource).as_slice());
+    }
+
+    #[test]
+    fn a_length_guessed_wrong_either_way_is_still_written_canonically() {
+        for len in [0, 1, 127, 128, 300, 16_383, 16_384, 70_000] {
+            for guess in 1..=3 {
+                let mut w = Writer {
+                    buf: vec![0xEE], // something before the field
+                };
+                w.message_sized(9, guess, |w| w.raw(&vec![7; len]));
+                w.raw(&[0xFF]); // and after it
+                let mut expected = vec![0xEE];
+                encode_key(9, WireType::LengthDelimited, &mut expected);
+                encode_varint(len as u64, &mut expected);
+                expected.extend(std::iter::repeat_n(7, len));
+                expected.push(0xFF);
+                assert!(w.buf == expected, "length {len}, guess {guess}");
+            }
+        }
     }
 
     #[test]

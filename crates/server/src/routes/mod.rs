@@ -38,12 +38,12 @@ where
     let journey = Journey::arrived(&state, request.headers(), id.clone(), arrival, operation);
     let log = journey.log();
     let response = match respond(state, request, journey, arrival)
-        .instrument(log.for_future())
+        .instrument(log.for_future(&id))
         .await
     {
         Ok(response) => response,
         // The failure's log line carries the request's ids.
-        Err(e) => log.span().in_scope(|| e.into_response()),
+        Err(e) => log.span(&id).in_scope(|| e.into_response()),
     };
     with_request_id(response, &id)
 }
