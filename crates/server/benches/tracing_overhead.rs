@@ -290,28 +290,31 @@ async fn run_once(n: usize, mode: Mode, target: (&str, &str), workload: Workload
     let wall = t0.elapsed().as_secs_f64();
     let cpu = cpu_seconds() - cpu0;
     assert_eq!(ok, n, "every request succeeds");
-    let spans = match &telemetry {
+    let stats = match &telemetry {
         Some(t) => {
             let t = t.clone();
             tokio::task::spawn_blocking(move || {
                 t.shutdown();
-                t.stats().exported
+                t.stats()
             })
             .await
             .expect("flush")
         }
-        None => 0,
+        None => wayfinder_trace::ExportStats::default(),
     };
+    let spans = stats.exported;
     let engine = state.engine().clone();
     tokio::task::spawn_blocking(move || engine.shutdown())
         .await
         .expect("engine shutdown");
     if mode.rate == Some(1.0) && spans < 2 * n as u64 {
         eprintln!(
-            "warning: {} of {} spans dropped in mode {}: its CPU per request is not comparable",
+            "warning: {} of {} spans not exported in mode {} ({} lost to failed exports, the \
+             rest dropped at a full queue): its CPU per request is not comparable",
             2 * n as u64 - spans,
             2 * n,
-            mode.name
+            mode.name,
+            stats.failed,
         );
     }
     Run {

@@ -357,6 +357,21 @@ pub(crate) fn otlp_headers(
     Ok(headers)
 }
 
+/// `map` with the OTLP headers `otlp` ([`otlp_headers`]) added.
+pub(crate) fn with_otlp_headers(
+    mut map: http::HeaderMap,
+    otlp: &[(String, String)],
+) -> Result<http::HeaderMap, String> {
+    for (k, v) in otlp {
+        let name = http::HeaderName::from_bytes(k.as_bytes())
+            .map_err(|e| format!("OTLP header name {k:?}: {e}"))?;
+        let value =
+            http::HeaderValue::from_str(v).map_err(|e| format!("OTLP header {k:?}: {e}"))?;
+        map.insert(name, value);
+    }
+    Ok(map)
+}
+
 fn nanos(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64)

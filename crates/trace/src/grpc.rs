@@ -15,7 +15,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, TE};
+use http::header::{CONTENT_TYPE, HeaderMap, HeaderValue, TE};
 use http_body_util::{BodyExt, Full};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
@@ -25,7 +25,9 @@ use tonic::codegen::Service;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::buffers::BufferPool;
-use crate::encode::{EncodedResource, Framing, export_request_into, otlp_headers};
+use crate::encode::{
+    EncodedResource, Framing, export_request_into, otlp_headers, with_otlp_headers,
+};
 
 /// The exporter; see the module docs.
 #[derive(Debug)]
@@ -71,13 +73,7 @@ fn request_headers(otlp: &[(String, String)]) -> Result<HeaderMap, String> {
     let mut map = HeaderMap::new();
     map.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
     map.insert(TE, HeaderValue::from_static("trailers"));
-    for (k, v) in otlp {
-        let name = HeaderName::from_bytes(k.as_bytes())
-            .map_err(|e| format!("OTLP header name {k:?}: {e}"))?;
-        let value = HeaderValue::from_str(v).map_err(|e| format!("OTLP header {k:?}: {e}"))?;
-        map.insert(name, value);
-    }
-    Ok(map)
+    with_otlp_headers(map, otlp)
 }
 
 /// Sends one framed `ExportTraceServiceRequest` and reads the call's outcome: the

@@ -11,10 +11,12 @@ use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::trace::{SpanData, SpanExporter};
 use reqwest::blocking::Client;
-use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
 
 use crate::buffers::BufferPool;
-use crate::encode::{EncodedResource, Framing, export_request_into, otlp_headers};
+use crate::encode::{
+    EncodedResource, Framing, export_request_into, otlp_headers, with_otlp_headers,
+};
 
 /// The exporter; see the module docs.
 #[derive(Debug)]
@@ -37,12 +39,7 @@ impl HttpExporter {
             CONTENT_TYPE,
             HeaderValue::from_static("application/x-protobuf"),
         );
-        for (k, v) in otlp_headers(env)? {
-            let name = HeaderName::from_bytes(k.as_bytes())
-                .map_err(|e| format!("OTLP header name {k:?}: {e}"))?;
-            let value = HeaderValue::from_str(&v).map_err(|e| format!("OTLP header {k:?}: {e}"))?;
-            headers.insert(name, value);
-        }
+        let headers = with_otlp_headers(headers, &otlp_headers(env)?)?;
         // The blocking client owns a runtime, which must not be made (or dropped) inside
         // another: build it on a thread of its own, wherever `new` is called from.
         let client = std::thread::spawn(move || {

@@ -201,7 +201,11 @@ impl OtlpReceiver {
         let grpc_listener = TcpListener::bind("127.0.0.1:0").await?;
         let http_listener = TcpListener::bind("127.0.0.1:0").await?;
         let (grpc, http) = (grpc_listener.local_addr()?, http_listener.local_addr()?);
-        let incoming = tonic::transport::server::TcpIncoming::from(grpc_listener);
+        // TCP_NODELAY, as collectors set it: without it the answer's last frames can wait
+        // for the client's delayed ACK (tens of ms an export; the benchmark's span queue
+        // then overflows now and then).
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
         let router = if store.count_only {
             tonic::transport::Server::builder().add_service(CountingService {
                 count: store.count.clone(),
@@ -218,6 +222,9 @@ impl OtlpReceiver {
             // Batches of big spans run past axum's default 2 MB.
             .layer(axum::extract::DefaultBodyLimit::max(64 << 20))
             .with_state(store.clone());
+        let http_listener = axum::serve::ListenerExt::tap_io(http_listener, |stream| {
+            let _ = stream.set_nodelay(true);
+        });
         let http_task = tokio::spawn(async move {
             let _ = axum::serve(http_listener, app).await;
         });
