@@ -35,9 +35,9 @@ pub(crate) fn endpoint(path: &str) -> Option<(&'static str, &'static str)> {
 /// The `tracing` span that the log lines of a traced request sit in, so that they carry its
 /// request and trace ids (nothing for an untraced request).
 ///
-/// Entering a span on every poll of the request's future costs a traced request ~3 µs of
-/// CPU in a server logging at INFO (the tracing benchmark), where nothing inside the future
-/// logs: its own lines are DEBUG, and the one line above that, a failure, is written where
+/// Making the span and entering it on every poll of the request's future cost a traced
+/// request ~1 µs of CPU in a server logging at INFO (`perf` on the tracing benchmark: the
+/// subscriber's span bookkeeping), where nothing inside the future logs: its own lines are DEBUG, and the one line above that, a failure, is written where
 /// the handler's error becomes the response. So the future runs in the span only when a
 /// level below INFO is enabled ([`RequestLog::for_future`]), and a failure's line is written
 /// inside the span by the code that writes it ([`RequestLog::span`]).
