@@ -76,32 +76,68 @@ fn request_headers(otlp: &[(String, String)]) -> Result<HeaderMap, String> {
     with_otlp_headers(map, otlp)
 }
 
+/// Why an export call failed.
+#[derive(Debug)]
+enum CallError {
+    /// No answer: the connection could not be made or broke.
+    Transport(String),
+    /// The collector answered with an error.
+    Answer(Status),
+}
+
+impl From<Status> for CallError {
+    fn from(status: Status) -> Self {
+        Self::Answer(status)
+    }
+}
+
+/// `e` and its sources, as one line (tonic's transport error says only "transport error");
+/// a source whose text repeats or extends the previous one's is not said twice.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut line = e.to_string();
+    let mut last = line.clone();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if text.starts_with(&last) {
+            line.truncate(line.len() - last.len());
+            line.push_str(&text);
+        } else if !last.ends_with(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        last = text;
+        source = s.source();
+    }
+    line
+}
+
 /// Sends one framed `ExportTraceServiceRequest` and reads the call's outcome: the
 /// `grpc-status` of a trailers-only answer, else of the trailers after the body (the
 /// `ExportTraceServiceResponse`, whose partial-success details nothing reads).
-async fn unary(mut channel: Channel, headers: HeaderMap, body: Bytes) -> Result<(), Status> {
+async fn unary(mut channel: Channel, headers: HeaderMap, body: Bytes) -> Result<(), CallError> {
     let mut request = http::Request::new(tonic::body::Body::new(Full::new(body)));
     *request.method_mut() = http::Method::POST;
     *request.uri_mut() = http::Uri::from_static(EXPORT_PATH);
     *request.headers_mut() = headers;
     std::future::poll_fn(|cx| channel.poll_ready(cx))
         .await
-        .map_err(|e| Status::unavailable(e.to_string()))?;
+        .map_err(|e| CallError::Transport(chain(&e)))?;
     let response = channel
         .call(request)
         .await
-        .map_err(|e| Status::unavailable(e.to_string()))?;
+        .map_err(|e| CallError::Transport(chain(&e)))?;
     let (parts, body) = response.into_parts();
     if parts.status != http::StatusCode::OK {
-        return Err(Status::unknown(format!(
-            "the collector answered HTTP {}",
-            parts.status
-        )));
+        return Err(Status::unknown(format!("HTTP status {}", parts.status)).into());
     }
     let status = match Status::from_header_map(&parts.headers) {
         Some(status) => status,
         None => {
-            let collected = body.collect().await?;
+            let collected = body
+                .collect()
+                .await
+                .map_err(|e| CallError::Transport(e.to_string()))?;
             collected
                 .trailers()
                 .and_then(Status::from_header_map)
@@ -110,7 +146,7 @@ async fn unary(mut channel: Channel, headers: HeaderMap, body: Bytes) -> Result<
     };
     match status.code() {
         tonic::Code::Ok => Ok(()),
-        _ => Err(status),
+        _ => Err(status.into()),
     }
 }
 
@@ -129,10 +165,13 @@ impl SpanExporter for GrpcExporter {
             .await
         {
             Ok(Ok(Ok(()))) => Ok(()),
-            Ok(Ok(Err(status))) => Err(OTelSdkError::InternalFailure(format!(
+            Ok(Ok(Err(CallError::Answer(status)))) => Err(OTelSdkError::InternalFailure(format!(
                 "the collector answered {}: {}",
                 status.code(),
                 status.message()
+            ))),
+            Ok(Ok(Err(CallError::Transport(e)))) => Err(OTelSdkError::InternalFailure(format!(
+                "cannot reach the collector: {e}"
             ))),
             Ok(Err(_)) => Err(OTelSdkError::Timeout(timeout)),
             Err(e) => Err(OTelSdkError::InternalFailure(e.to_string())),
@@ -146,7 +185,37 @@ impl SpanExporter for GrpcExporter {
 
 #[cfg(test)]
 mod tests {
-    use super::request_headers;
+    use super::{chain, request_headers};
+
+    #[derive(Debug)]
+    struct Error(&'static str, Option<Box<Error>>);
+
+    impl std::fmt::Display for Error {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl std::error::Error for Error {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|e| e as _)
+        }
+    }
+
+    #[test]
+    fn an_error_chain_reads_as_one_line_without_repeats() {
+        let refused = Error("connection refused", None);
+        let connect = Error(
+            "tcp connect error: connection refused",
+            Some(Box::new(refused)),
+        );
+        let named = Error("tcp connect error", Some(Box::new(connect)));
+        let top = Error("transport error", Some(Box::new(named)));
+        assert_eq!(
+            chain(&top),
+            "transport error: tcp connect error: connection refused"
+        );
+    }
 
     #[test]
     fn otlp_headers_follow_the_grpc_headers() {
