@@ -188,3 +188,60 @@ impl<P: SpanProcessor> SpanProcessor for CountingProcessor<P> {
         self.inner.set_resource(resource);
     }
 }
+
+/// `e` and its sources, as one line (tonic's transport error says only "transport error",
+/// reqwest's only which URL failed);
+/// a source whose text repeats or extends the previous one's is not said twice.
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
+    let mut line = e.to_string();
+    let mut last = line.clone();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if text.starts_with(&last) {
+            line.truncate(line.len() - last.len());
+            line.push_str(&text);
+        } else if !last.ends_with(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        last = text;
+        source = s.source();
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::chain;
+
+    #[derive(Debug)]
+    struct Error(&'static str, Option<Box<Error>>);
+
+    impl std::fmt::Display for Error {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl std::error::Error for Error {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|e| e as _)
+        }
+    }
+
+    #[test]
+    fn an_error_chain_reads_as_one_line_without_repeats() {
+        let refused = Error("connection refused", None);
+        let connect = Error(
+            "tcp connect error: connection refused",
+            Some(Box::new(refused)),
+        );
+        let named = Error("tcp connect error", Some(Box::new(connect)));
+        let top = Error("transport error", Some(Box::new(named)));
+        assert_eq!(
+            chain(&top),
+            "transport error: tcp connect error: connection refused"
+        );
+    }
+}

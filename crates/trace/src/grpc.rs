@@ -28,6 +28,7 @@ use crate::buffers::BufferPool;
 use crate::encode::{
     EncodedResource, Framing, export_request_into, otlp_headers, with_otlp_headers,
 };
+use crate::export::chain;
 
 /// The exporter; see the module docs.
 #[derive(Debug)]
@@ -89,27 +90,6 @@ impl From<Status> for CallError {
     fn from(status: Status) -> Self {
         Self::Answer(status)
     }
-}
-
-/// `e` and its sources, as one line (tonic's transport error says only "transport error");
-/// a source whose text repeats or extends the previous one's is not said twice.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut line = e.to_string();
-    let mut last = line.clone();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if text.starts_with(&last) {
-            line.truncate(line.len() - last.len());
-            line.push_str(&text);
-        } else if !last.ends_with(&text) {
-            line.push_str(": ");
-            line.push_str(&text);
-        }
-        last = text;
-        source = s.source();
-    }
-    line
 }
 
 /// Sends one framed `ExportTraceServiceRequest` and reads the call's outcome: the
@@ -185,37 +165,7 @@ impl SpanExporter for GrpcExporter {
 
 #[cfg(test)]
 mod tests {
-    use super::{chain, request_headers};
-
-    #[derive(Debug)]
-    struct Error(&'static str, Option<Box<Error>>);
-
-    impl std::fmt::Display for Error {
-        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str(self.0)
-        }
-    }
-
-    impl std::error::Error for Error {
-        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-            self.1.as_deref().map(|e| e as _)
-        }
-    }
-
-    #[test]
-    fn an_error_chain_reads_as_one_line_without_repeats() {
-        let refused = Error("connection refused", None);
-        let connect = Error(
-            "tcp connect error: connection refused",
-            Some(Box::new(refused)),
-        );
-        let named = Error("tcp connect error", Some(Box::new(connect)));
-        let top = Error("transport error", Some(Box::new(named)));
-        assert_eq!(
-            chain(&top),
-            "transport error: tcp connect error: connection refused"
-        );
-    }
+    use super::request_headers;
 
     #[test]
     fn otlp_headers_follow_the_grpc_headers() {

@@ -17,6 +17,7 @@ use crate::buffers::BufferPool;
 use crate::encode::{
     EncodedResource, Framing, export_request_into, otlp_headers, with_otlp_headers,
 };
+use crate::export::chain;
 
 /// The exporter; see the module docs.
 #[derive(Debug)]
@@ -71,7 +72,9 @@ impl SpanExporter for HttpExporter {
             .post(&self.endpoint)
             .body(body)
             .send()
-            .map_err(|e| OTelSdkError::InternalFailure(e.to_string()))?;
+            .map_err(|e| {
+                OTelSdkError::InternalFailure(format!("cannot reach the collector: {}", chain(&e)))
+            })?;
         let status = response.status();
         if status.is_success() {
             Ok(())
