@@ -10,7 +10,7 @@ use axum::http::StatusCode;
 use serde_json::json;
 use tracing::Level;
 
-use common::Options;
+use common::{Options, Reply, TestServer};
 use journey_support::{CLIENT_SPAN, CLIENT_TRACE, Mode, chat, post_with, traced};
 
 #[tokio::test(flavor = "current_thread")]
@@ -19,19 +19,24 @@ async fn log_lines_of_a_traced_request_carry_its_trace_id() {
     at_info_a_failure_carries_it().await;
 }
 
+/// A chat request in the client's trace.
+async fn traced_chat(server: &TestServer, stream: bool) -> Reply {
+    let traceparent = format!("00-{CLIENT_TRACE}-{CLIENT_SPAN}-01");
+    server
+        .call(post_with(
+            "/v1/chat/completions",
+            &chat(&json!({"max_tokens": 2, "stream": stream})),
+            &[("traceparent", &traceparent)],
+        ))
+        .await
+}
+
 async fn at_debug_every_line_carries_it() {
     let logs = common::CapturedLogs::default();
     let _guard = tracing::subscriber::set_default(logs.subscriber());
     let server = traced(Mode::InProcess, Options::default()).await;
-    let traceparent = format!("00-{CLIENT_TRACE}-{CLIENT_SPAN}-01");
     for stream in [false, true] {
-        let reply = server
-            .call(post_with(
-                "/v1/chat/completions",
-                &chat(&json!({"max_tokens": 2, "stream": stream})),
-                &[("traceparent", &traceparent)],
-            ))
-            .await;
+        let reply = traced_chat(&server, stream).await;
         assert_eq!(reply.status, StatusCode::OK);
     }
     let text = logs.text();
@@ -60,18 +65,11 @@ async fn at_info_a_failure_carries_it() {
         },
     )
     .await;
-    let traceparent = format!("00-{CLIENT_TRACE}-{CLIENT_SPAN}-01");
     for (stream, status) in [
         (false, StatusCode::INTERNAL_SERVER_ERROR),
         (true, StatusCode::OK),
     ] {
-        let reply = server
-            .call(post_with(
-                "/v1/chat/completions",
-                &chat(&json!({"max_tokens": 2, "stream": stream})),
-                &[("traceparent", &traceparent)],
-            ))
-            .await;
+        let reply = traced_chat(&server, stream).await;
         assert_eq!(reply.status, status, "stream {stream}: {}", reply.text);
         server.wait_idle().await;
     }

@@ -196,23 +196,30 @@ async fn spans_a_collector_refuses_are_counted_as_failed() {
     assert_eq!(receiver.num_spans(), 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn full_export_batches_arrive_whole_over_grpc() {
-    // 600 request spans: a full export batch of 512 (~550 KiB of protobuf), then one of 88.
-    let receiver = OtlpReceiver::start().await.expect("receiver");
+/// A provider of its own exporting to `endpoint` over `protocol`, after `n` `llm_request`
+/// spans (ids `chatcmpl-0`, …) were made and ended through it.
+fn request_spans(endpoint: String, protocol: &str, n: usize) -> Telemetry {
     let telemetry = Telemetry::otlp(&TracingConfig {
-        endpoint: Some(receiver.grpc_endpoint()),
-        protocol: Some("grpc".to_owned()),
+        endpoint: Some(endpoint),
+        protocol: Some(protocol.to_owned()),
         ..TracingConfig::default()
     })
     .expect("an OTLP provider");
     let headers = axum::http::HeaderMap::new();
-    for i in 0..600 {
+    for i in 0..n {
         let mut span = telemetry
             .start_request(&headers, &format!("chatcmpl-{i}"), "chat")
             .expect("sampled");
         span.departed();
     }
+    telemetry
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_export_batches_arrive_whole_over_grpc() {
+    // 600 request spans: a full export batch of 512 (~550 KiB of protobuf), then one of 88.
+    let receiver = OtlpReceiver::start().await.expect("receiver");
+    let telemetry = request_spans(receiver.grpc_endpoint(), "grpc", 600);
     let t = telemetry.clone();
     tokio::task::spawn_blocking(move || t.force_flush())
         .await
@@ -243,20 +250,7 @@ async fn the_benchmarks_counting_receiver_counts_what_arrives() {
         ("grpc", receiver.grpc_endpoint()),
         ("http/protobuf", receiver.http_endpoint()),
     ] {
-        let telemetry = Telemetry::otlp(&TracingConfig {
-            endpoint: Some(endpoint),
-            protocol: Some(protocol.to_owned()),
-            ..TracingConfig::default()
-        })
-        .expect("an OTLP provider");
-        let headers = axum::http::HeaderMap::new();
-        for i in 0..700 {
-            let mut span = telemetry
-                .start_request(&headers, &format!("chatcmpl-{i}"), "chat")
-                .expect("sampled");
-            span.departed();
-        }
-        let t = telemetry.clone();
+        let t = request_spans(endpoint, protocol, 700);
         let stats = tokio::task::spawn_blocking(move || {
             t.shutdown();
             t.stats()
