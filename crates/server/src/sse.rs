@@ -72,8 +72,8 @@ pub(crate) fn respond(
                                 ));
                             }
                             Some(Err(e)) => {
-                                let log = generation.log().span(generation.id());
-                                log.in_scope(|| e.log());
+                                let failure = generation.log().span(generation.id());
+                                failure.in_scope(|| e.log());
                                 vec![error_event(&e), done()]
                             }
                             None => {
