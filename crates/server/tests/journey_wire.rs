@@ -13,7 +13,7 @@ use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use serde_json::json;
 use wayfinder_trace::names::{SPAN_CORE, SPAN_REQUEST, attr, scope};
 use wayfinder_trace::receiver::{OtlpReceiver, ReceivedSpan};
-use wayfinder_trace::{ProcessRole, Telemetry, TracingConfig};
+use wayfinder_trace::{ExportStats, ProcessRole, Telemetry, TracingConfig};
 
 use common::{MODEL, Options, TestServer};
 
@@ -152,13 +152,7 @@ async fn with_the_collector_unreachable_requests_succeed_and_drops_are_counted()
         for _ in 0..3 {
             traced_request(&server).await;
         }
-        let telemetry = server.telemetry.clone().expect("tracing on");
-        let stats = tokio::task::spawn_blocking(move || {
-            telemetry.shutdown();
-            telemetry.stats()
-        })
-        .await
-        .expect("shutdown");
+        let stats = shut_down(server.telemetry.clone().expect("tracing on")).await;
         assert_eq!(stats.ended, 6, "{protocol}: every span was ended");
         assert_eq!(stats.exported, 0, "{protocol}");
         assert_eq!(
@@ -179,13 +173,7 @@ async fn spans_a_collector_refuses_are_counted_as_failed() {
         let server = server_exporting_to(endpoint, protocol);
         traced_request(&server).await;
         traced_request(&server).await;
-        let telemetry = server.telemetry.clone().expect("tracing on");
-        let stats = tokio::task::spawn_blocking(move || {
-            telemetry.shutdown();
-            telemetry.stats()
-        })
-        .await
-        .expect("shutdown");
+        let stats = shut_down(server.telemetry.clone().expect("tracing on")).await;
         assert_eq!(stats.ended, 4, "{protocol}");
         assert_eq!(
             stats.exported, 0,
@@ -194,6 +182,16 @@ async fn spans_a_collector_refuses_are_counted_as_failed() {
         assert_eq!(stats.failed, 4, "{protocol}: refused spans are counted");
     }
     assert_eq!(receiver.num_spans(), 0);
+}
+
+/// Shuts `telemetry` down (flushing what is queued) and returns its span counts.
+async fn shut_down(telemetry: Telemetry) -> ExportStats {
+    tokio::task::spawn_blocking(move || {
+        telemetry.shutdown();
+        telemetry.stats()
+    })
+    .await
+    .expect("shutdown")
 }
 
 /// A provider of its own exporting to `endpoint` over `protocol`, after `n` `llm_request`
@@ -251,12 +249,7 @@ async fn the_benchmarks_counting_receiver_counts_what_arrives() {
         ("http/protobuf", receiver.http_endpoint()),
     ] {
         let t = request_spans(endpoint, protocol, 700);
-        let stats = tokio::task::spawn_blocking(move || {
-            t.shutdown();
-            t.stats()
-        })
-        .await
-        .expect("shutdown");
+        let stats = shut_down(t).await;
         expected += 700;
         assert_eq!((stats.exported, stats.failed), (700, 0), "{protocol}");
         assert_eq!(receiver.num_spans(), expected, "{protocol}");
