@@ -58,14 +58,13 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
         .prompt_len
         .max(DECODE_PROMPT + args.decode_tokens as usize)
         + 1;
-    let model = wayfinder_model::load(
+    let model = model_arg::load(
         &dir,
         &LoadOptions {
             dtype,
             max_model_len: Some(max_model_len),
         },
-    )
-    .with_context(|| format!("loading {}", dir.display()))?;
+    )?;
     let per_request = max_model_len.div_ceil(BLOCK_SIZE);
     let num_blocks =
         KvCacheSize::Blocks(per_request * max_conc.max(1)).num_blocks(&model.config, BLOCK_SIZE);
@@ -82,7 +81,7 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
                 num_blocks,
                 ..SchedulerConfig::default()
             },
-            eos_token_ids: model.eos_token_ids,
+            eos_token_ids: model.text.eos_token_ids,
             seed: Some(0),
         },
         Box::new(executor),

@@ -6,7 +6,8 @@ use std::ffi::OsString;
 
 use anyhow::Context;
 use wayfinder_core::{EngineConfig, EngineHandle, JourneyObserver, SchedulerConfig};
-use wayfinder_model::{KvCacheSize, LoadOptions, Model, ModelExecutor};
+use wayfinder_model::{KvCacheSize, LoadOptions, ModelExecutor};
+use wayfinder_text::ModelText;
 
 use crate::model_arg;
 
@@ -31,7 +32,7 @@ pub(crate) struct EngineArgs {
     #[arg(long, default_value_t = 16)]
     pub(crate) block_size: usize,
     /// KV cache size in bytes; accepts suffixes such as 512MiB, 2GiB, 1GB.
-    #[arg(long, default_value = "1GiB", value_parser = crate::serve::parse_bytes)]
+    #[arg(long, default_value = "1GiB", value_parser = crate::units::parse_bytes)]
     pub(crate) kv_cache_memory: u64,
     /// KV cache size in blocks (overrides --kv-cache-memory).
     #[arg(long)]
@@ -51,15 +52,6 @@ pub(crate) struct LocalEngine {
     pub(crate) dtype: &'static str,
 }
 
-/// The text side of the model (what the API layer needs).
-pub(crate) struct ModelText {
-    pub(crate) folder: std::path::PathBuf,
-    pub(crate) tokenizer: wayfinder_model::tokenizer::Tokenizer,
-    pub(crate) chat_template: wayfinder_model::chat_template::ChatTemplate,
-    pub(crate) generation: wayfinder_model::loader::GenerationDefaults,
-    pub(crate) eos_token_ids: Vec<u32>,
-}
-
 impl EngineArgs {
     /// The model folder these flags name (writing the demo model or a shape first if needed).
     pub(crate) fn folder(&self) -> anyhow::Result<std::path::PathBuf> {
@@ -74,14 +66,13 @@ impl EngineArgs {
         let dtype = model_arg::parse_dtype(&self.dtype)?;
         ModelExecutor::check_block_size(self.block_size).context("--block-size")?;
         let dir = self.folder()?;
-        let model: Model = wayfinder_model::load(
+        let model = model_arg::load(
             &dir,
             &LoadOptions {
                 dtype,
                 max_model_len: self.max_model_len,
             },
-        )
-        .with_context(|| format!("loading {}", dir.display()))?;
+        )?;
         let size = match self.num_kv_blocks {
             Some(n) => KvCacheSize::Blocks(n),
             None => KvCacheSize::Bytes(self.kv_cache_memory),
@@ -125,7 +116,7 @@ impl EngineArgs {
                     num_blocks,
                     ..SchedulerConfig::default()
                 },
-                eos_token_ids: model.eos_token_ids.clone(),
+                eos_token_ids: model.text.eos_token_ids.clone(),
                 seed: None,
             },
             Box::new(executor),
@@ -133,13 +124,7 @@ impl EngineArgs {
         )?;
         Ok(LocalEngine {
             handle,
-            model: ModelText {
-                folder: dir,
-                tokenizer: model.tokenizer,
-                chat_template: model.chat_template,
-                generation: model.generation,
-                eos_token_ids: model.eos_token_ids,
-            },
+            model: model.text,
             max_model_len,
             num_blocks,
             kv_bytes,
@@ -150,15 +135,7 @@ impl EngineArgs {
     /// Only the text side of the model, for an API process whose engine runs elsewhere.
     pub(crate) fn load_text(&self) -> anyhow::Result<ModelText> {
         let dir = self.folder()?;
-        let text = wayfinder_model::load_text(&dir)
-            .with_context(|| format!("loading {}", dir.display()))?;
-        Ok(ModelText {
-            folder: dir,
-            tokenizer: text.tokenizer,
-            chat_template: text.chat_template,
-            generation: text.generation,
-            eos_token_ids: text.eos_token_ids,
-        })
+        ModelText::load(&dir).with_context(|| format!("loading {}", dir.display()))
     }
 
     /// These flags as arguments, to hand to an `engine-core` child.

@@ -8,6 +8,10 @@
 //! - `wayfinder make-model --shape NAME --out DIR`: a random-weight model of a published shape.
 //! - `wayfinder bench throughput`: the engine alone (no HTTP) on a real model.
 //! - `wayfinder bench serve`: load any OpenAI-compatible server; latency percentiles.
+//!
+//! Beside the commands: `engine_args.rs` (the engine's flags and starting it), `model_arg.rs`
+//! (resolving and loading `MODEL`, with the weights' progress bar), `tracing_args.rs` (journey
+//! tracing's flags), `units.rs` (sizes and seconds as flag values).
 
 mod bench_serve;
 mod bench_throughput;
@@ -16,6 +20,7 @@ mod engine_core;
 mod model_arg;
 mod serve;
 mod tracing_args;
+mod units;
 
 use std::path::PathBuf;
 

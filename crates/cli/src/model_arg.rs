@@ -1,12 +1,14 @@
 //! Resolving a `MODEL` argument: a Hugging Face folder, `demo`, or a published shape name
-//! (generated into the cache on first use).
+//! (generated into the cache on first use); and loading it, with a progress bar on a terminal.
 
-use std::path::PathBuf;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use wayfinder_model::Dtype;
-use wayfinder_model::demo::{DEMO_NAME, cache_root, ensure_demo};
+use indicatif::{ProgressBar, ProgressStyle};
+use wayfinder_model::synth::demo::{DEMO_NAME, cache_root, ensure_demo};
 use wayfinder_model::synth::{published_shape, write_model};
+use wayfinder_model::{Dtype, LoadOptions, LoadProgress, Model};
 
 /// Parses `--dtype`: `auto` is `None`.
 pub(crate) fn parse_dtype(s: &str) -> anyhow::Result<Option<Dtype>> {
@@ -41,4 +43,22 @@ pub(crate) fn resolve(model: &str, dtype: Option<Dtype>) -> anyhow::Result<PathB
         return Ok(dir);
     }
     anyhow::bail!("{model:?} is neither a model folder, `demo`, nor a known shape")
+}
+
+/// Loads the model in `dir`, drawing the weights' progress on stderr when it is a terminal.
+pub(crate) fn load(dir: &Path, options: &LoadOptions) -> anyhow::Result<Model> {
+    let bar = if std::io::stderr().is_terminal() {
+        ProgressBar::new(0).with_style(
+            ProgressStyle::with_template("loading weights {bar:40} {pos}/{len} tensors")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        )
+    } else {
+        ProgressBar::hidden()
+    };
+    let model = wayfinder_model::load_with_progress(dir, options, &|p: LoadProgress| {
+        bar.set_length(p.total as u64);
+        bar.set_position(p.loaded as u64);
+    });
+    bar.finish_and_clear();
+    model.with_context(|| format!("loading {}", dir.display()))
 }

@@ -12,9 +12,10 @@ use tokio::net::TcpListener;
 use wayfinder_core::{EngineHandle, SamplingParams};
 use wayfinder_ipc::{EngineAddr, RemoteConfig, SpawnSpec};
 use wayfinder_server::{AppState, Limits, ServerParts};
+use wayfinder_text::{GenerationDefaults, ModelText};
 use wayfinder_trace::{CoreObserver, ProcessRole, Telemetry};
 
-use crate::engine_args::{EngineArgs, ModelText};
+use crate::engine_args::EngineArgs;
 
 /// Options of `serve`; names follow vLLM's where vLLM has them.
 #[derive(Debug, clap::Args)]
@@ -42,7 +43,7 @@ pub(crate) struct Args {
     shutdown_timeout: f64,
     /// Seconds one generation request may take from arrival to its last token; a request
     /// past it is aborted with 504 (`timeout_error`). Unset: no limit.
-    #[arg(long, value_parser = positive_seconds)]
+    #[arg(long, value_parser = crate::units::positive_seconds)]
     request_timeout: Option<f64>,
     /// Run the engine core in a child process (`wayfinder engine-core`) reached over a local
     /// socket; it is restarted with backoff if it dies.
@@ -211,34 +212,8 @@ pub(crate) async fn shutdown_signal() {
     }
 }
 
-/// Parses a byte count with an optional unit: B, KB/MB/GB (powers of 1000), KiB/MiB/GiB
-/// (powers of 1024); K/M/G alone are binary.
-pub(crate) fn parse_bytes(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let (number, unit) = s.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("{s:?} is not a size such as 1GiB or 512MiB"))?;
-    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "kb" => 1_000,
-        "mb" => 1_000_000,
-        "gb" => 1_000_000_000,
-        "tb" => 1_000_000_000_000,
-        "k" | "kib" => 1 << 10,
-        "m" | "mib" => 1 << 20,
-        "g" | "gib" => 1 << 30,
-        "t" | "tib" => 1 << 40,
-        other => return Err(format!("unknown size unit {other:?} in {s:?}")),
-    };
-    Ok((value * scale as f64) as u64)
-}
-
 /// OpenAI's sampling defaults, overridden by the model's `generation_config.json`.
-fn sampling_defaults(g: &wayfinder_model::loader::GenerationDefaults) -> SamplingParams {
+fn sampling_defaults(g: &GenerationDefaults) -> SamplingParams {
     let base = SamplingParams::default();
     SamplingParams {
         temperature: g.temperature.unwrap_or(base.temperature),
@@ -246,38 +221,5 @@ fn sampling_defaults(g: &wayfinder_model::loader::GenerationDefaults) -> Samplin
         top_k: g.top_k.unwrap_or(base.top_k),
         repetition_penalty: g.repetition_penalty.unwrap_or(base.repetition_penalty),
         ..base
-    }
-}
-
-/// A number of seconds above 0.
-fn positive_seconds(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(v) if v > 0.0 && v.is_finite() => Ok(v),
-        _ => Err(format!("{s:?} is not a positive number of seconds")),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{parse_bytes, positive_seconds};
-
-    #[test]
-    fn request_timeouts_are_positive_seconds() {
-        assert_eq!(positive_seconds("2.5"), Ok(2.5));
-        for bad in ["0", "-1", "inf", "NaN", "soon"] {
-            assert!(positive_seconds(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn sizes_with_units() {
-        assert_eq!(parse_bytes("1GiB"), Ok(1 << 30));
-        assert_eq!(parse_bytes("512MiB"), Ok(512 << 20));
-        assert_eq!(parse_bytes("2G"), Ok(2 << 30));
-        assert_eq!(parse_bytes("1GB"), Ok(1_000_000_000));
-        assert_eq!(parse_bytes("1.5KiB"), Ok(1536));
-        assert_eq!(parse_bytes("1234"), Ok(1234));
-        assert!(parse_bytes("lots").is_err());
-        assert!(parse_bytes("3 parsecs").is_err());
     }
 }

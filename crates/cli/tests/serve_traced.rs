@@ -9,7 +9,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use serde_json::json;
-use wayfinder_trace::receiver::OtlpReceiver;
+use wayfinder_testkit::OtlpReceiver;
 
 const CLIENT_TRACE: &str = "5b8efff798038103d269b633813fc60c";
 const CLIENT_SPAN: &str = "eee19b7ec3c1b174";

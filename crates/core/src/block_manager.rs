@@ -45,6 +45,45 @@ pub enum BlockError {
     NotAllocated(SeqId),
 }
 
+/// A broken invariant (1 or 2 of the module docs), found by
+/// [`BlockManager::check_invariants`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvariantViolation {
+    /// A block id past the pool.
+    #[error("block {0} out of range")]
+    OutOfRange(BlockId),
+    /// A block on the free list and in a table, or twice in either.
+    #[error("block {block} owned twice ({first} and {second})")]
+    OwnedTwice {
+        /// The block.
+        block: BlockId,
+        /// Where it was found first: `free list` or `a table`.
+        first: &'static str,
+        /// Where it was found again.
+        second: &'static str,
+    },
+    /// A table whose block count does not fit its token count.
+    #[error("{seq:?} holds {tokens} tokens in {blocks} blocks")]
+    TableSize {
+        /// The sequence.
+        seq: SeqId,
+        /// Its tokens.
+        tokens: usize,
+        /// Its blocks.
+        blocks: usize,
+    },
+    /// Free and used blocks do not add up to the pool.
+    #[error("free {free} + used {used} != total {total}")]
+    Miscount {
+        /// Blocks on the free list.
+        free: usize,
+        /// Blocks in tables.
+        used: usize,
+        /// Blocks in the pool.
+        total: usize,
+    },
+}
+
 #[derive(Debug, Default)]
 struct BlockTable {
     blocks: Vec<BlockId>,
@@ -181,14 +220,18 @@ impl BlockManager {
     }
 
     /// Checks invariants 1 and 2 of the module docs; O(num_blocks).
-    pub fn check_invariants(&self) -> Result<(), String> {
-        let mut owner: Vec<Option<&str>> = vec![None; self.num_blocks];
-        let mut claim = |b: BlockId, who: &'static str| -> Result<(), String> {
+    pub fn check_invariants(&self) -> Result<(), InvariantViolation> {
+        let mut owner: Vec<Option<&'static str>> = vec![None; self.num_blocks];
+        let mut claim = |b: BlockId, who: &'static str| -> Result<(), InvariantViolation> {
             let slot = owner
                 .get_mut(b as usize)
-                .ok_or_else(|| format!("block {b} out of range"))?;
-            if let Some(prev) = slot {
-                return Err(format!("block {b} owned twice ({prev} and {who})"));
+                .ok_or(InvariantViolation::OutOfRange(b))?;
+            if let Some(first) = *slot {
+                return Err(InvariantViolation::OwnedTwice {
+                    block: b,
+                    first,
+                    second: who,
+                });
             }
             *slot = Some(who);
             Ok(())
@@ -199,11 +242,11 @@ impl BlockManager {
         let mut used = 0;
         for (seq, table) in &self.tables {
             if table.blocks.len() != self.blocks_for(table.num_tokens) {
-                return Err(format!(
-                    "{seq:?} holds {} tokens in {} blocks",
-                    table.num_tokens,
-                    table.blocks.len()
-                ));
+                return Err(InvariantViolation::TableSize {
+                    seq: *seq,
+                    tokens: table.num_tokens,
+                    blocks: table.blocks.len(),
+                });
             }
             used += table.blocks.len();
             for &b in &table.blocks {
@@ -211,11 +254,11 @@ impl BlockManager {
             }
         }
         if used + self.free.len() != self.num_blocks {
-            return Err(format!(
-                "free {} + used {used} != total {}",
-                self.free.len(),
-                self.num_blocks
-            ));
+            return Err(InvariantViolation::Miscount {
+                free: self.free.len(),
+                used,
+                total: self.num_blocks,
+            });
         }
         Ok(())
     }

@@ -16,10 +16,10 @@ use std::sync::mpsc::{Receiver, TryRecvError};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::{mpsc as async_mpsc, oneshot};
 
 use crate::clock::monotonic_now;
 use crate::executor::{Batch, Executor, ExecutorError, Logits};
-use crate::handle::{Command, EngineStats};
 use crate::journey::{
     JourneyEvent, JourneyEventKind, JourneyFields, JourneyObserver, StepDetail, StepReport,
     StepRequest,
@@ -30,7 +30,60 @@ use crate::sampling::Sampler;
 use crate::scheduler::{AddOutcome, Scheduler, SchedulerConfig, SchedulerOutput};
 use crate::sequence::{FinishStatus, Phase, RequestTimestamps, SeqId, Sequence};
 
-pub use crate::handle::{EngineCommand, EngineError, EngineHandle, RequestStream};
+use crate::scheduler::ConfigError;
+
+/// Why the engine could not take a call.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EngineError {
+    /// The configuration is unusable.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The engine thread has stopped (shut down, or died).
+    #[error("the engine is not running")]
+    NotRunning,
+    /// The engine thread could not be started.
+    #[error("could not start the engine thread: {0}")]
+    Spawn(String),
+}
+
+/// A snapshot of the engine's load, taken on the engine thread between steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct EngineStats {
+    /// Requests in the running set.
+    pub num_running: usize,
+    /// Requests waiting or preempted.
+    pub num_waiting: usize,
+    /// KV blocks in the pool.
+    pub num_total_blocks: usize,
+    /// KV blocks free.
+    pub num_free_blocks: usize,
+    /// Scheduler steps begun.
+    pub num_steps: u64,
+}
+
+/// What an [`EngineHandle`] asks of its engine.
+#[derive(Debug)]
+pub enum EngineCommand {
+    /// Run a request; send its outputs (tokens, then one `Finished`) on `tx`. Dropping `tx`
+    /// without a `Finished` tells the caller the engine went away.
+    Add {
+        /// The engine-wide id the handle gave it.
+        seq: SeqId,
+        /// The request.
+        request: Box<EngineRequest>,
+        /// Its output channel.
+        tx: async_mpsc::UnboundedSender<RequestOutput>,
+    },
+    /// Abort a request by engine id (its stream was dropped).
+    Abort(SeqId),
+    /// Abort a request by client id.
+    AbortById(String),
+    /// Reply with the engine's load.
+    Stats(oneshot::Sender<EngineStats>),
+    /// Stop.
+    Shutdown,
+}
 
 /// Everything the engine needs besides its executor and observer.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -95,7 +148,7 @@ impl EngineLoop {
     }
 
     /// Runs until shutdown or until every handle and stream is gone.
-    pub(crate) fn run(mut self, commands: &Receiver<Command>) {
+    pub(crate) fn run(mut self, commands: &Receiver<EngineCommand>) {
         loop {
             let command = if self.scheduler.has_work() {
                 match commands.try_recv() {
@@ -121,20 +174,20 @@ impl EngineLoop {
         self.abort_all();
     }
 
-    fn handle(&mut self, command: Command) -> Flow {
+    fn handle(&mut self, command: EngineCommand) -> Flow {
         match command {
-            Command::Add { seq, request, tx } => self.add(seq, *request, tx),
-            Command::Abort(seq) => self.finish(seq, FinishStatus::Aborted, None),
-            Command::AbortById(id) => {
+            EngineCommand::Add { seq, request, tx } => self.add(seq, *request, tx),
+            EngineCommand::Abort(seq) => self.finish(seq, FinishStatus::Aborted, None),
+            EngineCommand::AbortById(id) => {
                 if let Some(&seq) = self.ids.get(&id) {
                     self.finish(seq, FinishStatus::Aborted, None);
                 }
             }
-            Command::Stats(reply) => {
+            EngineCommand::Stats(reply) => {
                 // The caller may have given up waiting; nothing to do then.
                 let _ = reply.send(self.stats());
             }
-            Command::Shutdown => return Flow::Stop,
+            EngineCommand::Shutdown => return Flow::Stop,
         }
         Flow::Continue
     }
@@ -237,11 +290,11 @@ impl EngineLoop {
             if logits.num_rows() == rows && logits.vocab_size() == self.executor.vocab_size() {
                 Ok(logits)
             } else {
-                Err(ExecutorError(format!(
-                    "returned {} logits rows of {} for {rows} requests",
-                    logits.num_rows(),
-                    logits.vocab_size()
-                )))
+                Err(ExecutorError::WrongLogits {
+                    rows: logits.num_rows(),
+                    vocab: logits.vocab_size(),
+                    expected: rows,
+                })
             }
         });
         match result {

@@ -138,8 +138,25 @@ impl Logits {
 
 /// A failed forward pass. The engine ends the step's requests with status `error`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("executor failed: {0}")]
-pub struct ExecutorError(pub String);
+pub enum ExecutorError {
+    /// The batch refers to what the executor does not have: a block size, KV slot, block or
+    /// position out of its range.
+    #[error("executor failed: {0}")]
+    InvalidBatch(String),
+    /// The executor returned another number of logits rows than the batch asks for.
+    #[error("executor failed: returned {rows} logits rows of {vocab} for {expected} requests")]
+    WrongLogits {
+        /// Rows returned.
+        rows: usize,
+        /// Their width.
+        vocab: usize,
+        /// Rows the batch needs.
+        expected: usize,
+    },
+    /// The computation itself failed.
+    #[error("executor failed: {0}")]
+    Failed(String),
+}
 
 /// Runs the model.
 pub trait Executor: Send {

@@ -14,72 +14,16 @@ use std::thread::JoinHandle;
 
 use tokio::sync::{mpsc as async_mpsc, oneshot};
 
-use crate::engine::{EngineConfig, EngineLoop};
+use crate::engine::{EngineCommand, EngineConfig, EngineError, EngineLoop, EngineStats};
 use crate::executor::Executor;
 use crate::journey::JourneyObserver;
 use crate::output::RequestOutput;
 use crate::request::EngineRequest;
-use crate::scheduler::ConfigError;
 use crate::sequence::SeqId;
-
-/// Why the engine could not take a call.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum EngineError {
-    /// The configuration is unusable.
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    /// The engine thread has stopped (shut down, or died).
-    #[error("the engine is not running")]
-    NotRunning,
-    /// The engine thread could not be started.
-    #[error("could not start the engine thread: {0}")]
-    Spawn(String),
-}
-
-/// A snapshot of the engine's load, taken on the engine thread between steps.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
-pub struct EngineStats {
-    /// Requests in the running set.
-    pub num_running: usize,
-    /// Requests waiting or preempted.
-    pub num_waiting: usize,
-    /// KV blocks in the pool.
-    pub num_total_blocks: usize,
-    /// KV blocks free.
-    pub num_free_blocks: usize,
-    /// Scheduler steps begun.
-    pub num_steps: u64,
-}
-
-/// What an [`EngineHandle`] asks of its engine.
-#[derive(Debug)]
-pub enum EngineCommand {
-    /// Run a request; send its outputs (tokens, then one `Finished`) on `tx`. Dropping `tx`
-    /// without a `Finished` tells the caller the engine went away.
-    Add {
-        /// The engine-wide id the handle gave it.
-        seq: SeqId,
-        /// The request.
-        request: Box<EngineRequest>,
-        /// Its output channel.
-        tx: async_mpsc::UnboundedSender<RequestOutput>,
-    },
-    /// Abort a request by engine id (its stream was dropped).
-    Abort(SeqId),
-    /// Abort a request by client id.
-    AbortById(String),
-    /// Reply with the engine's load.
-    Stats(oneshot::Sender<EngineStats>),
-    /// Stop.
-    Shutdown,
-}
-
-pub(crate) type Command = EngineCommand;
 
 #[derive(Debug)]
 struct Shared {
-    commands: Sender<Command>,
+    commands: Sender<EngineCommand>,
     next_seq: AtomicU64,
     thread: Mutex<Option<JoinHandle<()>>>,
     /// Set by a worker that can lose its engine and get it back (a remote engine).
@@ -142,7 +86,7 @@ impl EngineHandle {
     pub fn add_request(&self, request: EngineRequest) -> Result<RequestStream, EngineError> {
         let seq = SeqId(self.shared.next_seq.fetch_add(1, Ordering::Relaxed));
         let (tx, rx) = async_mpsc::unbounded_channel();
-        self.send(Command::Add {
+        self.send(EngineCommand::Add {
             seq,
             request: Box::new(request),
             tx,
@@ -157,20 +101,20 @@ impl EngineHandle {
 
     /// Aborts the live request with this client id, if any; it ends with status `aborted`.
     pub fn abort(&self, request_id: &str) -> Result<(), EngineError> {
-        self.send(Command::AbortById(request_id.to_owned()))
+        self.send(EngineCommand::AbortById(request_id.to_owned()))
     }
 
     /// The engine's load, after every command sent before this call has been handled.
     pub async fn stats(&self) -> Result<EngineStats, EngineError> {
         let (tx, rx) = oneshot::channel();
-        self.send(Command::Stats(tx))?;
+        self.send(EngineCommand::Stats(tx))?;
         rx.await.map_err(|_| EngineError::NotRunning)
     }
 
     /// [`EngineHandle::stats`] for synchronous callers (not from inside an async runtime).
     pub fn stats_blocking(&self) -> Result<EngineStats, EngineError> {
         let (tx, rx) = oneshot::channel();
-        self.send(Command::Stats(tx))?;
+        self.send(EngineCommand::Stats(tx))?;
         rx.blocking_recv().map_err(|_| EngineError::NotRunning)
     }
 
@@ -191,7 +135,7 @@ impl EngineHandle {
     /// it has; call it from a blocking context. Later calls return at once.
     pub fn shutdown(&self) {
         // A send error means the thread is already gone; joining below still reaps it.
-        let _ = self.shared.commands.send(Command::Shutdown);
+        let _ = self.shared.commands.send(EngineCommand::Shutdown);
         let thread = self
             .shared
             .thread
@@ -205,7 +149,7 @@ impl EngineHandle {
         }
     }
 
-    fn send(&self, command: Command) -> Result<(), EngineError> {
+    fn send(&self, command: EngineCommand) -> Result<(), EngineError> {
         self.shared
             .commands
             .send(command)
@@ -219,7 +163,7 @@ impl EngineHandle {
 pub struct RequestStream {
     seq: SeqId,
     rx: async_mpsc::UnboundedReceiver<RequestOutput>,
-    commands: Sender<Command>,
+    commands: Sender<EngineCommand>,
     done: bool,
 }
 
@@ -249,7 +193,7 @@ impl Drop for RequestStream {
     fn drop(&mut self) {
         if !self.done {
             // If the engine is gone there is nothing left to free.
-            let _ = self.commands.send(Command::Abort(self.seq));
+            let _ = self.commands.send(EngineCommand::Abort(self.seq));
         }
     }
 }

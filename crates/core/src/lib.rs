@@ -12,8 +12,9 @@
 //!   preemption by recompute, FCFS and priority policies. Pure and synchronous.
 //! - [`executor`]: the [`Executor`] trait and the flattened [`Batch`] it runs.
 //! - [`sampling`]: next-token choice, shared by every executor.
-//! - [`engine`]: the loop on its own OS thread; [`EngineHandle`] and [`RequestStream`] are the
-//!   way in and out.
+//! - [`engine`]: the loop on its own OS thread and the [`EngineCommand`]s it serves (the
+//!   command enum lives with the loop that answers it); `handle.rs`: [`EngineHandle`] and
+//!   [`RequestStream`], the way in and out, which only send commands.
 //! - [`journey`]: the observer hooks that the tracing crate turns into `llm_core` spans.
 //! - [`clock`]: the monotonic clock every timestamp uses.
 //! - `testing` (feature `testing`): a deterministic executor and a recording observer.
@@ -39,9 +40,9 @@ pub mod sequence;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use engine::{EngineCommand, EngineConfig, EngineError, EngineHandle, RequestStream};
+pub use engine::{EngineCommand, EngineConfig, EngineError, EngineStats};
 pub use executor::{Batch, BatchSeq, Executor, ExecutorError, Logits};
-pub use handle::EngineStats;
+pub use handle::{EngineHandle, RequestStream};
 pub use journey::{
     JourneyEvent, JourneyEventKind, JourneyFields, JourneyObserver, StepDetail, StepReport,
     StepRequest,

@@ -121,7 +121,7 @@ impl Executor for TestExecutor {
             std::thread::sleep(self.config.step_delay);
         }
         if self.config.fail_on_steps.contains(&self.steps) {
-            return Err(ExecutorError(format!(
+            return Err(ExecutorError::Failed(format!(
                 "scripted failure at step {}",
                 self.steps
             )));
@@ -130,7 +130,7 @@ impl Executor for TestExecutor {
             let cell = self
                 .slots
                 .get_mut(slot as usize)
-                .ok_or_else(|| ExecutorError(format!("slot {slot} out of range")))?;
+                .ok_or_else(|| ExecutorError::InvalidBatch(format!("slot {slot} out of range")))?;
             *cell = batch.token_ids[i];
         }
         let mut data = Vec::with_capacity(batch.num_logits_rows() * self.config.vocab_size);
@@ -141,7 +141,7 @@ impl Executor for TestExecutor {
                 .map(|pos| {
                     let slot = table[pos / bs] as usize * bs + pos % bs;
                     match self.slots[slot] {
-                        EMPTY => Err(ExecutorError(format!(
+                        EMPTY => Err(ExecutorError::InvalidBatch(format!(
                             "{:?} reads unwritten slot {slot}",
                             seq.seq_id
                         ))),

@@ -8,6 +8,17 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 
+/// Why a string is not an engine address.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AddrError {
+    /// `unix:` without a path.
+    #[error("`unix:` needs a socket path")]
+    EmptyUnixPath,
+    /// Neither `unix:PATH` nor `HOST:PORT`.
+    #[error("{0:?} is not an engine address: use HOST:PORT or unix:/path/to.sock")]
+    Invalid(String),
+}
+
 /// An engine core's address.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EngineAddr {
@@ -19,10 +30,10 @@ pub enum EngineAddr {
 
 impl EngineAddr {
     /// Parses `unix:PATH` or `HOST:PORT`.
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, AddrError> {
         if let Some(path) = s.strip_prefix("unix:") {
             if path.is_empty() {
-                return Err("`unix:` needs a socket path".into());
+                return Err(AddrError::EmptyUnixPath);
             }
             return Ok(Self::Unix(PathBuf::from(path)));
         }
@@ -30,9 +41,7 @@ impl EngineAddr {
             Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
                 Ok(Self::Tcp(s.to_owned()))
             }
-            _ => Err(format!(
-                "{s:?} is not an engine address: use HOST:PORT or unix:/path/to.sock"
-            )),
+            _ => Err(AddrError::Invalid(s.to_owned())),
         }
     }
 

@@ -26,7 +26,7 @@ use wayfinder_core::{EngineCommand, EngineHandle, EngineStats, RequestOutput};
 
 use crate::addr::{EngineAddr, Stream};
 use crate::protocol::{
-    EngineInfo, FromEngine, PROTOCOL_VERSION, Reader, ToEngine, WireRequest, Writer,
+    EngineInfo, FrameError, FromEngine, PROTOCOL_VERSION, Reader, ToEngine, WireRequest, Writer,
 };
 
 /// How to start the engine-core process.
@@ -101,7 +101,55 @@ pub struct ConnectError {
     /// Where.
     pub addr: String,
     /// Why.
-    pub reason: String,
+    #[source]
+    pub reason: LinkError,
+}
+
+/// Why the engine link could not reach the engine core: at start (inside [`ConnectError`]),
+/// or when restarting it (logged, then retried).
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// The link's worker thread could not be started.
+    #[error(transparent)]
+    Worker(#[from] wayfinder_core::EngineError),
+    /// The link's runtime could not be started.
+    #[error("cannot start the engine link's runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+    /// The thread that forwards the handle's commands could not be started.
+    #[error("cannot start the engine link: {0}")]
+    Bridge(#[source] std::io::Error),
+    /// The link stopped before its first connection.
+    #[error("the engine link stopped before connecting")]
+    Stopped,
+    /// The engine-core process could not be started.
+    #[error("cannot start {}: {source}", program.display())]
+    Spawn {
+        /// The program.
+        program: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The engine-core process exited before it could be reached.
+    #[error("the engine core process exited ({0})")]
+    Exited(std::process::ExitStatus),
+    /// Nothing answered at the address within the startup timeout.
+    #[error("not reachable within {0:?}")]
+    Unreachable(Duration),
+    /// The connection failed during the handshake, or a frame of it was malformed.
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    /// The engine core did not answer `Hello` in time.
+    #[error("no answer to Hello")]
+    NoAnswer,
+    /// The engine core refused the connection (another protocol version).
+    #[error("refused: {0}")]
+    Refused(String),
+    /// The engine core answered `Hello` with another message (shown here).
+    #[error("unexpected answer to Hello: {0}")]
+    UnexpectedAnswer(String),
+    /// The connection closed during the handshake.
+    #[error("closed during the handshake")]
+    Closed,
 }
 
 /// Starts the engine core (when `config.spawn` says how), connects, and returns a handle to
@@ -110,7 +158,7 @@ pub fn connect(
     config: RemoteConfig,
 ) -> Result<(EngineHandle, EngineInfo, Arc<RemoteStatus>), ConnectError> {
     let status = Arc::new(RemoteStatus::default());
-    let (first_tx, first_rx) = std::sync::mpsc::channel::<Result<EngineInfo, String>>();
+    let (first_tx, first_rx) = std::sync::mpsc::channel::<Result<EngineInfo, LinkError>>();
     let addr = config.addr.to_string();
     let worker_status = status.clone();
     let handle = EngineHandle::from_worker(
@@ -120,14 +168,14 @@ pub fn connect(
     )
     .map_err(|e| ConnectError {
         addr: addr.clone(),
-        reason: e.to_string(),
+        reason: e.into(),
     })?;
     match first_rx.recv() {
         Ok(Ok(info)) => Ok((handle, info, status)),
         Ok(Err(reason)) => Err(ConnectError { addr, reason }),
         Err(_) => Err(ConnectError {
             addr,
-            reason: "the engine link stopped before connecting".into(),
+            reason: LinkError::Stopped,
         }),
     }
 }
@@ -136,7 +184,7 @@ fn run_worker(
     config: RemoteConfig,
     commands: Receiver<EngineCommand>,
     status: &RemoteStatus,
-    first: std::sync::mpsc::Sender<Result<EngineInfo, String>>,
+    first: std::sync::mpsc::Sender<Result<EngineInfo, LinkError>>,
 ) {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -144,7 +192,7 @@ fn run_worker(
     {
         Ok(r) => r,
         Err(e) => {
-            let _ = first.send(Err(format!("cannot start the engine link's runtime: {e}")));
+            let _ = first.send(Err(LinkError::Runtime(e)));
             return;
         }
     };
@@ -160,7 +208,7 @@ fn run_worker(
             }
         });
     if let Err(e) = bridge {
-        let _ = first.send(Err(format!("cannot start the engine link: {e}")));
+        let _ = first.send(Err(LinkError::Bridge(e)));
         return;
     }
     runtime.block_on(Supervisor::new(config, rx, status).run(first));
@@ -194,7 +242,7 @@ impl<'a> Supervisor<'a> {
         }
     }
 
-    async fn run(mut self, first: std::sync::mpsc::Sender<Result<EngineInfo, String>>) {
+    async fn run(mut self, first: std::sync::mpsc::Sender<Result<EngineInfo, LinkError>>) {
         let mut first = Some(first);
         let mut backoff = Duration::from_millis(250);
         loop {
@@ -245,7 +293,7 @@ impl<'a> Supervisor<'a> {
     }
 
     /// (Re)starts the child, if this link owns one.
-    fn start_child(&mut self) -> Result<(), String> {
+    fn start_child(&mut self) -> Result<(), LinkError> {
         let Some(spec) = &self.config.spawn else {
             return Ok(());
         };
@@ -261,29 +309,29 @@ impl<'a> Supervisor<'a> {
             .stdout(Stdio::null())
             .kill_on_drop(true)
             .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", spec.program.display()))?;
+            .map_err(|source| LinkError::Spawn {
+                program: spec.program.clone(),
+                source,
+            })?;
         tracing::info!(pid = child.id().unwrap_or(0), "engine core process started");
         self.child = Some(child);
         Ok(())
     }
 
     /// Connects and shakes hands; `Err(None)` on shutdown.
-    async fn connect(&mut self) -> Result<(Conn, EngineInfo), Option<String>> {
+    async fn connect(&mut self) -> Result<(Conn, EngineInfo), Option<LinkError>> {
         let deadline = Instant::now() + self.config.startup_timeout;
         loop {
             if let Some(child) = &mut self.child
                 && let Ok(Some(exit)) = child.try_wait()
             {
-                return Err(Some(format!("the engine core process exited ({exit})")));
+                return Err(Some(LinkError::Exited(exit)));
             }
             if let Ok(stream) = self.config.addr.connect().await {
                 return handshake(stream).await.map_err(Some);
             }
             if Instant::now() > deadline {
-                return Err(Some(format!(
-                    "not reachable within {:?}",
-                    self.config.startup_timeout
-                )));
+                return Err(Some(LinkError::Unreachable(self.config.startup_timeout)));
             }
             if !self.drain_for(Duration::from_millis(50)).await {
                 return Err(None);
@@ -404,24 +452,23 @@ pub async fn stdin_closed() {
     .await;
 }
 
-async fn handshake(stream: Stream) -> Result<(Conn, EngineInfo), String> {
+async fn handshake(stream: Stream) -> Result<(Conn, EngineInfo), LinkError> {
     let (read, write) = tokio::io::split(stream);
     let (mut reader, mut writer) = (Reader::new(read), Writer::new(write));
     writer
         .send(&ToEngine::Hello {
             version: PROTOCOL_VERSION,
         })
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     let answer = tokio::time::timeout(Duration::from_secs(30), reader.next::<FromEngine>())
         .await
-        .map_err(|_| "no answer to Hello".to_owned())?;
+        .map_err(|_| LinkError::NoAnswer)?;
     match answer {
         Some(Ok(FromEngine::Welcome { info, .. })) => Ok(((reader, writer), info)),
-        Some(Ok(FromEngine::Refused { reason })) => Err(format!("refused: {reason}")),
-        Some(Ok(other)) => Err(format!("unexpected answer to Hello: {other:?}")),
-        Some(Err(e)) => Err(e.to_string()),
-        None => Err("closed during the handshake".into()),
+        Some(Ok(FromEngine::Refused { reason })) => Err(LinkError::Refused(reason)),
+        Some(Ok(other)) => Err(LinkError::UnexpectedAnswer(format!("{other:?}"))),
+        Some(Err(e)) => Err(e.into()),
+        None => Err(LinkError::Closed),
     }
 }
 

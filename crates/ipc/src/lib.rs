@@ -26,7 +26,9 @@ pub mod client;
 pub mod protocol;
 pub mod server;
 
-pub use addr::{EngineAddr, Listener};
-pub use client::{ConnectError, RemoteConfig, RemoteStatus, SpawnSpec, connect, stdin_closed};
+pub use addr::{AddrError, EngineAddr, Listener};
+pub use client::{
+    ConnectError, LinkError, RemoteConfig, RemoteStatus, SpawnSpec, connect, stdin_closed,
+};
 pub use protocol::{EngineInfo, PROTOCOL_VERSION};
 pub use server::serve;

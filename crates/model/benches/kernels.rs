@@ -6,8 +6,8 @@ use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use half::bf16;
-use wayfinder_model::linear::{Linear, WeightData};
-use wayfinder_model::team::Team;
+use wayfinder_model::kernels::Team;
+use wayfinder_model::kernels::{Linear, WeightData};
 
 fn linear(c: &mut Criterion) {
     let team = Team::per_core();

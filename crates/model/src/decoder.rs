@@ -20,15 +20,12 @@
 
 use wayfinder_core::Batch;
 
-use crate::attention::{AttentionParams, StepContext, paged_attention};
-use crate::config::ModelConfig;
+use crate::arch::ModelConfig;
 use crate::error::ModelError;
+use crate::kernels::{AttentionParams, Isa, Linear, StepContext, Team, exp, paged_attention};
 use crate::kv_store::PagedKvStore;
-use crate::linear::Linear;
+use crate::load::weights::{Dtype, WeightLoader};
 use crate::rope::RotaryTable;
-use crate::simd::Isa;
-use crate::team::Team;
-use crate::weights::{Dtype, WeightLoader};
 
 /// Token rows per parallel task in the element-wise passes.
 const ROWS_PER_TASK: usize = 8;
@@ -68,7 +65,7 @@ impl Decoder {
     /// `config`. Rotary tables cover `max_positions`.
     pub fn load(
         config: ModelConfig,
-        weights: &WeightLoader,
+        weights: &WeightLoader<'_>,
         dtype: Dtype,
         max_positions: usize,
     ) -> Result<Self, ModelError> {
@@ -297,7 +294,7 @@ fn swiglu_rows(gate_up: &[f32], act: &mut [f32], inter: usize, team: &Team) {
         {
             let (g, u) = gu.split_at(inter);
             for ((a, &g), &u) in a.iter_mut().zip(g).zip(u) {
-                *a = g / (1.0 + crate::simd::exp(-g)) * u;
+                *a = g / (1.0 + exp(-g)) * u;
             }
         }
     });

@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use wayfinder_text::TextError;
+
 /// Why a model could not be loaded or run.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
@@ -58,13 +60,22 @@ pub enum ModelError {
         /// What is wrong.
         message: String,
     },
-    /// The tokenizer could not be loaded or used.
-    #[error("tokenizer: {0}")]
-    Tokenizer(String),
-    /// The chat template could not be compiled or rendered.
-    #[error("chat template: {0}")]
-    Template(String),
+    /// The tokenizer or chat template could not be loaded or made.
+    #[error(transparent)]
+    Text(TextError),
     /// A tensor operation failed.
     #[error("tensor operation failed: {0}")]
     Candle(#[from] candle_core::Error),
+}
+
+impl From<TextError> for ModelError {
+    /// A file error keeps its kind (missing, unreadable, malformed), whichever side read it.
+    fn from(e: TextError) -> Self {
+        match e {
+            TextError::MissingFile(path) => Self::MissingFile(path),
+            TextError::Io { path, source } => Self::Io { path, source },
+            TextError::Json { path, source } => Self::Json { path, source },
+            other => Self::Text(other),
+        }
+    }
 }

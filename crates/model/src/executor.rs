@@ -3,12 +3,12 @@
 
 use wayfinder_core::{Batch, Executor, ExecutorError, Logits};
 
-pub use crate::attention::MAX_BLOCK as MAX_BLOCK_SIZE;
-use crate::config::ModelConfig;
+use crate::arch::ModelConfig;
 use crate::decoder::Decoder;
 use crate::error::ModelError;
+pub use crate::kernels::MAX_BLOCK as MAX_BLOCK_SIZE;
+use crate::kernels::Team;
 use crate::kv_store::{KvGeometry, PagedKvStore};
-use crate::team::Team;
 
 /// How big the KV cache is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,14 +104,14 @@ impl Executor for ModelExecutor {
     fn execute(&mut self, batch: &Batch) -> Result<Logits, ExecutorError> {
         let g = *self.kv.geometry();
         if batch.block_size != g.block_size {
-            return Err(ExecutorError(format!(
+            return Err(ExecutorError::InvalidBatch(format!(
                 "batch block size {} differs from the KV store's {}",
                 batch.block_size, g.block_size
             )));
         }
         let slots = g.num_blocks * g.block_size;
         if let Some(&s) = batch.slot_mapping.iter().find(|&&s| s as usize >= slots) {
-            return Err(ExecutorError(format!(
+            return Err(ExecutorError::InvalidBatch(format!(
                 "slot {s} beyond the KV store's {slots}"
             )));
         }
@@ -120,14 +120,14 @@ impl Executor for ModelExecutor {
             .iter()
             .find(|&&b| b as usize >= g.num_blocks)
         {
-            return Err(ExecutorError(format!(
+            return Err(ExecutorError::InvalidBatch(format!(
                 "block {b} beyond the KV store's {}",
                 g.num_blocks
             )));
         }
         let max = self.decoder.max_positions();
         if let Some(&p) = batch.positions.iter().find(|&&p| p as usize >= max) {
-            return Err(ExecutorError(format!(
+            return Err(ExecutorError::InvalidBatch(format!(
                 "position {p} beyond the rotary table's {max}"
             )));
         }

@@ -1,45 +1,44 @@
 //! # wayfinder-model
 //!
-//! Real transformer models on the CPU, behind the engine's executor trait.
+//! Real transformer models on the CPU, behind the engine's executor trait. The text side of a
+//! model (tokenizer, chat template, stop strings) is `wayfinder-text`'s; this crate is the
+//! compute.
 //!
 //! # Layout
-//! - [`loader`]: a Hugging Face folder → [`Model`] (weights, tokenizer, template, defaults).
-//! - [`config`]: `config.json` → [`ModelConfig`]; [`arch`]: one file per architecture (Llama,
-//!   Mistral, Qwen2, Qwen3) saying how its config maps onto the shared decoder.
-//! - [`decoder`]: the shared pre-norm decoder, run over a whole engine step at once.
-//! - [`linear`], [`attention`], [`simd`]: the hot paths — weight layouts and matmul kernels,
-//!   paged attention, vector kernels with runtime CPU dispatch.
+//! - [`arch`]: `config.json` → [`ModelConfig`], one file per architecture (Llama, Mistral,
+//!   Qwen2, Qwen3) saying how its config maps onto the shared decoder; [`arch::Architecture`].
+//! - [`load`]: a Hugging Face folder → [`Model`] (weights and text side), with progress told
+//!   through a callback; [`load::weights`]: memory-mapped safetensors, sharded or not, and
+//!   [`Dtype`].
+//! - [`decoder`]: the shared pre-norm decoder, run over a whole engine step at once;
+//!   [`rope`]: rotary embeddings and their scalings.
+//! - [`kernels`]: the hot paths — linear layers and their weight layouts, paged attention,
+//!   vector kernels with runtime CPU dispatch, the thread team.
 //! - [`kv_store`]: keys and values laid out by the block manager's blocks.
-//! - [`rope`]: rotary embeddings and their scalings.
-//! - [`weights`]: memory-mapped safetensors, sharded or not.
 //! - [`executor`]: [`ModelExecutor`], the [`wayfinder_core::Executor`] that `wayfinder serve` runs.
-//! - [`tokenizer`], [`chat_template`], [`stop`]: text in and out.
-//! - [`demo`], [`synth`]: random-weight models written to disk — the built-in `demo` model and
-//!   the published shapes `wayfinder make-model` writes for benchmarks.
+//! - [`synth`]: random-weight models written to disk — the published shapes `wayfinder
+//!   make-model` writes for benchmarks, and ([`synth::demo`]) the built-in `demo` model.
+//!
+//! # Dependencies between the rooms
+//! ```text
+//! executor ─▶ decoder ─▶ kernels, kv_store, rope, arch (config)
+//! load ─▶ arch, decoder, load/weights ─▶ kernels (weight layouts)
+//! synth ─▶ arch, load/weights (dtype), wayfinder-text (tokenizer)
+//! ```
+//! No file imports another that imports it back.
 
 pub mod arch;
-pub mod attention;
-mod attention_avx512;
-pub mod chat_template;
-pub mod config;
 pub mod decoder;
-pub mod demo;
 mod error;
 pub mod executor;
+pub mod kernels;
 pub mod kv_store;
-pub mod linear;
-mod linear_avx512;
-pub mod loader;
+pub mod load;
 pub mod rope;
-pub mod simd;
-pub mod stop;
 pub mod synth;
-pub mod team;
-pub mod tokenizer;
-pub mod weights;
 
-pub use config::ModelConfig;
+pub use arch::ModelConfig;
 pub use error::ModelError;
 pub use executor::{KvCacheSize, ModelExecutor};
-pub use loader::{LoadOptions, Model, TextParts, load, load_text};
-pub use weights::Dtype;
+pub use load::weights::{Dtype, LoadProgress};
+pub use load::{LoadOptions, Model, load, load_with_progress};

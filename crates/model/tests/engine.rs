@@ -31,7 +31,7 @@ fn engine(dir: &Path, num_blocks: usize, budget: usize) -> EngineHandle {
             num_blocks,
             ..SchedulerConfig::default()
         },
-        eos_token_ids: model.eos_token_ids,
+        eos_token_ids: model.text.eos_token_ids,
         seed: Some(1),
     };
     EngineHandle::spawn(config, Box::new(executor), None).expect("spawn")
@@ -109,12 +109,12 @@ fn greedy_output_is_the_same_alone_batched_and_after_preemption() {
 #[test]
 fn the_demo_model_is_written_once_and_generates() {
     let root = tempfile::tempdir().expect("tempdir");
-    let dir = wayfinder_model::demo::ensure_demo(root.path()).expect("demo");
+    let dir = wayfinder_model::synth::demo::ensure_demo(root.path()).expect("demo");
     let modified = std::fs::metadata(dir.join("model.safetensors"))
         .and_then(|m| m.modified())
         .expect("written");
     assert_eq!(
-        wayfinder_model::demo::ensure_demo(root.path()).expect("cached"),
+        wayfinder_model::synth::demo::ensure_demo(root.path()).expect("cached"),
         dir
     );
     let again = std::fs::metadata(dir.join("model.safetensors"))
@@ -125,18 +125,19 @@ fn the_demo_model_is_written_once_and_generates() {
     let model = wayfinder_model::load(&dir, &LoadOptions::default()).expect("load demo");
     assert_eq!(model.config.hidden_size, 256);
     assert_eq!(model.config.num_layers, 4);
-    assert!(!model.chat_template.is_fallback());
+    assert!(!model.text.chat_template.is_fallback());
     let text = model
+        .text
         .chat_template
         .render(
-            &[wayfinder_model::chat_template::ChatMessage::new(
+            &[wayfinder_text::chat_template::ChatMessage::new(
                 "user", "Hello!",
             )],
             true,
         )
         .expect("render");
-    let ids = model.tokenizer.encode(&text, false).expect("encode");
-    let eos = model.eos_token_ids.clone();
+    let ids = model.text.tokenizer.encode(&text, false).expect("encode");
+    let eos = model.text.eos_token_ids.clone();
     let executor = ModelExecutor::new(model.decoder, 64, 16);
     let e = EngineHandle::spawn(
         EngineConfig {

@@ -27,7 +27,7 @@ use tower::ServiceExt;
 use wayfinder_core::{EngineConfig, EngineHandle, JourneyObserver, SchedulerConfig};
 use wayfinder_model::{LoadOptions, ModelExecutor};
 use wayfinder_server::{AppState, Limits, ServerParts, app};
-use wayfinder_trace::receiver::OtlpReceiver;
+use wayfinder_testkit::OtlpReceiver;
 use wayfinder_trace::{CoreObserver, Telemetry, TracingConfig};
 
 /// The allocator `wayfinder serve` runs with.
@@ -326,13 +326,14 @@ async fn run_once(n: usize, mode: Mode, target: (&str, &str), workload: Workload
 
 /// The demo model behind an [`AppState`].
 fn demo_state(telemetry: Option<Telemetry>) -> AppState {
-    let dir = wayfinder_model::demo::ensure_demo(&wayfinder_model::demo::cache_root())
-        .expect("the demo model");
+    let dir =
+        wayfinder_model::synth::demo::ensure_demo(&wayfinder_model::synth::demo::cache_root())
+            .expect("the demo model");
     let model = wayfinder_model::load(&dir, &LoadOptions::default()).expect("loads");
     let block_size = 16;
     let num_blocks = 1024;
     let max_model_len = model.max_model_len.min(num_blocks * block_size);
-    let eos = model.eos_token_ids.clone();
+    let eos = model.text.eos_token_ids.clone();
     let observer = telemetry
         .as_ref()
         .map(|t| Box::new(CoreObserver::new(t)) as Box<dyn JourneyObserver>);
@@ -355,8 +356,8 @@ fn demo_state(telemetry: Option<Telemetry>) -> AppState {
     .expect("engine");
     AppState::new(ServerParts {
         engine,
-        tokenizer: Arc::new(model.tokenizer),
-        chat_template: Arc::new(model.chat_template),
+        tokenizer: Arc::new(model.text.tokenizer),
+        chat_template: Arc::new(model.text.chat_template),
         model_name: "demo".into(),
         max_model_len,
         eos_token_ids: eos,

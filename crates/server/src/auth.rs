@@ -7,8 +7,9 @@ use axum::response::Response;
 
 use wayfinder_core::clock::monotonic_now;
 
+use crate::endpoints;
 use crate::error::ApiError;
-use crate::journey::{self, Journey};
+use crate::journey::{Journey, Outcome};
 use crate::state::AppState;
 
 /// Lets the request through when no key is set or it carries `Authorization: Bearer <key>`;
@@ -27,11 +28,10 @@ pub(crate) async fn require_key(
             .map(str::trim);
         if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), key.as_bytes())) {
             let error = ApiError::Unauthorized;
-            if let Some((operation, prefix)) = journey::endpoint(request.uri().path()) {
-                let id = state.new_id(prefix);
-                let mut j =
-                    Journey::arrived(&state, request.headers(), id, monotonic_now(), operation);
-                j.failed(&error);
+            if let Some(endpoint) = endpoints::generation(request.uri().path()) {
+                let id = state.new_id(endpoint.id_prefix);
+                Journey::arrived(&state, request.headers(), id, monotonic_now(), endpoint)
+                    .end(Outcome::Failed(&error));
             }
             return Err(error);
         }

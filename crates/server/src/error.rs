@@ -1,12 +1,15 @@
 //! [`ApiError`]: every way a request can fail, and its one mapping to an HTTP response with the
-//! OpenAI error body `{"error": {"message", "type", "param", "code"}}`.
+//! OpenAI error body `{"error": {"message", "type", "param", "code"}}`. Every conversion into
+//! it — from the engine's errors and finish statuses, the text tools' errors, validation's —
+//! is here too.
 
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
-use wayfinder_core::InvalidRequest;
+use wayfinder_core::{EngineError, FinishStatus, InvalidRequest};
+use wayfinder_text::TextError;
 
 /// Seconds a client is told to wait after a 429.
 const RETRY_AFTER_SECS: &str = "1";
@@ -173,6 +176,51 @@ impl ApiError {
                 code,
             },
         }
+    }
+}
+
+impl ApiError {
+    /// `/health`'s answer, and any call's, once the engine has stopped.
+    pub(crate) fn engine_not_running() -> Self {
+        Self::Unavailable("the engine is not running".into())
+    }
+
+    /// The OpenAI `finish_reason` of a choice the engine finished with `status`, or the error
+    /// the request fails with (`error`: the engine's message for a failed step).
+    pub(crate) fn finish_reason(
+        status: FinishStatus,
+        error: Option<&str>,
+    ) -> Result<&'static str, Self> {
+        match status {
+            FinishStatus::Stopped => Ok("stop"),
+            FinishStatus::Length => Ok("length"),
+            FinishStatus::Ignored => Err(Self::ContextLength(
+                "the prompt does not fit in the model's context".into(),
+            )),
+            FinishStatus::Aborted => Err(Self::Unavailable(
+                "the request was aborted (the server is shutting down)".into(),
+            )),
+            FinishStatus::Error => Err(Self::Generation(format!(
+                "the engine failed: {}",
+                error.unwrap_or("unknown error")
+            ))),
+        }
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        match e {
+            EngineError::NotRunning => Self::engine_not_running(),
+            other => Self::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<TextError> for ApiError {
+    /// The tokenizer failing on text it was given is the server's fault, not the client's.
+    fn from(e: TextError) -> Self {
+        Self::Internal(e.to_string())
     }
 }
 

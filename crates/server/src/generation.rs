@@ -2,20 +2,26 @@
 //! tokens, stop strings, logprobs, usage, and the request's [`Journey`].
 //!
 //! A [`Generation`] owns the engine's [`wayfinder_core::RequestStream`]s, the in-flight permit
-//! and the journey. Whoever holds it (the handler future, or the SSE body stream) dropping it —
-//! a client that went away — aborts every engine request, frees their KV blocks, and ends the
-//! journey with `client_disconnect` unless it departed or failed first.
+//! and the journey, which it tells what happens (tokens, finished choices, the engine's
+//! timestamps) and which alone decides how the request ended ([`Journey::end`]). Whoever holds
+//! it (the handler future, or the SSE body stream) dropping it — a client that went away —
+//! aborts every engine request, frees their KV blocks, and ends the journey with
+//! `client_disconnect` unless it departed or failed first.
+//!
+//! A choice ended by a stop string is aborted in the engine; the generation reads on until
+//! that abort's `Finished` comes back (at most a step later), so every choice's engine
+//! timestamps are in the journey before it ends, and nothing waits after the response.
 
 use std::pin::Pin;
 
 use futures_util::stream::{self, SelectAll, Stream, StreamExt};
 use tokio::sync::OwnedSemaphorePermit;
-use wayfinder_core::{EngineError, FinishStatus, RequestOutput, TokenOutput};
-use wayfinder_model::stop::StopMatcher;
-use wayfinder_model::tokenizer::IncrementalDetokenizer;
+use wayfinder_core::{FinishStatus, RequestOutput, TokenOutput};
+use wayfinder_text::IncrementalDetokenizer;
+use wayfinder_text::StopMatcher;
 
 use crate::error::ApiError;
-use crate::journey::{Journey, RequestLog};
+use crate::journey::{Journey, Outcome, RequestLog};
 use crate::state::AppState;
 use crate::validation::ValidRequest;
 use crate::wire::UsageOut;
@@ -61,18 +67,12 @@ pub(crate) struct CollectedChoice {
 
 type OutputStream = Pin<Box<dyn Stream<Item = (usize, RequestOutput)> + Send>>;
 
-/// How long a traced request's span waits, after the response, for the engine timestamps of
-/// choices ended by a stop string (see [`Generation::depart`]).
-const ENGINE_TIMES_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
-
 /// An API request in flight; see the module docs.
 pub(crate) struct Generation {
     state: AppState,
     choices: Vec<Choice>,
     outputs: SelectAll<OutputStream>,
-    prompt_tokens: usize,
     logprobs: bool,
-    model: String,
     journey: Journey,
     /// When the request runs out of time, and the limit (`Limits::request_timeout`).
     deadline: Option<(tokio::time::Instant, std::time::Duration)>,
@@ -96,7 +96,6 @@ struct Choice {
     finish: Option<&'static str>,
     /// The engine's `Finished` for this choice came back (its timestamps are in the journey).
     engine_done: bool,
-    completion_tokens: usize,
     text_len: usize,
 }
 
@@ -109,13 +108,7 @@ impl Generation {
         mut journey: Journey,
     ) -> Result<Self, ApiError> {
         journey.validated(&valid);
-        let permit = match state.admit(valid.choices.len()) {
-            Ok(p) => p,
-            Err(e) => {
-                journey.failed(&e);
-                return Err(e);
-            }
-        };
+        let permit = journey.check(state.admit(valid.choices.len()))?;
         let mut carrier = journey.carrier();
         let count = valid.choices.len();
         let mut choices = Vec::with_capacity(valid.choices.len());
@@ -132,23 +125,13 @@ impl Generation {
             if let Some(c) = own {
                 spec.request.set_carrier(c);
             }
-            let added = state
-                .engine()
-                .add_request(spec.request)
-                .map_err(|e| match e {
-                    EngineError::NotRunning => {
-                        ApiError::Unavailable("the engine is not running".into())
-                    }
-                    other => ApiError::Internal(other.to_string()),
-                });
-            let rs = match added {
-                Ok(rs) => rs,
-                Err(e) => {
-                    // Choices already added are aborted as `outputs` drops.
-                    journey.failed(&e);
-                    return Err(e);
-                }
-            };
+            // On failure, the choices already added are aborted as `outputs` drops.
+            let rs = journey.check(
+                state
+                    .engine()
+                    .add_request(spec.request)
+                    .map_err(ApiError::from),
+            )?;
             let s = stream::unfold(rs, |mut rs| async move { rs.next().await.map(|o| (o, rs)) })
                 .map(move |o| (i, o));
             outputs.push(Box::pin(s) as OutputStream);
@@ -159,11 +142,10 @@ impl Generation {
                 stop: StopMatcher::new(spec.stop),
                 finish: None,
                 engine_done: false,
-                completion_tokens: 0,
                 text_len: 0,
             });
         }
-        journey.handed_off();
+        journey.handed_off(&valid.model, valid.prompt_tokens, choices.len());
         let deadline = state.limits().request_timeout.map(|limit| {
             // Counted from the request's arrival, which parsing and validation came after.
             let spent = std::time::Duration::from_secs_f64(journey.elapsed());
@@ -174,9 +156,7 @@ impl Generation {
             state: state.clone(),
             choices,
             outputs,
-            prompt_tokens: valid.prompt_tokens,
             logprobs: valid.logprobs.is_some(),
-            model: valid.model,
             journey,
             deadline,
             _permit: permit,
@@ -193,9 +173,9 @@ impl Generation {
         self.journey.id()
     }
 
-    /// The next piece of some choice; `None` once every choice has finished. An error ends
-    /// the journey as failed; the end of the stream does not end it: call
-    /// [`Generation::depart`] once the response is written.
+    /// The next piece of some choice; `None` once every choice has finished (and the engine
+    /// has said so for each). An error ends the journey as failed; the end of the stream does
+    /// not end it: call [`Generation::depart`] once the response is written.
     pub(crate) async fn next(&mut self) -> Option<Result<Delta, ApiError>> {
         let result = match self.deadline {
             Some((at, limit)) => tokio::time::timeout_at(at, self.advance())
@@ -205,72 +185,28 @@ impl Generation {
         };
         match &result {
             Some(Ok(_)) => self.journey.first_output(),
-            Some(Err(e)) => {
-                self.record();
-                self.journey.failed(e);
-            }
+            Some(Err(e)) => self.journey.end(Outcome::Failed(e)),
             None => {}
         }
         result
     }
 
-    /// The response was completely written: `api.DEPARTED`, then usage, finish reasons and
-    /// latency.
-    ///
-    /// A choice ended by a stop string was aborted in the engine, and its engine timestamps
-    /// come with that abort's `Finished`, up to a step later. When the request is traced, a
-    /// task waits for them (at most [`ENGINE_TIMES_WAIT`]) and then records the span, so the
-    /// response is never held up for its telemetry.
+    /// The response was completely written: the journey ends as departed.
     pub(crate) fn depart(&mut self) {
-        self.journey.departed();
-        let waiting: Vec<usize> = (0..self.choices.len())
-            .filter(|&i| !self.choices[i].engine_done)
-            .collect();
-        if waiting.is_empty() || !self.journey.is_traced() {
-            self.record();
-            return;
-        }
-        let (usage, reasons) = (self.usage(), self.finish_reasons());
-        let model = self.model.clone();
-        let mut journey = self.journey.take();
-        let mut outputs = std::mem::take(&mut self.outputs);
-        tokio::spawn(async move {
-            let mut waiting = waiting;
-            let _ = tokio::time::timeout(ENGINE_TIMES_WAIT, async {
-                while !waiting.is_empty() {
-                    match outputs.next().await {
-                        Some((i, RequestOutput::Finished(f))) => {
-                            journey.engine_finished(&f.timestamps);
-                            waiting.retain(|&w| w != i);
-                        }
-                        Some(_) => {}
-                        None => break,
-                    }
-                }
-            })
-            .await;
-            journey.record(&model, &usage, &reasons);
-        });
-    }
-
-    fn record(&mut self) {
-        let (usage, reasons) = (self.usage(), self.finish_reasons());
-        self.journey.record(&self.model, &usage, &reasons);
-    }
-
-    fn finish_reasons(&self) -> Vec<&'static str> {
-        self.choices
-            .iter()
-            .map(|c| c.finish.unwrap_or("abort"))
-            .collect()
+        self.journey.end(Outcome::Departed);
     }
 
     async fn advance(&mut self) -> Option<Result<Delta, ApiError>> {
         loop {
-            if self.choices.iter().all(|c| c.finish.is_some()) {
+            let answered = self.choices.iter().all(|c| c.finish.is_some());
+            if answered && self.choices.iter().all(|c| c.engine_done) {
                 return None;
             }
             let Some((i, output)) = self.outputs.next().await else {
+                if answered {
+                    // The engine went away after the answer was complete.
+                    return None;
+                }
                 return Some(Err(ApiError::Unavailable(
                     "the engine stopped before the request finished".into(),
                 )));
@@ -296,13 +232,10 @@ impl Generation {
     }
 
     fn on_token(&mut self, i: usize, token: &TokenOutput) -> Result<Option<Delta>, ApiError> {
+        self.journey.token();
         let tokenizer = self.state.tokenizer();
         let choice = &mut self.choices[i];
-        choice.completion_tokens += 1;
-        let piece = choice
-            .detok
-            .push(tokenizer, token.token_id)
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let piece = choice.detok.push(tokenizer, token.token_id)?;
         let out = choice.stop.push(&piece);
         let mut tokens = Vec::new();
         if self.logprobs
@@ -326,6 +259,7 @@ impl Generation {
         choice.text_len += out.text.len();
         if out.stopped.is_some() {
             choice.finish = Some("stop");
+            self.journey.choice_finished(i, "stop");
             // The engine does not know about stop strings: end the request there.
             let _ = self.state.engine().abort(&choice.engine_id);
         } else if out.text.is_empty() && tokens.is_empty() {
@@ -345,32 +279,10 @@ impl Generation {
         status: FinishStatus,
         error: Option<&str>,
     ) -> Result<Option<Delta>, ApiError> {
-        let reason = match status {
-            FinishStatus::Stopped => "stop",
-            FinishStatus::Length => "length",
-            FinishStatus::Ignored => {
-                return Err(ApiError::ContextLength(
-                    "the prompt does not fit in the model's context".into(),
-                ));
-            }
-            FinishStatus::Aborted => {
-                return Err(ApiError::Unavailable(
-                    "the request was aborted (the server is shutting down)".into(),
-                ));
-            }
-            FinishStatus::Error => {
-                return Err(ApiError::Generation(format!(
-                    "the engine failed: {}",
-                    error.unwrap_or("unknown error")
-                )));
-            }
-        };
+        let reason = ApiError::finish_reason(status, error)?;
         let tokenizer = self.state.tokenizer();
         let choice = &mut self.choices[i];
-        let piece = choice
-            .detok
-            .flush(tokenizer)
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let piece = choice.detok.flush(tokenizer)?;
         let out = choice.stop.push(&piece);
         let mut text = out.text;
         let reason = if out.stopped.is_some() {
@@ -381,6 +293,7 @@ impl Generation {
         };
         choice.text_len += text.len();
         choice.finish = Some(reason);
+        self.journey.choice_finished(i, reason);
         Ok(Some(Delta {
             index: choice.index,
             text,
@@ -391,12 +304,7 @@ impl Generation {
 
     /// Token counts so far (complete once [`Generation::next`] has returned `None`).
     pub(crate) fn usage(&self) -> UsageOut {
-        let completion_tokens = self.choices.iter().map(|c| c.completion_tokens).sum();
-        UsageOut {
-            prompt_tokens: self.prompt_tokens,
-            completion_tokens,
-            total_tokens: self.prompt_tokens + completion_tokens,
-        }
+        self.journey.usage()
     }
 
     /// Runs to the end and returns every choice whole, in index order.
@@ -421,16 +329,6 @@ impl Generation {
             }
         }
         Ok(out)
-    }
-}
-
-impl Drop for Generation {
-    fn drop(&mut self) {
-        // Gone before departing or failing (a client that went away): the journey still gets
-        // the tokens produced so far.
-        if !self.journey.is_ended() {
-            self.record();
-        }
     }
 }
 

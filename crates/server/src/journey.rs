@@ -1,10 +1,15 @@
 //! The journey of one API request: arrival, hand-off to the engine core, first output, and
-//! departure or abort — and, when journey tracing samples the request in, its `llm_request`
-//! span (`wayfinder_trace::RequestSpan`).
+//! its end — and, when journey tracing samples the request in, its `llm_request` span
+//! (`wayfinder_trace::RequestSpan`).
 //!
-//! A [`Journey`] is made as the request arrives, before its body is parsed, so that every path
-//! — invalid JSON, validation errors, overload, an engine that is down, a failed generation,
-//! a client that disconnects — ends with exactly one `api.DEPARTED` or `api.ABORTED`. With
+//! A [`Journey`] is the one owner of a request's end. It is made as the request arrives, before
+//! its body is parsed; the code serving the request tells it facts (validated, handed off, a
+//! token, a choice finished, the engine's timestamps), and [`Journey::end`] — called with the
+//! [`Outcome`] where the response is complete or fails, or by `Drop` when the request's future
+//! or body stream goes away (a client disconnect) — decides once how the request ended and
+//! tells the span (and, later, the metrics and the history) exactly once. So every path —
+//! invalid JSON, validation errors, overload, an engine that is down, a failed generation, a
+//! client that disconnects — ends with exactly one `api.DEPARTED` or `api.ABORTED`. With
 //! tracing off, or the request sampled out, it holds no span and costs a few words.
 
 use axum::http::HeaderMap;
@@ -13,24 +18,11 @@ use wayfinder_core::{Carrier, RequestTimestamps};
 use wayfinder_trace::names::reason;
 use wayfinder_trace::{Latency, RequestParams, RequestSpan, TraceId};
 
+use crate::endpoints::Endpoint;
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::validation::ValidRequest;
 use crate::wire::UsageOut;
-
-/// `gen_ai.operation.name` of the chat endpoint.
-pub(crate) const CHAT: &str = "chat";
-/// `gen_ai.operation.name` of the completions endpoint.
-pub(crate) const TEXT_COMPLETION: &str = "text_completion";
-
-/// The generation endpoint at `path`: its operation name and response-id prefix.
-pub(crate) fn endpoint(path: &str) -> Option<(&'static str, &'static str)> {
-    match path {
-        "/v1/chat/completions" => Some((CHAT, "chatcmpl")),
-        "/v1/completions" => Some((TEXT_COMPLETION, "cmpl")),
-        _ => None,
-    }
-}
 
 /// The `tracing` span that the log lines of a traced request sit in, so that they carry its
 /// request and trace ids (nothing for an untraced request).
@@ -68,6 +60,17 @@ impl RequestLog {
     }
 }
 
+/// How a request ended; see [`Journey::end`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Outcome<'a> {
+    /// The response was completely written.
+    Departed,
+    /// The request failed with this error (whatever was sent of the response).
+    Failed(&'a ApiError),
+    /// The client went away before the response was complete.
+    Disconnected,
+}
+
 /// One API request's milestones and, when traced, its span.
 #[derive(Debug)]
 pub(crate) struct Journey {
@@ -75,11 +78,24 @@ pub(crate) struct Journey {
     /// Monotonic seconds (the engine's clock).
     arrival: f64,
     first_output: Option<f64>,
-    /// When the response was completely written.
-    departed_at: Option<f64>,
     engine: EngineTimes,
+    /// What the engine answered so far; set once the request is handed off.
+    answer: Option<Answer>,
+    /// Set by [`Journey::end`], the one place that ends a request.
     ended: bool,
+    /// The span's trace id, kept for log lines written after the span ended.
+    log: RequestLog,
     span: Option<RequestSpan>,
+}
+
+/// The answer's counts and finish reasons, kept as the request runs.
+#[derive(Debug)]
+struct Answer {
+    model: String,
+    prompt_tokens: usize,
+    completion_tokens: usize,
+    /// One per choice, in the order the request's choices were handed off.
+    finish_reasons: Vec<Option<&'static str>>,
 }
 
 /// The engine's timestamps, over all of a request's choices.
@@ -111,16 +127,16 @@ fn span_of(earlier: Option<f64>, later: Option<f64>) -> Option<f64> {
 }
 
 impl Journey {
-    /// A request `id` to the `operation` endpoint arrived at `arrival` with `headers`.
+    /// A request `id` to `endpoint` arrived at `arrival` with `headers`.
     pub(crate) fn arrived(
         state: &AppState,
         headers: &HeaderMap,
         id: String,
         arrival: f64,
-        operation: &'static str,
+        endpoint: Endpoint,
     ) -> Self {
         let span = match state.tracing() {
-            Some(t) => t.start_request(headers, &id, operation),
+            Some(t) => t.start_request(headers, &id, endpoint.operation),
             None => {
                 if headers.contains_key("traceparent") {
                     state.warn_untraced_traceparent();
@@ -133,9 +149,10 @@ impl Journey {
             id,
             arrival,
             first_output: None,
-            departed_at: None,
             engine: EngineTimes::default(),
+            answer: None,
             ended: false,
+            log: RequestLog(span.as_ref().map(RequestSpan::trace_id)),
             span,
         }
     }
@@ -145,25 +162,6 @@ impl Journey {
         (monotonic_now() - self.arrival).max(0.0)
     }
 
-    /// Whether the request is traced (it has an `llm_request` span).
-    pub(crate) fn is_traced(&self) -> bool {
-        self.span.is_some()
-    }
-
-    /// Moves the journey out, leaving an ended one without a span in its place.
-    pub(crate) fn take(&mut self) -> Journey {
-        let placeholder = Journey {
-            id: self.id.clone(),
-            arrival: self.arrival,
-            first_output: self.first_output,
-            departed_at: self.departed_at,
-            engine: self.engine,
-            ended: true,
-            span: None,
-        };
-        std::mem::replace(self, placeholder)
-    }
-
     /// The response id.
     pub(crate) fn id(&self) -> &str {
         &self.id
@@ -171,7 +169,7 @@ impl Journey {
 
     /// Where the log lines written while serving this request go; see [`RequestLog`].
     pub(crate) fn log(&self) -> RequestLog {
-        RequestLog(self.span.as_ref().map(RequestSpan::trace_id))
+        self.log
     }
 
     /// Records the parameters in force.
@@ -196,9 +194,16 @@ impl Journey {
         self.span.as_ref().map(RequestSpan::carrier)
     }
 
-    /// The request was handed to the engine core.
-    pub(crate) fn handed_off(&mut self) {
+    /// The request's `choices` engine requests for `model`, with `prompt_tokens` in all, were
+    /// handed to the engine core.
+    pub(crate) fn handed_off(&mut self, model: &str, prompt_tokens: usize, choices: usize) {
         tracing::debug!(request_id = %self.id, "api.handed_off");
+        self.answer = Some(Answer {
+            model: model.to_owned(),
+            prompt_tokens,
+            completion_tokens: 0,
+            finish_reasons: vec![None; choices],
+        });
         if let Some(s) = &mut self.span {
             s.handed_off();
         }
@@ -217,6 +222,37 @@ impl Journey {
         }
     }
 
+    /// One of the choices produced a token.
+    pub(crate) fn token(&mut self) {
+        if let Some(a) = &mut self.answer {
+            a.completion_tokens += 1;
+        }
+    }
+
+    /// Choice `i` (in hand-off order) ended with `reason` (`stop` or `length`).
+    pub(crate) fn choice_finished(&mut self, i: usize, reason: &'static str) {
+        if let Some(slot) = self
+            .answer
+            .as_mut()
+            .and_then(|a| a.finish_reasons.get_mut(i))
+        {
+            *slot = Some(reason);
+        }
+    }
+
+    /// Token counts so far.
+    pub(crate) fn usage(&self) -> UsageOut {
+        let (prompt_tokens, completion_tokens) = self
+            .answer
+            .as_ref()
+            .map_or((0, 0), |a| (a.prompt_tokens, a.completion_tokens));
+        UsageOut {
+            prompt_tokens,
+            completion_tokens,
+            total_tokens: prompt_tokens + completion_tokens,
+        }
+    }
+
     /// One of the request's engine requests finished with these timestamps.
     pub(crate) fn engine_finished(&mut self, t: &RequestTimestamps) {
         let e = &mut self.engine;
@@ -226,73 +262,67 @@ impl Journey {
         e.last_token = max(e.last_token, t.last_token);
     }
 
-    /// Records the token counts, the answer's finish reasons and the latency breakdown.
-    pub(crate) fn record(
-        &mut self,
-        model: &str,
-        usage: &UsageOut,
-        finish_reasons: &[&'static str],
-    ) {
-        let Some(span) = &mut self.span else {
-            return;
-        };
-        span.set_usage(usage.prompt_tokens, usage.completion_tokens);
-        span.set_response(model, &self.id, finish_reasons);
-        let e = self.engine;
-        span.set_latency(&Latency {
-            time_in_queue: span_of(e.queued, e.first_scheduled),
-            time_to_first_token: span_of(Some(self.arrival), self.first_output),
-            e2e: span_of(
-                Some(self.arrival),
-                Some(self.departed_at.unwrap_or_else(monotonic_now)),
-            ),
-            prefill: span_of(e.first_scheduled, e.first_token),
-            decode: span_of(e.first_token, e.last_token),
-        });
-    }
-
-    /// The response was completely written.
-    pub(crate) fn departed(&mut self) {
-        if std::mem::replace(&mut self.ended, true) {
-            return;
-        }
-        let now = monotonic_now();
-        self.departed_at = Some(now);
-        tracing::debug!(request_id = %self.id, after_s = now - self.arrival, "api.departed");
-        if let Some(s) = &mut self.span {
-            s.departed();
-        }
-    }
-
-    /// Passes `result` through, recording its error as the journey's end.
+    /// Passes `result` through, ending the journey with its error.
     pub(crate) fn check<T>(&mut self, result: Result<T, ApiError>) -> Result<T, ApiError> {
         if let Err(e) = &result {
-            self.failed(e);
+            self.end(Outcome::Failed(e));
         }
         result
     }
 
-    /// Whether the request departed or failed.
-    pub(crate) fn is_ended(&self) -> bool {
-        self.ended
-    }
-
-    /// The request ended with `error`.
-    pub(crate) fn failed(&mut self, error: &ApiError) {
-        self.abort(
-            error.journey_reason(),
-            error.status().as_str(),
-            &error.to_string(),
-        );
-    }
-
-    fn abort(&mut self, why: &'static str, error_type: &str, message: &str) {
+    /// The request ended so: the one place that says how. The first call counts; the span
+    /// gets the answer's counts, finish reasons and latency breakdown (when the request was
+    /// handed off), then exactly one `api.DEPARTED` or `api.ABORTED`, and ends.
+    pub(crate) fn end(&mut self, outcome: Outcome<'_>) {
         if std::mem::replace(&mut self.ended, true) {
             return;
         }
-        tracing::debug!(request_id = %self.id, reason = why, error = message, "api.aborted");
-        if let Some(s) = &mut self.span {
-            s.aborted(why, error_type, message);
+        let now = monotonic_now();
+        // Why it was aborted: `reason`, `error.type` and the message; `None` for a departure.
+        let aborted = match outcome {
+            Outcome::Departed => None,
+            Outcome::Failed(e) => Some((
+                e.journey_reason(),
+                e.status().as_str().to_owned(),
+                e.to_string(),
+            )),
+            Outcome::Disconnected => Some((
+                reason::CLIENT_DISCONNECT,
+                "client_disconnect".to_owned(),
+                "the client disconnected before the response was complete".to_owned(),
+            )),
+        };
+        match &aborted {
+            None => {
+                tracing::debug!(request_id = %self.id, after_s = now - self.arrival, "api.departed")
+            }
+            Some((why, _, message)) => {
+                tracing::debug!(request_id = %self.id, reason = why, error = %message, "api.aborted");
+            }
+        }
+        let Some(mut span) = self.span.take() else {
+            return;
+        };
+        if let Some(a) = &self.answer {
+            span.set_usage(a.prompt_tokens, a.completion_tokens);
+            let reasons: Vec<&'static str> = a
+                .finish_reasons
+                .iter()
+                .map(|r| r.unwrap_or("abort"))
+                .collect();
+            span.set_response(&a.model, &self.id, &reasons);
+            let e = self.engine;
+            span.set_latency(&Latency {
+                time_in_queue: span_of(e.queued, e.first_scheduled),
+                time_to_first_token: span_of(Some(self.arrival), self.first_output),
+                e2e: span_of(Some(self.arrival), Some(now)),
+                prefill: span_of(e.first_scheduled, e.first_token),
+                decode: span_of(e.first_token, e.last_token),
+            });
+        }
+        match aborted {
+            None => span.departed(),
+            Some((why, error_type, message)) => span.aborted(why, &error_type, &message),
         }
     }
 }
@@ -301,10 +331,6 @@ impl Drop for Journey {
     fn drop(&mut self) {
         // Dropped without an outcome: the handler future or the body stream went away,
         // which is what a client disconnect looks like.
-        self.abort(
-            reason::CLIENT_DISCONNECT,
-            "client_disconnect",
-            "the client disconnected before the response was complete",
-        );
+        self.end(Outcome::Disconnected);
     }
 }

@@ -14,12 +14,16 @@
 //! - `validation`: wire request → engine requests, in one place; every 4xx but auth is here.
 //! - `generation`: one API request in flight — the `n` engine requests fanned out and merged,
 //!   detokenisation, stop strings, logprobs, usage.
-//! - `journey`: each request's milestones (arrival, hand-off, first output, departure or
-//!   abort) and, when journey tracing samples it in, its `llm_request` span; the carrier it
-//!   puts in the engine requests makes the engine's `llm_core` span its child.
+//! - `journey`: each request's milestones (arrival, hand-off, first output) and the one owner
+//!   of its end (`Journey::end`: departed, failed or disconnected, decided once) and, when
+//!   journey tracing samples it in, its `llm_request` span; the carrier it puts in the engine
+//!   requests makes the engine's `llm_core` span its child.
 //! - `sse`: OpenAI's streaming framing; `routes`: the handlers (`routes/chat.rs`,
 //!   `routes/completions.rs`, and the small endpoints); `auth`: the bearer check.
-//! - [`error`]: [`ApiError`], the one error type, with the one mapping to HTTP.
+//! - `endpoints`: the generation endpoints' table (path, operation name, id prefix), written
+//!   once for the router, the handlers, auth and the journey.
+//! - [`error`]: [`ApiError`], the one error type, with the one mapping to HTTP and every
+//!   conversion into it.
 //!
 //! # Request path
 //! ```text
@@ -32,6 +36,7 @@
 //! ```
 
 mod auth;
+mod endpoints;
 pub mod error;
 mod generation;
 mod journey;
@@ -58,8 +63,11 @@ pub use validation::{MAX_CHOICES, MAX_N};
 /// when one is set), `/health` and `/version`.
 pub fn app(state: AppState) -> Router {
     let v1 = Router::new()
-        .route("/v1/chat/completions", post(routes::chat::handle))
-        .route("/v1/completions", post(routes::completions::handle))
+        .route(endpoints::CHAT.path, post(routes::chat::handle))
+        .route(
+            endpoints::COMPLETIONS.path,
+            post(routes::completions::handle),
+        )
         .route("/v1/models", get(routes::models))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),

@@ -10,8 +10,8 @@ use rand::{Rng, SeedableRng};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wayfinder_core::EngineHandle;
 use wayfinder_core::SamplingParams;
-use wayfinder_model::chat_template::ChatTemplate;
-use wayfinder_model::tokenizer::Tokenizer;
+use wayfinder_text::ChatTemplate;
+use wayfinder_text::Tokenizer;
 use wayfinder_trace::Telemetry;
 
 use crate::error::ApiError;

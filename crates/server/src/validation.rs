@@ -7,7 +7,7 @@
 
 use wayfinder_core::request::MAX_TOP_LOGPROBS;
 use wayfinder_core::{EngineRequest, SamplingParams, StopConditions};
-use wayfinder_model::chat_template::ChatMessage;
+use wayfinder_text::ChatMessage;
 
 use crate::error::ApiError;
 use crate::state::{AppState, unix_now};
@@ -94,10 +94,7 @@ pub(crate) fn chat(
             format!("cannot be rendered by the chat template: {e}"),
         )
     })?;
-    let prompt = state
-        .tokenizer()
-        .encode(&text, false)
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let prompt = state.tokenizer().encode(&text, false)?;
     let max_tokens = req.max_completion_tokens.or(req.sampling.max_tokens);
     build(
         state,
@@ -138,12 +135,7 @@ pub(crate) fn completion(
         .logprobs
         .map(|n| top_logprobs("logprobs", n))
         .transpose()?;
-    let encode = |text: &str| {
-        state
-            .tokenizer()
-            .encode(text, true)
-            .map_err(|e| ApiError::Internal(e.to_string()))
-    };
+    let encode = |text: &str| state.tokenizer().encode(text, true).map_err(ApiError::from);
     let prompts = match req.prompt {
         PromptIn::Text(t) => vec![encode(&t)?],
         PromptIn::Texts(ts) => ts.iter().map(|t| encode(t)).collect::<Result<_, _>>()?,

@@ -11,8 +11,8 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use serde_json::json;
+use wayfinder_testkit::{OtlpReceiver, ReceivedSpan};
 use wayfinder_trace::names::{SPAN_CORE, SPAN_REQUEST, attr, scope};
-use wayfinder_trace::receiver::{OtlpReceiver, ReceivedSpan};
 use wayfinder_trace::{ExportStats, ProcessRole, Telemetry, TracingConfig};
 
 use common::{MODEL, Options, TestServer};
@@ -205,7 +205,7 @@ fn request_spans(endpoint: String, protocol: &str, n: usize) -> Telemetry {
     .expect("an OTLP provider");
     let headers = axum::http::HeaderMap::new();
     for i in 0..n {
-        let mut span = telemetry
+        let span = telemetry
             .start_request(&headers, &format!("chatcmpl-{i}"), "chat")
             .expect("sampled");
         span.departed();

@@ -3,9 +3,10 @@
 //!
 //! [`Telemetry::start_request`] makes the sampling decision: a request with a valid parent in
 //! its headers follows the parent's sampled flag, any other is sampled at the configured rate.
-//! A sampled-out request gets `None` and costs nothing more. A [`RequestSpan`] records each
-//! event at most once and exactly one of `api.DEPARTED` / `api.ABORTED`; dropping it ends the
-//! span (as `api.ABORTED` with `internal_error` if no outcome was recorded).
+//! A sampled-out request gets `None` and costs nothing more. A [`RequestSpan`] ends by being
+//! consumed, with exactly one of `api.DEPARTED` ([`RequestSpan::departed`]) or `api.ABORTED`
+//! ([`RequestSpan::aborted`]). Which one, and that the milestones are recorded once each, is
+//! decided by the server's one owner of a request's end (its `Journey`), not here.
 
 use std::sync::Arc;
 
@@ -16,7 +17,7 @@ use wayfinder_core::Carrier;
 use wayfinder_core::clock::monotonic_now;
 
 use crate::carrier;
-use crate::names::{PROVIDER, SPAN_REQUEST, api_event, attr, reason};
+use crate::names::{PROVIDER, SPAN_REQUEST, api_event, attr};
 use crate::provider::{Telemetry, WallClock};
 
 /// The request's parameters as they are in force (after defaults), for the span's attributes.
@@ -60,13 +61,7 @@ pub struct RequestSpan {
     /// Shared by the `gen_ai.request.id` and `gen_ai.response.id` attributes.
     request_id: Arc<str>,
     clock: WallClock,
-    /// Events recorded so far (bit per event), so each is recorded at most once.
-    recorded: u8,
-    closed: bool,
 }
-
-const HANDOFF: u8 = 1;
-const FIRST_RESPONSE: u8 = 2;
 
 impl Telemetry {
     /// Starts `llm_request` for a request that just arrived with `headers`, or returns `None`
@@ -121,8 +116,6 @@ impl Telemetry {
             span,
             request_id,
             clock,
-            recorded: 0,
-            closed: false,
         })
     }
 }
@@ -182,12 +175,12 @@ impl RequestSpan {
 
     /// `api.HANDOFF_TO_CORE`.
     pub fn handed_off(&mut self) {
-        self.once(HANDOFF, api_event::HANDOFF_TO_CORE);
+        self.event(api_event::HANDOFF_TO_CORE, Vec::new());
     }
 
     /// `api.FIRST_RESPONSE_FROM_CORE`.
     pub fn first_response(&mut self) {
-        self.once(FIRST_RESPONSE, api_event::FIRST_RESPONSE_FROM_CORE);
+        self.event(api_event::FIRST_RESPONSE_FROM_CORE, Vec::new());
     }
 
     /// Records the token counts (completion: the sum over all choices).
@@ -239,20 +232,15 @@ impl RequestSpan {
         );
     }
 
-    /// `api.DEPARTED`: the response was completely sent.
-    pub fn departed(&mut self) {
-        if std::mem::replace(&mut self.closed, true) {
-            return;
-        }
+    /// `api.DEPARTED`: the response was completely sent. Ends the span.
+    pub fn departed(mut self) {
         self.event(api_event::DEPARTED, Vec::new());
+        self.end();
     }
 
-    /// `api.ABORTED` with `reason` (one of [`reason`]'s values) and the error; the span's
-    /// status becomes ERROR with `error.type`.
-    pub fn aborted(&mut self, why: &'static str, error_type: &str, message: &str) {
-        if std::mem::replace(&mut self.closed, true) {
-            return;
-        }
+    /// `api.ABORTED` with `reason` (one of [`crate::names::reason`]'s values) and the error;
+    /// the span's status becomes ERROR with `error.type`. Ends the span.
+    pub fn aborted(mut self, why: &'static str, error_type: &str, message: &str) {
         self.event(
             api_event::ABORTED,
             vec![
@@ -263,13 +251,12 @@ impl RequestSpan {
         self.span
             .set_attribute(KeyValue::new(attr::ERROR_TYPE, error_type.to_owned()));
         self.span.set_status(Status::error(message.to_owned()));
+        self.end();
     }
 
-    fn once(&mut self, bit: u8, name: &'static str) {
-        if self.recorded & bit == 0 && !self.closed {
-            self.recorded |= bit;
-            self.event(name, Vec::new());
-        }
+    fn end(mut self) {
+        self.span
+            .end_with_timestamp(self.clock.wall(monotonic_now()));
     }
 
     fn event(&mut self, name: &'static str, mut attrs: Vec<KeyValue>) {
@@ -277,19 +264,5 @@ impl RequestSpan {
         attrs.push(KeyValue::new(attr::EVENT_TS_MONOTONIC, now));
         self.span
             .add_event_with_timestamp(name, self.clock.wall(now), attrs);
-    }
-}
-
-impl Drop for RequestSpan {
-    fn drop(&mut self) {
-        if !self.closed {
-            self.aborted(
-                reason::INTERNAL_ERROR,
-                "internal_error",
-                "the request ended without an outcome",
-            );
-        }
-        self.span
-            .end_with_timestamp(self.clock.wall(monotonic_now()));
     }
 }

@@ -16,6 +16,8 @@ use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SpanData;
 use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
 
+use crate::export_error::ExporterError;
+
 /// The span flags bit saying whether the parent is remote is meaningful (OTLP `SpanFlags`).
 const CONTEXT_HAS_IS_REMOTE: u32 = 0x100;
 /// The span flags bit saying the parent is remote.
@@ -338,7 +340,7 @@ fn flags(cx: &SpanContext, remote: bool) -> u32 {
 /// `OTEL_EXPORTER_OTLP_HEADERS` (`k=v,k2=v2`, values percent-decoded, names lower-cased).
 pub(crate) fn otlp_headers(
     env: impl Fn(&str) -> Option<String>,
-) -> Result<Vec<(String, String)>, String> {
+) -> Result<Vec<(String, String)>, ExporterError> {
     let Some(s) =
         env("OTEL_EXPORTER_OTLP_TRACES_HEADERS").or_else(|| env("OTEL_EXPORTER_OTLP_HEADERS"))
     else {
@@ -348,10 +350,13 @@ pub(crate) fn otlp_headers(
     for pair in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let (k, v) = pair
             .split_once('=')
-            .ok_or_else(|| format!("OTLP header {pair:?} is not key=value"))?;
+            .ok_or_else(|| ExporterError::HeaderNotKeyValue(pair.to_owned()))?;
         let value = percent_encoding::percent_decode_str(v.trim())
             .decode_utf8()
-            .map_err(|e| format!("OTLP header {k:?}: {e}"))?;
+            .map_err(|source| ExporterError::HeaderNotUtf8 {
+                name: k.to_owned(),
+                source,
+            })?;
         headers.push((k.trim().to_ascii_lowercase(), value.into_owned()));
     }
     Ok(headers)
@@ -361,12 +366,19 @@ pub(crate) fn otlp_headers(
 pub(crate) fn with_otlp_headers(
     mut map: http::HeaderMap,
     otlp: &[(String, String)],
-) -> Result<http::HeaderMap, String> {
+) -> Result<http::HeaderMap, ExporterError> {
     for (k, v) in otlp {
-        let name = http::HeaderName::from_bytes(k.as_bytes())
-            .map_err(|e| format!("OTLP header name {k:?}: {e}"))?;
+        let name = http::HeaderName::from_bytes(k.as_bytes()).map_err(|source| {
+            ExporterError::HeaderName {
+                name: k.clone(),
+                source,
+            }
+        })?;
         let value =
-            http::HeaderValue::from_str(v).map_err(|e| format!("OTLP header {k:?}: {e}"))?;
+            http::HeaderValue::from_str(v).map_err(|source| ExporterError::HeaderValue {
+                name: k.clone(),
+                source,
+            })?;
         map.insert(name, value);
     }
     Ok(map)

@@ -29,6 +29,7 @@ use crate::encode::{
     EncodedResource, Framing, export_request_into, otlp_headers, with_otlp_headers,
 };
 use crate::export::chain;
+use crate::export_error::ExporterError;
 
 /// The exporter; see the module docs.
 #[derive(Debug)]
@@ -49,9 +50,9 @@ impl GrpcExporter {
         timeout: Duration,
         runtime: tokio::runtime::Handle,
         env: impl Fn(&str) -> Option<String>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, ExporterError> {
         let channel = Endpoint::from_shared(endpoint.to_owned())
-            .map_err(|e| format!("invalid endpoint: {e}"))?
+            .map_err(ExporterError::Endpoint)?
             .timeout(timeout)
             .connect_lazy();
         let headers = request_headers(&otlp_headers(env)?)?;
@@ -70,7 +71,7 @@ impl GrpcExporter {
 const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 
 /// A unary gRPC call's headers, with the OTLP headers after them.
-fn request_headers(otlp: &[(String, String)]) -> Result<HeaderMap, String> {
+fn request_headers(otlp: &[(String, String)]) -> Result<HeaderMap, ExporterError> {
     let mut map = HeaderMap::new();
     map.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
     map.insert(TE, HeaderValue::from_static("trailers"));

@@ -18,6 +18,7 @@ use crate::encode::{
     EncodedResource, Framing, export_request_into, otlp_headers, with_otlp_headers,
 };
 use crate::export::chain;
+use crate::export_error::ExporterError;
 
 /// The exporter; see the module docs.
 #[derive(Debug)]
@@ -34,7 +35,7 @@ impl HttpExporter {
         endpoint: &str,
         timeout: Duration,
         env: impl Fn(&str) -> Option<String>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, ExporterError> {
         let mut headers = HeaderMap::new();
         headers.insert(
             CONTENT_TYPE,
@@ -50,8 +51,8 @@ impl HttpExporter {
                 .build()
         })
         .join()
-        .map_err(|_| "the HTTP client's thread panicked".to_owned())?
-        .map_err(|e| format!("the HTTP client: {e}"))?;
+        .map_err(|_| ExporterError::HttpClientPanicked)?
+        .map_err(ExporterError::HttpClient)?;
         Ok(Self {
             client,
             endpoint: endpoint.to_owned(),

@@ -19,8 +19,11 @@
 //! - [`RequestSpan`] (`api.rs`): `llm_request` and the sampling decision.
 //! - [`CoreObserver`] (`observer.rs`): `llm_core` and `scheduler_step` from the engine's
 //!   journey events.
-//! - `receiver` (feature `receiver`): a small OTLP receiver (gRPC and HTTP) for tests and
-//!   benchmarks.
+//! - [`ExporterError`] (`export_error.rs`): why an exporter could not be built (its headers,
+//!   endpoint, HTTP client or runtime), inside [`TraceError::Exporter`].
+//!
+//! The OTLP receiver that tests and the tracing benchmark export to is not here: it is the
+//! test-support crate `wayfinder-testkit`.
 //!
 //! # Path of one traced request
 //! ```text
@@ -35,21 +38,19 @@ pub mod carrier;
 pub mod config;
 mod encode;
 mod export;
+mod export_error;
 mod grpc;
 mod http;
 pub mod names;
 mod observer;
 mod provider;
-#[cfg(feature = "receiver")]
-pub mod receiver;
-#[cfg(feature = "receiver")]
-mod receiver_count;
 
 pub use api::{Latency, RequestParams, RequestSpan};
 pub use config::{
     ConfigError, ExportTarget, ProcessRole, Protocol, StepTracingConfig, TracingConfig,
 };
 pub use export::ExportStats;
+pub use export_error::ExporterError;
 pub use observer::CoreObserver;
 pub use opentelemetry::trace::TraceId;
 pub use provider::{ShutdownGuard, Telemetry, TraceError, init, process_telemetry};

@@ -183,6 +183,14 @@ pub mod attr {
     pub const PROCESS_ROLE: &str = "wayfinder.process.role";
 }
 
+/// Values of `gen_ai.operation.name`.
+pub mod operation {
+    /// `POST /v1/chat/completions`.
+    pub const CHAT: &str = "chat";
+    /// `POST /v1/completions`.
+    pub const TEXT_COMPLETION: &str = "text_completion";
+}
+
 /// Values of `api.ABORTED`'s `reason`.
 pub mod reason {
     /// The client went away.

@@ -21,6 +21,7 @@ use wayfinder_core::clock::monotonic_now;
 
 use crate::config::{ExportTarget, Protocol, TracingConfig};
 use crate::export::{Counters, CountingExporter, CountingProcessor, ExportStats};
+use crate::export_error::ExporterError;
 use crate::grpc::GrpcExporter;
 use crate::http::HttpExporter;
 use crate::names::{attr, scope};
@@ -39,14 +40,14 @@ pub enum TraceError {
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
     /// The exporter could not be built.
-    #[error("cannot build the OTLP {protocol} exporter for {endpoint}: {message}")]
+    #[error("cannot build the OTLP {protocol} exporter for {endpoint}: {source}")]
     Exporter {
         /// The transport.
         protocol: &'static str,
         /// The endpoint.
         endpoint: String,
         /// What went wrong.
-        message: String,
+        source: ExporterError,
     },
 }
 
@@ -155,17 +156,17 @@ impl Telemetry {
     }
 
     fn build_otlp(config: TracingConfig, target: ExportTarget) -> Result<Self, TraceError> {
-        let error = |message: String| TraceError::Exporter {
+        let error = |source: ExporterError| TraceError::Exporter {
             protocol: target.protocol.as_str(),
             endpoint: target.endpoint.clone(),
-            message,
+            source,
         };
         // Built on a plain thread: the gRPC channel must be made inside the export runtime,
         // and the blocking HTTP client must not be made inside the caller's async runtime.
         let (runtime, exporter) = std::thread::scope(|s| {
             s.spawn(|| build_exporter(&target, config.export_timeout))
                 .join()
-                .unwrap_or_else(|_| Err("building the exporter panicked".to_owned()))
+                .unwrap_or(Err(ExporterError::Panicked))
         })
         .map_err(error)?;
         tracing::info!(
@@ -352,7 +353,7 @@ impl Drop for ShutdownGuard {
 fn build_exporter(
     target: &ExportTarget,
     timeout: Duration,
-) -> Result<(ExportRuntime, Exporter), String> {
+) -> Result<(ExportRuntime, Exporter), ExporterError> {
     match target.protocol {
         Protocol::Grpc => {
             let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -360,7 +361,7 @@ fn build_exporter(
                 .thread_name("wayfinder-otlp")
                 .enable_all()
                 .build()
-                .map_err(|e| format!("starting its runtime: {e}"))?;
+                .map_err(ExporterError::Runtime)?;
             let exporter = {
                 let _entered = runtime.enter();
                 GrpcExporter::new(&target.endpoint, timeout, runtime.handle().clone(), |k| {

@@ -16,10 +16,10 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use wayfinder_core::testing::{TestExecutor, TestExecutorConfig};
 use wayfinder_core::{EngineConfig, EngineHandle, SamplingParams, SchedulerConfig};
-use wayfinder_model::chat_template::ChatTemplate;
-use wayfinder_model::synth::{CHATML_TEMPLATE, train_tokenizer};
-use wayfinder_model::tokenizer::Tokenizer;
 use wayfinder_server::{AppState, Limits, ServerParts};
+use wayfinder_text::ChatTemplate;
+use wayfinder_text::Tokenizer;
+use wayfinder_text::synth::{CHATML_TEMPLATE, train_tokenizer};
 
 use super::client::{FailureKind, Success};
 use super::*;

@@ -5,8 +5,8 @@
 //! adds `rope_scaling` of type `llama3`; `attention_bias` / `mlp_bias` exist for derivatives.
 //! SmolLM and SmolLM2 are Llama with tied embeddings.
 
-use crate::arch::Architecture;
-use crate::config::{HfConfig, ModelConfig};
+use super::architecture::Architecture;
+use super::config::{HfConfig, ModelConfig};
 use crate::error::ModelError;
 
 pub(super) fn config(hf: &HfConfig) -> Result<ModelConfig, ModelError> {

@@ -4,8 +4,8 @@
 //! grouped-query attention and, in the first release, sliding-window attention over the last
 //! `sliding_window` positions (later releases set it to `null`).
 
-use crate::arch::Architecture;
-use crate::config::{HfConfig, ModelConfig};
+use super::architecture::Architecture;
+use super::config::{HfConfig, ModelConfig};
 use crate::error::ModelError;
 
 pub(super) fn config(hf: &HfConfig) -> Result<ModelConfig, ModelError> {

@@ -9,20 +9,22 @@ mod mistral;
 mod qwen2;
 mod qwen3;
 
-use crate::config::{HfConfig, ModelConfig};
+mod architecture;
+mod config;
+
+pub use architecture::Architecture;
+pub use config::{HfConfig, ModelConfig};
+
 use crate::error::ModelError;
 
-/// A supported architecture.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Architecture {
-    /// Llama 2, 3, 3.x (and SmolLM, which is Llama).
-    Llama,
-    /// Mistral.
-    Mistral,
-    /// Qwen2 and Qwen2.5.
-    Qwen2,
-    /// Qwen3 (dense).
-    Qwen3,
+impl ModelConfig {
+    /// Builds the runtime config for whichever architecture `hf` names.
+    pub fn from_hf(hf: &HfConfig) -> Result<Self, ModelError> {
+        let architecture = Architecture::detect(hf)?;
+        let config = architecture.build_config(hf)?;
+        config.check()?;
+        Ok(config)
+    }
 }
 
 impl Architecture {
@@ -58,26 +60,6 @@ impl Architecture {
             Self::Mistral => mistral::config(hf),
             Self::Qwen2 => qwen2::config(hf),
             Self::Qwen3 => qwen3::config(hf),
-        }
-    }
-
-    /// The `model_type` this architecture writes into `config.json`.
-    pub fn model_type(self) -> &'static str {
-        match self {
-            Self::Llama => "llama",
-            Self::Mistral => "mistral",
-            Self::Qwen2 => "qwen2",
-            Self::Qwen3 => "qwen3",
-        }
-    }
-
-    /// The class name it writes into `architectures`.
-    pub fn class_name(self) -> &'static str {
-        match self {
-            Self::Llama => "LlamaForCausalLM",
-            Self::Mistral => "MistralForCausalLM",
-            Self::Qwen2 => "Qwen2ForCausalLM",
-            Self::Qwen3 => "Qwen3ForCausalLM",
         }
     }
 }

@@ -4,8 +4,8 @@
 //! query, key and value projections (none on the output projection). Sliding-window attention
 //! applies only when `use_sliding_window` is true; the small models tie their embeddings.
 
-use crate::arch::Architecture;
-use crate::config::{HfConfig, ModelConfig};
+use super::architecture::Architecture;
+use super::config::{HfConfig, ModelConfig};
 use crate::error::ModelError;
 
 pub(super) fn config(hf: &HfConfig) -> Result<ModelConfig, ModelError> {

@@ -4,8 +4,8 @@
 //! but with a per-head RMSNorm on queries and keys (`q_norm`, `k_norm`) before the rotary
 //! embedding, and an explicit `head_dim` that need not equal `hidden_size / heads`.
 
-use crate::arch::Architecture;
-use crate::config::{HfConfig, ModelConfig};
+use super::architecture::Architecture;
+use super::config::{HfConfig, ModelConfig};
 use crate::error::ModelError;
 
 pub(super) fn config(hf: &HfConfig) -> Result<ModelConfig, ModelError> {

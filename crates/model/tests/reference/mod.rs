@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use wayfinder_model::ModelConfig;
-use wayfinder_model::config::HfConfig;
+use wayfinder_model::arch::HfConfig;
 
 pub struct Reference {
     pub config: ModelConfig,

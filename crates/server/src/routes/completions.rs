@@ -6,9 +6,10 @@ use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value};
 
+use crate::endpoints;
 use crate::error::ApiError;
 use crate::generation::{Delta, Generation, TokenInfo};
-use crate::journey::{self, Journey};
+use crate::journey::Journey;
 use crate::routes;
 use crate::sse::{self, ChunkWriter, json_event};
 use crate::state::AppState;
@@ -19,7 +20,7 @@ use crate::wire::{
 
 /// The handler: the journey starts as the request arrives, before its body is read.
 pub(crate) async fn handle(State(state): State<AppState>, request: Request) -> Response {
-    routes::in_journey(state, request, (journey::TEXT_COMPLETION, "cmpl"), respond).await
+    routes::in_journey(state, request, endpoints::COMPLETIONS, respond).await
 }
 
 async fn respond(

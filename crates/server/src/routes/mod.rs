@@ -14,6 +14,7 @@ use serde_json::json;
 use tracing::Instrument;
 use wayfinder_core::clock::monotonic_now;
 
+use crate::endpoints::Endpoint;
 use crate::error::ApiError;
 use crate::journey::Journey;
 use crate::state::AppState;
@@ -26,7 +27,7 @@ use crate::wire::{ModelCard, ModelList};
 pub(crate) async fn in_journey<F, Fut>(
     state: AppState,
     request: Request,
-    (operation, prefix): (&'static str, &'static str),
+    endpoint: Endpoint,
     respond: F,
 ) -> Response
 where
@@ -34,8 +35,8 @@ where
     Fut: Future<Output = Result<Response, ApiError>>,
 {
     let arrival = monotonic_now();
-    let id = state.new_id(prefix);
-    let journey = Journey::arrived(&state, request.headers(), id.clone(), arrival, operation);
+    let id = state.new_id(endpoint.id_prefix);
+    let journey = Journey::arrived(&state, request.headers(), id.clone(), arrival, endpoint);
     let log = journey.log();
     let response = match respond(state, request, journey, arrival)
         .instrument(log.for_future(&id))
@@ -78,7 +79,7 @@ pub(crate) async fn health(State(state): State<AppState>) -> Response {
     if state.engine().is_running() {
         (StatusCode::OK, Json(json!({ "status": "ok" }))).into_response()
     } else {
-        ApiError::Unavailable("the engine is not running".into()).into_response()
+        ApiError::engine_not_running().into_response()
     }
 }
 

@@ -17,10 +17,10 @@ use tower::ServiceExt;
 use wayfinder_core::testing::{JourneyLog, RecordingObserver, TestExecutor, TestExecutorConfig};
 use wayfinder_core::{EngineConfig, EngineHandle, EngineStats, SchedulerConfig};
 use wayfinder_core::{JourneyEvent, JourneyObserver, StepDetail, StepReport};
-use wayfinder_model::chat_template::ChatTemplate;
-use wayfinder_model::synth::{CHATML_TEMPLATE, train_tokenizer};
-use wayfinder_model::tokenizer::Tokenizer;
 use wayfinder_server::{AppState, Limits, ServerParts, app};
+use wayfinder_text::ChatTemplate;
+use wayfinder_text::Tokenizer;
+use wayfinder_text::synth::{CHATML_TEMPLATE, train_tokenizer};
 
 pub const MODEL: &str = "test-model";
 pub const BLOCK_SIZE: usize = 16;
@@ -108,7 +108,7 @@ pub struct TestServer {
     pub journey: Option<JourneyLog>,
     /// With `Options::engine_process`: the receiver both processes export to, and the
     /// engine child's pid.
-    pub receiver: Option<Arc<wayfinder_trace::receiver::OtlpReceiver>>,
+    pub receiver: Option<Arc<wayfinder_testkit::OtlpReceiver>>,
     pub engine_pid: Option<u32>,
 }
 
@@ -177,7 +177,7 @@ impl TestServer {
             return Self::new(options);
         }
         let receiver = Arc::new(
-            wayfinder_trace::receiver::OtlpReceiver::start()
+            wayfinder_testkit::OtlpReceiver::start()
                 .await
                 .expect("an OTLP receiver"),
         );

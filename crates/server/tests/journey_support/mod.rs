@@ -119,7 +119,7 @@ pub async fn spans(server: &TestServer, n: usize) -> Vec<SpanData> {
 
 /// With the engine in a child process: API spans come from this process (role `api`), engine
 /// spans from the child (role `engine`), each process with its own resource.
-fn check_processes(server: &TestServer, received: &[wayfinder_trace::receiver::ReceivedSpan]) {
+fn check_processes(server: &TestServer, received: &[wayfinder_testkit::ReceivedSpan]) {
     use opentelemetry_proto::tonic::common::v1::any_value::Value as Wire;
     let first_child = server.engine_pid.expect("an engine child");
     assert_ne!(first_child, std::process::id());
@@ -367,7 +367,7 @@ fn check_journey_events(span: &SpanData) {
 
 /// A span received over OTLP, as the SDK's `SpanData`, so that one set of assertions reads
 /// spans from the in-memory exporter and from the wire alike.
-pub fn from_wire(r: &wayfinder_trace::receiver::ReceivedSpan) -> SpanData {
+pub fn from_wire(r: &wayfinder_testkit::ReceivedSpan) -> SpanData {
     use std::time::{Duration, UNIX_EPOCH};
 
     use opentelemetry::InstrumentationScope;

@@ -4,17 +4,16 @@
 //! that holds it. Every read checks the shape the config implies and converts to the dtype the
 //! model runs in; errors name the tensor and the file.
 
+use std::cell::Cell;
 use std::collections::HashMap;
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
 use half::{bf16, f16};
-use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::error::ModelError;
-use crate::linear::{Linear, WeightData};
+use crate::kernels::{Linear, WeightData};
 
 /// The dtype weights are kept in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -89,14 +88,27 @@ impl Dtype {
     }
 }
 
-/// Every tensor of a checkpoint, across its shards.
-pub struct WeightLoader {
-    files: Vec<(PathBuf, MmapedSafetensors)>,
-    routing: HashMap<String, usize>,
-    progress: ProgressBar,
+/// How far loading the weights has come, as told to [`WeightLoader::open`]'s callback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoadProgress {
+    /// Tensors read so far.
+    pub loaded: usize,
+    /// Tensors in the checkpoint.
+    pub total: usize,
 }
 
-impl std::fmt::Debug for WeightLoader {
+/// What is told of the loading's progress; the library itself draws nothing.
+pub type ProgressFn<'a> = &'a dyn Fn(LoadProgress);
+
+/// Every tensor of a checkpoint, across its shards.
+pub struct WeightLoader<'a> {
+    files: Vec<(PathBuf, MmapedSafetensors)>,
+    routing: HashMap<String, usize>,
+    loaded: Cell<usize>,
+    progress: ProgressFn<'a>,
+}
+
+impl std::fmt::Debug for WeightLoader<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WeightLoader")
             .field(
@@ -108,9 +120,9 @@ impl std::fmt::Debug for WeightLoader {
     }
 }
 
-impl WeightLoader {
-    /// Maps `paths` and indexes their tensors. Shows a progress bar on a terminal.
-    pub fn open(paths: &[PathBuf]) -> Result<Self, ModelError> {
+impl<'a> WeightLoader<'a> {
+    /// Maps `paths` and indexes their tensors; `progress` is told of each tensor read.
+    pub fn open(paths: &[PathBuf], progress: ProgressFn<'a>) -> Result<Self, ModelError> {
         let mut files = Vec::with_capacity(paths.len());
         let mut routing = HashMap::new();
         for (i, path) in paths.iter().enumerate() {
@@ -129,19 +141,14 @@ impl WeightLoader {
             }
             files.push((path.clone(), st));
         }
-        let progress = if std::io::stderr().is_terminal() {
-            let bar = ProgressBar::new(routing.len() as u64);
-            bar.set_style(
-                ProgressStyle::with_template("loading weights {bar:40} {pos}/{len} tensors")
-                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
-            );
-            bar
-        } else {
-            ProgressBar::hidden()
-        };
+        progress(LoadProgress {
+            loaded: 0,
+            total: routing.len(),
+        });
         Ok(Self {
             files,
             routing,
+            loaded: Cell::new(0),
             progress,
         })
     }
@@ -149,11 +156,6 @@ impl WeightLoader {
     /// Whether a tensor exists.
     pub fn contains(&self, name: &str) -> bool {
         self.routing.contains_key(name)
-    }
-
-    /// Ends the progress bar.
-    pub fn finish(&self) {
-        self.progress.finish_and_clear();
     }
 
     fn describe(&self) -> PathBuf {
@@ -191,7 +193,11 @@ impl WeightLoader {
                 got: t.dims().to_vec(),
             });
         }
-        self.progress.inc(1);
+        self.loaded.set(self.loaded.get() + 1);
+        (self.progress)(LoadProgress {
+            loaded: self.loaded.get(),
+            total: self.routing.len(),
+        });
         Ok(t)
     }
 

@@ -19,14 +19,14 @@
 use gemm::Parallelism;
 use half::{bf16, f16};
 
-use crate::dispatch;
-use crate::simd::{Element, Isa, dot};
-use crate::team::{SendPtr, Team};
+use super::simd::dispatch;
+use super::simd::{Element, Isa, dot};
+use super::team::{SendPtr, Team};
 
 /// Up to this many rows, the streaming kernel beats packing for gemm (measured end to end on
 /// SmolLM2-135M: at 8 rows 127 vs 47 tok/s; at 32 rows even in f32 and gemm 4 % ahead in bf16;
 /// at 512 rows gemm is 2.5× faster).
-pub const SMALL_M: usize = 16;
+pub(crate) const SMALL_M: usize = 16;
 
 /// Up to this many rows, bf16 weights use the bf16 dot-product kernel; beyond, widening for
 /// gemm's packed kernels wins (measured on SmolLM2-135M: 32 sequences 236 → 313 tok/s, a
@@ -82,9 +82,9 @@ impl WeightData {
 
 /// Element types with an AVX-512 kernel.
 #[cfg(target_arch = "x86_64")]
-pub(crate) trait Wide: crate::linear_avx512::WideLoad {}
+pub(crate) trait Wide: super::linear_avx512::WideLoad {}
 #[cfg(target_arch = "x86_64")]
-impl<T: crate::linear_avx512::WideLoad> Wide for T {}
+impl<T: super::linear_avx512::WideLoad> Wide for T {}
 /// Element types with an AVX-512 kernel (none off x86-64).
 #[cfg(not(target_arch = "x86_64"))]
 pub(crate) trait Wide {}
@@ -190,7 +190,7 @@ impl Linear {
                 let n = out.len() / m;
                 let wt = &w[first * cols..(first + n) * cols];
                 // SAFETY: `Isa::detect` found AVX-512F/BW/VL on this CPU.
-                unsafe { crate::linear_avx512::rows_times_inputs(wt, cols, x, m, out) };
+                unsafe { super::linear_avx512::rows_times_inputs(wt, cols, x, m, out) };
                 return;
             }
             dispatch!(isa, || {
@@ -227,7 +227,7 @@ impl Linear {
                 // SAFETY: `has_bf16_dot` held at construction; rows `j0..j1` of every output
                 // row are inside `y` and owned by this member alone.
                 unsafe {
-                    crate::linear_avx512::bf16_dot_rows(
+                    super::linear_avx512::bf16_dot_rows(
                         &w[j0 * cols..j1 * cols],
                         cols,
                         &xb,
@@ -279,7 +279,7 @@ fn member_rows(rows: usize, members: usize, tid: usize) -> (usize, usize) {
 fn bf16_dot_available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        crate::linear_avx512::has_bf16_dot()
+        super::linear_avx512::has_bf16_dot()
     }
     #[cfg(not(target_arch = "x86_64"))]
     {

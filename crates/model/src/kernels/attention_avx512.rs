@@ -16,9 +16,9 @@
 
 use std::arch::x86_64::*;
 
-use crate::attention::AttentionParams;
+use super::attention_params::AttentionParams;
+use super::simd::softmax;
 use crate::kv_store::{KvGeometry, LayerKv};
-use crate::simd::softmax;
 
 /// Query rows per tile: one accumulator register each, with room for the operands.
 pub(crate) const MAX_ROWS: usize = 12;

@@ -4,7 +4,7 @@
 //! A folder holds `config.json`, `model.safetensors` (or shards with an index),
 //! `tokenizer.json` (byte-level BPE trained on a small built-in corpus), `tokenizer_config.json`
 //! (with a ChatML template) and `generation_config.json` — the same files a downloaded model has,
-//! so it loads through the same [`crate::loader`]. Weights are uniform with variance
+//! so it loads through the same [`crate::load`]. Weights are uniform with variance
 //! `1 / fan_in`, from a seeded RNG: the same spec and seed always give the same files.
 
 use std::path::Path;
@@ -13,22 +13,14 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use safetensors::tensor::TensorView;
 use serde_json::json;
-use tokenizers::models::bpe::{BPE, BpeTrainerBuilder};
-use tokenizers::pre_tokenizers::byte_level::ByteLevel;
-use tokenizers::{AddedToken, TokenizerImpl};
+use wayfinder_text::TextError;
+use wayfinder_text::synth::{CHATML_TEMPLATE, train_tokenizer};
 
 use crate::arch::Architecture;
 use crate::error::ModelError;
-use crate::weights::Dtype;
+use crate::load::weights::Dtype;
 
-/// The ChatML template the synthetic models carry.
-pub const CHATML_TEMPLATE: &str = "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
-
-/// Special tokens, in id order after the trained vocabulary.
-const SPECIAL_TOKENS: [&str; 3] = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"];
-
-/// Text the synthetic tokenizers are trained on.
-const CORPUS: &str = include_str!("synth_corpus.txt");
+pub mod demo;
 
 /// The shape of a synthetic model.
 #[derive(Debug, Clone, PartialEq)]
@@ -211,9 +203,9 @@ pub fn write_model(
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let tokenizer = train_tokenizer(spec.vocab_size)?;
     let tok_path = dir.join("tokenizer.json");
-    tokenizer
-        .save(&tok_path, false)
-        .map_err(|e| ModelError::Tokenizer(format!("{}: {e}", tok_path.display())))?;
+    tokenizer.save(&tok_path, false).map_err(|e| {
+        ModelError::Text(TextError::Tokenizer(format!("{}: {e}", tok_path.display())))
+    })?;
     let id = |t: &str| tokenizer.token_to_id(t).expect("special tokens were added");
     let (eos, bos) = (id("<|im_end|>"), id("<|endoftext|>"));
 
@@ -305,37 +297,6 @@ fn write_weights(
             .map_err(|source| ModelError::Io { path, source })?;
     }
     Ok(())
-}
-
-/// A byte-level BPE tokenizer with at most `vocab_size` tokens, trained on the built-in corpus,
-/// with the ChatML special tokens.
-pub fn train_tokenizer(vocab_size: usize) -> Result<tokenizers::Tokenizer, ModelError> {
-    let err = |e: tokenizers::Error| ModelError::Tokenizer(e.to_string());
-    let mut trainer = BpeTrainerBuilder::new()
-        .vocab_size(vocab_size)
-        .min_frequency(2)
-        .show_progress(false)
-        .special_tokens(
-            SPECIAL_TOKENS
-                .iter()
-                .map(|t| AddedToken::from(*t, true))
-                .collect(),
-        )
-        .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
-        .build();
-    let mut tokenizer: TokenizerImpl<
-        BPE,
-        tokenizers::NormalizerWrapper,
-        ByteLevel,
-        ByteLevel,
-        ByteLevel,
-    > = TokenizerImpl::new(BPE::default());
-    tokenizer.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
-    tokenizer.with_decoder(Some(ByteLevel::default()));
-    tokenizer.with_post_processor(Some(ByteLevel::new(false, true, true)));
-    tokenizer.train(&mut trainer, CORPUS.lines()).map_err(err)?;
-    let json = tokenizer.to_string(false).map_err(err)?;
-    json.parse::<tokenizers::Tokenizer>().map_err(err)
 }
 
 /// Names accepted by [`published_shape`].

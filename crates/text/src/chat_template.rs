@@ -6,7 +6,7 @@
 use minijinja::{Environment, Error, ErrorKind, Value, context};
 use serde::Serialize;
 
-use crate::error::ModelError;
+use crate::error::TextError;
 
 /// Used when the model has no template: one `role: content` line per message.
 pub const FALLBACK_TEMPLATE: &str = "{% for message in messages %}{{ message.role }}: \
@@ -46,7 +46,7 @@ impl ChatTemplate {
         source: Option<&str>,
         bos_token: String,
         eos_token: String,
-    ) -> Result<Self, ModelError> {
+    ) -> Result<Self, TextError> {
         let mut env = Environment::new();
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
@@ -61,7 +61,7 @@ impl ChatTemplate {
         let is_fallback = source.is_none();
         let source = source.unwrap_or(FALLBACK_TEMPLATE).to_owned();
         env.add_template_owned("chat", source)
-            .map_err(|e| ModelError::Template(format!("cannot compile: {e:#}")))?;
+            .map_err(|e| TextError::Template(format!("cannot compile: {e:#}")))?;
         Ok(Self {
             env,
             is_fallback,
@@ -80,11 +80,11 @@ impl ChatTemplate {
         &self,
         messages: &[ChatMessage],
         add_generation_prompt: bool,
-    ) -> Result<String, ModelError> {
+    ) -> Result<String, TextError> {
         let template = self
             .env
             .get_template("chat")
-            .map_err(|e| ModelError::Template(e.to_string()))?;
+            .map_err(|e| TextError::Template(e.to_string()))?;
         template
             .render(context! {
                 messages => messages,
@@ -92,7 +92,7 @@ impl ChatTemplate {
                 bos_token => &self.bos_token,
                 eos_token => &self.eos_token,
             })
-            .map_err(|e| ModelError::Template(format!("cannot render: {e:#}")))
+            .map_err(|e| TextError::Template(format!("cannot render: {e:#}")))
     }
 }
 

@@ -43,7 +43,7 @@ impl Isa {
 }
 
 /// Weight element types a kernel can read, widened to f32 on the fly.
-pub trait Element: Copy + Send + Sync + 'static {
+pub(crate) trait Element: Copy + Send + Sync + 'static {
     /// The value as f32.
     fn to_f32(self) -> f32;
 }
@@ -72,7 +72,7 @@ impl Element for f16 {
 
 /// `Σ a[i] · b[i]`, with `b` widened to f32.
 #[inline(always)]
-pub fn dot<E: Element>(a: &[f32], b: &[E]) -> f32 {
+pub(crate) fn dot<E: Element>(a: &[f32], b: &[E]) -> f32 {
     debug_assert_eq!(a.len(), b.len());
     let mut acc = [0f32; LANES];
     let chunks = a.len() / LANES;
@@ -99,7 +99,7 @@ pub fn dot<E: Element>(a: &[f32], b: &[E]) -> f32 {
 
 /// `y[i] += alpha · x[i]`.
 #[inline(always)]
-pub fn axpy(y: &mut [f32], alpha: f32, x: &[f32]) {
+pub(crate) fn axpy(y: &mut [f32], alpha: f32, x: &[f32]) {
     debug_assert_eq!(x.len(), y.len());
     for (yi, xi) in y.iter_mut().zip(x) {
         *yi += alpha * xi;
@@ -132,7 +132,7 @@ pub fn exp(x: f32) -> f32 {
 
 /// In-place softmax of `x`.
 #[inline(always)]
-pub fn softmax(x: &mut [f32]) {
+pub(crate) fn softmax(x: &mut [f32]) {
     let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let mut sum = 0.0;
     for v in x.iter_mut() {
@@ -147,8 +147,6 @@ pub fn softmax(x: &mut [f32]) {
 
 /// Runs `f` compiled for `isa`. `f` must be `#[inline(always)]`-friendly code: it is
 /// instantiated inside a function carrying the target features.
-#[macro_export]
-#[doc(hidden)]
 macro_rules! dispatch {
     ($isa:expr, $body:expr) => {{
         #[cfg(target_arch = "x86_64")]
@@ -163,10 +161,10 @@ macro_rules! dispatch {
             }
             match $isa {
                 // SAFETY: `Isa::detect` found these features on this CPU.
-                $crate::simd::Isa::Avx512 => unsafe { avx512($body) },
+                $crate::kernels::simd::Isa::Avx512 => unsafe { avx512($body) },
                 // SAFETY: as above.
-                $crate::simd::Isa::Avx2 => unsafe { avx2($body) },
-                $crate::simd::Isa::Baseline => ($body)(),
+                $crate::kernels::simd::Isa::Avx2 => unsafe { avx2($body) },
+                $crate::kernels::simd::Isa::Baseline => ($body)(),
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
@@ -176,6 +174,7 @@ macro_rules! dispatch {
         }
     }};
 }
+pub(crate) use dispatch;
 
 #[cfg(test)]
 mod tests {

@@ -8,7 +8,7 @@
 
 use std::path::Path;
 
-use crate::error::ModelError;
+use crate::error::TextError;
 
 /// Tokens of context kept before the new ones, so that merges and leading spaces decode right.
 const CONTEXT_TOKENS: usize = 5;
@@ -24,12 +24,12 @@ pub struct Tokenizer {
 impl Tokenizer {
     /// Loads `tokenizer.json`; `add_bos` names the bos token when `tokenizer_config.json` asks
     /// for one to be added.
-    pub fn from_file(path: &Path, add_bos: Option<&str>) -> Result<Self, ModelError> {
+    pub fn from_file(path: &Path, add_bos: Option<&str>) -> Result<Self, TextError> {
         if !path.is_file() {
-            return Err(ModelError::MissingFile(path.to_path_buf()));
+            return Err(TextError::MissingFile(path.to_path_buf()));
         }
         let inner = tokenizers::Tokenizer::from_file(path)
-            .map_err(|e| ModelError::Tokenizer(format!("{}: {e}", path.display())))?;
+            .map_err(|e| TextError::Tokenizer(format!("{}: {e}", path.display())))?;
         Ok(Self::new(inner, add_bos))
     }
 
@@ -41,11 +41,11 @@ impl Tokenizer {
 
     /// Token ids of `text`; with `add_special_tokens`, as the model expects a raw prompt (e.g.
     /// with bos). Chat prompts rendered by a template already hold their special tokens.
-    pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>, ModelError> {
+    pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>, TextError> {
         let enc = self
             .inner
             .encode(text, add_special_tokens)
-            .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
+            .map_err(|e| TextError::Tokenizer(e.to_string()))?;
         let mut ids = enc.get_ids().to_vec();
         if add_special_tokens
             && let Some(bos) = self.bos
@@ -57,10 +57,10 @@ impl Tokenizer {
     }
 
     /// Text of `ids`.
-    pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String, ModelError> {
+    pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String, TextError> {
         self.inner
             .decode(ids, skip_special_tokens)
-            .map_err(|e| ModelError::Tokenizer(e.to_string()))
+            .map_err(|e| TextError::Tokenizer(e.to_string()))
     }
 
     /// The id of a token string.
@@ -106,7 +106,7 @@ impl IncrementalDetokenizer {
     }
 
     /// Adds a token; returns the text it completes (possibly empty).
-    pub fn push(&mut self, tokenizer: &Tokenizer, id: u32) -> Result<String, ModelError> {
+    pub fn push(&mut self, tokenizer: &Tokenizer, id: u32) -> Result<String, TextError> {
         self.ids.push(id);
         let skip = self.skip_special_tokens;
         let prefix = tokenizer.decode(&self.ids[self.prefix_offset..self.read_offset], skip)?;
@@ -132,7 +132,7 @@ impl IncrementalDetokenizer {
 
     /// Text still held back at the end of generation (an incomplete character decodes as
     /// U+FFFD, as a full decode would show it).
-    pub fn flush(&mut self, tokenizer: &Tokenizer) -> Result<String, ModelError> {
+    pub fn flush(&mut self, tokenizer: &Tokenizer) -> Result<String, TextError> {
         let skip = self.skip_special_tokens;
         let prefix = tokenizer.decode(&self.ids[self.prefix_offset..self.read_offset], skip)?;
         let full = tokenizer.decode(&self.ids[self.prefix_offset..], skip)?;

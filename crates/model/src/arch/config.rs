@@ -2,34 +2,15 @@
 //! every architecture shares.
 //!
 //! The serde struct ([`HfConfig`]) mirrors the file and tolerates every field we do not use; the
-//! architecture files ([`crate::arch`]) turn it into a [`ModelConfig`], refusing what they cannot
-//! run.
+//! architecture files (`arch/*.rs`, through [`ModelConfig::from_hf`]) turn it into a
+//! [`ModelConfig`], refusing what they cannot run. The text side of the file (`eos_token_id`) is
+//! `wayfinder-text`'s.
 
 use serde::Deserialize;
 
-use crate::arch::Architecture;
+use super::architecture::Architecture;
 use crate::error::ModelError;
 use crate::rope::RopeScaling;
-
-/// Token ids that may be a single id or a list, as in `eos_token_id`.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-#[serde(untagged)]
-pub enum TokenIds {
-    /// One id.
-    One(u32),
-    /// Several ids.
-    Many(Vec<u32>),
-}
-
-impl TokenIds {
-    /// As a list.
-    pub fn to_vec(&self) -> Vec<u32> {
-        match self {
-            Self::One(id) => vec![*id],
-            Self::Many(ids) => ids.clone(),
-        }
-    }
-}
 
 /// The fields of `config.json` that wayfinder reads.
 #[derive(Debug, Clone, Deserialize)]
@@ -86,12 +67,6 @@ pub struct HfConfig {
     /// Activation; only SiLU is supported.
     #[serde(default)]
     pub hidden_act: Option<String>,
-    /// Beginning-of-sequence token.
-    #[serde(default)]
-    pub bos_token_id: Option<TokenIds>,
-    /// End-of-sequence token(s).
-    #[serde(default)]
-    pub eos_token_id: Option<TokenIds>,
     /// The checkpoint's dtype, e.g. `bfloat16`.
     #[serde(default)]
     pub torch_dtype: Option<String>,
@@ -153,21 +128,9 @@ pub struct ModelConfig {
     pub qk_norm: bool,
     /// Attend only to the last `w` positions.
     pub sliding_window: Option<usize>,
-    /// End-of-sequence tokens from `config.json`.
-    pub eos_token_ids: Vec<u32>,
-    /// Beginning-of-sequence token from `config.json`.
-    pub bos_token_id: Option<u32>,
 }
 
 impl ModelConfig {
-    /// Builds the runtime config for whichever architecture `hf` names.
-    pub fn from_hf(hf: &HfConfig) -> Result<Self, ModelError> {
-        let architecture = Architecture::detect(hf)?;
-        let config = architecture.build_config(hf)?;
-        config.check()?;
-        Ok(config)
-    }
-
     /// The fields every architecture shares; the architecture files adjust the rest.
     pub(crate) fn base(architecture: Architecture, hf: &HfConfig) -> Result<Self, ModelError> {
         if let Some(act) = &hf.hidden_act
@@ -197,19 +160,10 @@ impl ModelConfig {
             mlp_bias: hf.mlp_bias,
             qk_norm: false,
             sliding_window: None,
-            eos_token_ids: hf
-                .eos_token_id
-                .as_ref()
-                .map(TokenIds::to_vec)
-                .unwrap_or_default(),
-            bos_token_id: hf
-                .bos_token_id
-                .as_ref()
-                .and_then(|ids| ids.to_vec().first().copied()),
         })
     }
 
-    fn check(&self) -> Result<(), ModelError> {
+    pub(crate) fn check(&self) -> Result<(), ModelError> {
         let bad = |what: String| Err(ModelError::InvalidConfig(what));
         if self.hidden_size == 0 || self.num_layers == 0 || self.vocab_size == 0 {
             return bad("hidden_size, num_hidden_layers and vocab_size must be positive".into());

@@ -17,28 +17,14 @@
 
 use wayfinder_core::Batch;
 
-use crate::dispatch;
+use super::attention_params::AttentionParams;
+use super::simd::dispatch;
+use super::simd::{Isa, axpy, softmax};
+use super::team::Team;
 use crate::kv_store::{KvGeometry, LayerKv};
-use crate::simd::{Isa, axpy, softmax};
-use crate::team::Team;
 
 /// The largest block size attention supports (one accumulator array per block).
 pub const MAX_BLOCK: usize = 64;
-
-/// Attention shape of a model.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct AttentionParams {
-    /// Query heads.
-    pub num_heads: usize,
-    /// Key/value heads.
-    pub num_kv_heads: usize,
-    /// Per-head width.
-    pub head_dim: usize,
-    /// Score scale, usually `1 / sqrt(head_dim)`.
-    pub scale: f32,
-    /// Attend only to the last `w` positions.
-    pub sliding_window: Option<usize>,
-}
 
 /// What every layer's attention of one step shares.
 #[derive(Debug)]
@@ -109,17 +95,17 @@ pub fn paged_attention(
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx512 {
         let tiles = step.tiles.get_or_init(|| tiles(batch, group, num_kv_heads));
-        let out = crate::team::SendPtr(out.as_mut_ptr());
+        let out = super::team::SendPtr(out.as_mut_ptr());
         step.team.tasks(tiles.len(), &|i| {
             let tile = &tiles[i];
             let seq = &batch.seqs[tile.seq];
             let out = &out;
-            let mut rows = [crate::attention_avx512::Row::EMPTY; crate::attention_avx512::MAX_ROWS];
+            let mut rows = [super::attention_avx512::Row::EMPTY; super::attention_avx512::MAX_ROWS];
             let mut n = 0;
             for t in tile.tokens.clone() {
                 for h in tile.heads.clone() {
                     let at = t * width + (tile.kv_head * group + h) * head_dim;
-                    rows[n] = crate::attention_avx512::Row {
+                    rows[n] = super::attention_avx512::Row {
                         q: q[at..at + head_dim].as_ptr(),
                         // SAFETY: `at + head_dim <= out.len()`, as for `q`; tiles cover
                         // disjoint (token, head) pairs, so no two tasks write the same floats.
@@ -134,7 +120,7 @@ pub fn paged_attention(
                 // disjoint (above); this step's keys and values are in `kv` (the caller's
                 // contract).
                 unsafe {
-                    crate::attention_avx512::attend_rows(
+                    super::attention_avx512::attend_rows(
                         &rows[..n],
                         batch.block_table(seq),
                         tile.kv_head,
@@ -179,7 +165,7 @@ struct Tile {
 /// positions first so that the longest tasks start early.
 #[cfg(target_arch = "x86_64")]
 fn tiles(batch: &Batch, group: usize, num_kv_heads: usize) -> Vec<Tile> {
-    use crate::attention_avx512::MAX_ROWS;
+    use super::attention_avx512::MAX_ROWS;
     let head_parts = group.div_ceil(MAX_ROWS);
     let per_tile = (MAX_ROWS / group.div_ceil(head_parts)).max(1);
     let mut tiles = Vec::new();

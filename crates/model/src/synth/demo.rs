@@ -9,9 +9,9 @@
 
 use std::path::{Path, PathBuf};
 
+use super::{published_shape, write_model};
 use crate::error::ModelError;
-use crate::synth::{published_shape, write_model};
-use crate::weights::Dtype;
+use crate::load::weights::Dtype;
 
 /// The seed of the demo weights. Changing it (or the shape) needs a new folder version.
 const DEMO_SEED: u64 = 20_261_121;

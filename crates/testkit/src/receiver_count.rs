@@ -18,8 +18,30 @@ use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::server::{Grpc, NamedService, UnaryService};
 use tonic::{Status, body::Body};
 
+/// Why a request's spans could not be counted: it is not a well-formed protobuf message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum CountError {
+    /// A field's key or a varint could not be read.
+    #[error(transparent)]
+    Decode(#[from] prost::DecodeError),
+    /// A length does not fit in memory.
+    #[error(transparent)]
+    Length(#[from] std::num::TryFromIntError),
+    /// A field's bytes run past the end of the message.
+    #[error("field {0} runs past the message")]
+    RunsPast(u32),
+    /// A field has a wire type protobuf no longer uses (groups).
+    #[error("field {tag} has wire type {wire_type:?}")]
+    WireType {
+        /// The field's tag.
+        tag: u32,
+        /// Its wire type.
+        wire_type: WireType,
+    },
+}
+
 /// The number of spans in the encoded `ExportTraceServiceRequest` `buf`.
-pub(crate) fn count_spans(buf: &[u8]) -> Result<usize, String> {
+pub(crate) fn count_spans(buf: &[u8]) -> Result<usize, CountError> {
     let mut n = 0;
     // ExportTraceServiceRequest.resource_spans = 1, ResourceSpans.scope_spans = 2,
     // ScopeSpans.spans = 2.
@@ -44,30 +66,29 @@ pub(crate) fn count_spans(buf: &[u8]) -> Result<usize, String> {
 /// other fields are skipped.
 fn fields(
     mut buf: &[u8],
-    mut f: impl FnMut(u32, &[u8]) -> Result<(), String>,
-) -> Result<(), String> {
+    mut f: impl FnMut(u32, &[u8]) -> Result<(), CountError>,
+) -> Result<(), CountError> {
     while !buf.is_empty() {
-        let (tag, wire_type) = decode_key(&mut buf).map_err(|e| e.to_string())?;
+        let (tag, wire_type) = decode_key(&mut buf)?;
         let skip = match wire_type {
             WireType::LengthDelimited => {
-                let len = decode_varint(&mut buf).map_err(|e| e.to_string())?;
-                let len = usize::try_from(len).map_err(|e| e.to_string())?;
+                let len = usize::try_from(decode_varint(&mut buf)?)?;
                 if len > buf.len() {
-                    return Err(format!("field {tag} runs past the message"));
+                    return Err(CountError::RunsPast(tag));
                 }
                 f(tag, &buf[..len])?;
                 len
             }
             WireType::Varint => {
-                decode_varint(&mut buf).map_err(|e| e.to_string())?;
+                decode_varint(&mut buf)?;
                 0
             }
             WireType::SixtyFourBit => 8,
             WireType::ThirtyTwoBit => 4,
-            other => return Err(format!("field {tag} has wire type {other:?}")),
+            wire_type => return Err(CountError::WireType { tag, wire_type }),
         };
         if skip > buf.len() {
-            return Err(format!("field {tag} runs past the message"));
+            return Err(CountError::RunsPast(tag));
         }
         buf.advance(skip);
     }
@@ -156,7 +177,7 @@ impl Decoder for SpanCount {
         let bytes = src.copy_to_bytes(src.remaining());
         count_spans(&bytes)
             .map(Some)
-            .map_err(Status::invalid_argument)
+            .map_err(|e| Status::invalid_argument(e.to_string()))
     }
 }
 

@@ -1,0 +1,26 @@
+//! The compute kernels: linear layers, paged attention, vector kernels with runtime CPU
+//! dispatch, and the thread team they split their work over.
+//!
+//! What is public here is what the decoder (and the kernel benchmarks) call, nothing more; the
+//! AVX-512 paths are private to the file they accelerate.
+//!
+//! - `linear.rs` ([`Linear`], [`WeightData`]) and its AVX-512 kernels (`linear_avx512.rs`).
+//! - `attention.rs` ([`paged_attention`], [`StepContext`]) and its AVX-512 tiled kernel
+//!   (`attention_avx512.rs`); both take [`AttentionParams`] (`attention_params.rs`).
+//! - `simd.rs`: [`Isa`] detection, dot products, `exp`, softmax, and the `dispatch!` macro that
+//!   compiles a closure for the detected instruction set.
+//! - `team.rs`: [`Team`], the executor's pinned worker threads.
+
+mod attention;
+mod attention_avx512;
+mod attention_params;
+mod linear;
+mod linear_avx512;
+mod simd;
+mod team;
+
+pub use attention::{MAX_BLOCK, StepContext, paged_attention};
+pub use attention_params::AttentionParams;
+pub use linear::{Linear, WeightData};
+pub use simd::{Isa, exp};
+pub use team::Team;
