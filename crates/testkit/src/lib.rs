@@ -10,6 +10,8 @@
 //!   the wire with it; the tracing benchmark exports to it.
 //! - `receiver_count.rs`: the counting receiver's side — spans counted by walking the request's
 //!   bytes, without decoding the spans (the benchmark's receiver shares the server's cores).
+//! - `tests/house.rs`: the workspace's layout rules checked on its sources — no file imports
+//!   another that imports it back; the model crate has no text code and draws nothing.
 //!
 //! # Use
 //! ```no_run
