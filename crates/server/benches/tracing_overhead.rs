@@ -516,7 +516,11 @@ fn span_work(n: usize, protocol: &str, endpoint: &str) {
                 span.first_response();
             }
         }
-        span.set_usage(20, 16);
+        span.set_usage(&wayfinder_trace::Usage {
+            prompt_tokens: 20,
+            completion_tokens: 16,
+            cached_prompt_tokens: 0,
+        });
         span.set_response("demo", &id, &["length"]);
         span.set_latency(&wayfinder_trace::Latency {
             time_in_queue: Some(0.001),

@@ -16,7 +16,7 @@ use axum::http::HeaderMap;
 use wayfinder_core::clock::monotonic_now;
 use wayfinder_core::{Carrier, RequestTimestamps};
 use wayfinder_trace::names::reason;
-use wayfinder_trace::{Latency, RequestParams, RequestSpan, TraceId};
+use wayfinder_trace::{Latency, RequestParams, RequestSpan, TraceId, Usage};
 
 use crate::endpoints::Endpoint;
 use crate::error::ApiError;
@@ -180,8 +180,8 @@ impl Journey {
         let first = valid.choices.first().map(|c| &c.request);
         span.set_params(&RequestParams {
             model: valid.model.clone(),
-            temperature: first.map_or(0.0, |r| f64::from(r.sampling().temperature)),
-            top_p: first.map_or(1.0, |r| f64::from(r.sampling().top_p)),
+            temperature: valid.temperature,
+            top_p: valid.top_p,
             max_tokens: first.map_or(0, |r| i64::from(r.stop().max_tokens)),
             n: valid.n as i64,
             stream: valid.stream,
@@ -304,7 +304,12 @@ impl Journey {
             return;
         };
         if let Some(a) = &self.answer {
-            span.set_usage(a.prompt_tokens, a.completion_tokens);
+            span.set_usage(&Usage {
+                prompt_tokens: a.prompt_tokens,
+                completion_tokens: a.completion_tokens,
+                // No prefix cache yet: nothing is read from it.
+                cached_prompt_tokens: 0,
+            });
             let reasons: Vec<&'static str> = a
                 .finish_reasons
                 .iter()

@@ -41,6 +41,16 @@ pub(crate) struct ValidRequest {
     pub(crate) n: usize,
     /// The client's seed, when given.
     pub(crate) seed: Option<i64>,
+    /// The temperature in force, exactly as the client sent it (or the default as written).
+    pub(crate) temperature: f64,
+    /// The top-p in force, exactly as the client sent it (or the default as written).
+    pub(crate) top_p: f64,
+}
+
+/// An `f32` default (from `generation_config.json`) as the number written there: its shortest
+/// decimal form, so `0.7` records as 0.7 and not 0.699999988079071.
+fn as_written(value: f32) -> f64 {
+    value.to_string().parse().unwrap_or(f64::from(value))
 }
 
 /// One choice: its engine request and the stop strings to look for in its text.
@@ -291,8 +301,11 @@ fn build(
     };
     let defaults = state.sampling_defaults();
     let sampling = SamplingParams {
-        temperature: fields.temperature.unwrap_or(defaults.temperature),
-        top_p: fields.top_p.unwrap_or(defaults.top_p),
+        // The sampler works in f32; the journey records the request's own f64 (below).
+        temperature: fields
+            .temperature
+            .map_or(defaults.temperature, |t| t as f32),
+        top_p: fields.top_p.map_or(defaults.top_p, |p| p as f32),
         top_k,
         min_p: fields.min_p.unwrap_or(defaults.min_p),
         seed: fields.seed.map(|s| s as u64),
@@ -372,5 +385,9 @@ fn build(
         logprobs,
         n,
         seed: fields.seed,
+        temperature: fields
+            .temperature
+            .unwrap_or_else(|| as_written(defaults.temperature)),
+        top_p: fields.top_p.unwrap_or_else(|| as_written(defaults.top_p)),
     })
 }

@@ -31,9 +31,9 @@ pub struct SamplingFields {
     /// Output token limit.
     pub max_tokens: Option<i64>,
     /// Sampling temperature, [0, 2].
-    pub temperature: Option<f32>,
+    pub temperature: Option<f64>,
     /// Nucleus mass, (0, 1].
-    pub top_p: Option<f32>,
+    pub top_p: Option<f64>,
     /// Top-k; 0 or -1 disables it.
     pub top_k: Option<i64>,
     /// Min-p, [0, 1].

@@ -59,6 +59,7 @@ in_both_modes!(
     a_request_refused_for_its_api_key_still_has_an_aborted_request_span,
     a_choice_ended_by_a_stop_string_still_has_the_engines_latency,
     a_request_past_the_request_timeout_is_aborted_with_reason_timeout,
+    numbers_are_recorded_exactly_as_the_client_sent_them,
 );
 
 /// The engine-core child of the engine-process mode (see `common::engine_child_main`).
@@ -674,4 +675,22 @@ async fn a_request_past_the_request_timeout_is_aborted_with_reason_timeout(mode:
     let core = one(&spans, SPAN_CORE);
     let finished = core.events.events.last().expect("events");
     assert_eq!(event_str(finished, attr::FINISH_STATUS), "aborted");
+}
+
+async fn numbers_are_recorded_exactly_as_the_client_sent_them(mode: Mode) {
+    let server = traced(mode, Options::default()).await;
+    let reply = server
+        .post(
+            "/v1/chat/completions",
+            &chat(&json!({"max_tokens": 3, "temperature": 0.01, "top_p": 0.1})),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    let spans = spans(&server, 2).await;
+    let request = one(&spans, SPAN_REQUEST);
+    // Parsed as f32 these read 0.009999999776482582 and 0.10000000149011612.
+    assert_eq!(float(request, attr::TEMPERATURE), 0.01);
+    assert_eq!(float(request, attr::TOP_P), 0.1);
+    // No prefix cache yet: present, and 0.
+    assert_eq!(int(request, attr::CACHE_READ_INPUT_TOKENS), 0);
 }

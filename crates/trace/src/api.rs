@@ -39,6 +39,17 @@ pub struct RequestParams {
     pub seed: Option<i64>,
 }
 
+/// A request's token counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Usage {
+    /// Prompt tokens.
+    pub prompt_tokens: usize,
+    /// Generated tokens, over all choices.
+    pub completion_tokens: usize,
+    /// Prompt tokens served from the prefix cache, over all choices (0 when none).
+    pub cached_prompt_tokens: usize,
+}
+
 /// Where the request's time went, in seconds; `None` for a phase that did not happen.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct Latency {
@@ -120,8 +131,8 @@ impl Telemetry {
     }
 }
 
-/// Attributes `llm_request` has at most: 3 at arrival, 7 parameters, 4 usage, 3 response, 6
-/// latency and `error.type` (24), with room for two more.
+/// Attributes `llm_request` has at most: 3 at arrival, 7 parameters, 5 usage, 3 response, 6
+/// latency and `error.type` (25), with room for one more.
 const MAX_REQUEST_ATTRIBUTES: usize = 26;
 
 /// The attributes known at arrival, in a vector with room for all the others, so that the
@@ -183,14 +194,18 @@ impl RequestSpan {
         self.event(api_event::FIRST_RESPONSE_FROM_CORE, Vec::new());
     }
 
-    /// Records the token counts (completion: the sum over all choices).
-    pub fn set_usage(&mut self, prompt_tokens: usize, completion_tokens: usize) {
-        let (p, c) = (prompt_tokens as i64, completion_tokens as i64);
+    /// Records the token counts (completion and cached: the sums over all choices).
+    pub fn set_usage(&mut self, usage: &Usage) {
+        let (p, c) = (usage.prompt_tokens as i64, usage.completion_tokens as i64);
         self.span.set_attributes([
             KeyValue::new(attr::PROMPT_TOKENS, p),
             KeyValue::new(attr::COMPLETION_TOKENS, c),
             KeyValue::new(attr::INPUT_TOKENS, p),
             KeyValue::new(attr::OUTPUT_TOKENS, c),
+            KeyValue::new(
+                attr::CACHE_READ_INPUT_TOKENS,
+                usage.cached_prompt_tokens as i64,
+            ),
         ]);
     }
 

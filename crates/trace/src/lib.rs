@@ -45,7 +45,7 @@ pub mod names;
 mod observer;
 mod provider;
 
-pub use api::{Latency, RequestParams, RequestSpan};
+pub use api::{Latency, RequestParams, RequestSpan, Usage};
 pub use config::{
     ConfigError, ExportTarget, ProcessRole, Protocol, StepTracingConfig, TracingConfig,
 };

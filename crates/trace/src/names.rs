@@ -73,6 +73,8 @@ pub mod attr {
     pub const INPUT_TOKENS: &str = "gen_ai.usage.input_tokens";
     /// Completion tokens (current semantic-convention name).
     pub const OUTPUT_TOKENS: &str = "gen_ai.usage.output_tokens";
+    /// Prompt tokens served from the prefix cache (0 when none), summed over choices.
+    pub const CACHE_READ_INPUT_TOKENS: &str = "gen_ai.usage.cache_read.input_tokens";
     /// The model that answered.
     pub const RESPONSE_MODEL: &str = "gen_ai.response.model";
     /// The model asked for.
