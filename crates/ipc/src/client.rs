@@ -100,8 +100,7 @@ impl RemoteStatus {
 pub struct ConnectError {
     /// Where.
     pub addr: String,
-    /// Why.
-    #[source]
+    /// Why (its text is in this error's message, so it is not repeated as the source).
     pub reason: LinkError,
 }
 

@@ -2,30 +2,14 @@
 
 use std::path::PathBuf;
 
-use wayfinder_text::TextError;
+use wayfinder_text::{FileError, TextError};
 
 /// Why a model could not be loaded or run.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
-    /// A file the model needs is not in the folder.
-    #[error("missing file {}", .0.display())]
-    MissingFile(PathBuf),
-    /// A file could not be read.
-    #[error("cannot read {}: {source}", path.display())]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        source: std::io::Error,
-    },
-    /// A JSON file is malformed.
-    #[error("invalid JSON in {}: {source}", path.display())]
-    Json {
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        source: serde_json::Error,
-    },
+    /// A file is missing, unreadable or malformed.
+    #[error(transparent)]
+    File(#[from] FileError),
     /// The model uses something wayfinder does not implement.
     #[error("unsupported: {0}")]
     Unsupported(String),
@@ -69,12 +53,10 @@ pub enum ModelError {
 }
 
 impl From<TextError> for ModelError {
-    /// A file error keeps its kind (missing, unreadable, malformed), whichever side read it.
+    /// A file error stays a file error, whichever side read the file.
     fn from(e: TextError) -> Self {
         match e {
-            TextError::MissingFile(path) => Self::MissingFile(path),
-            TextError::Io { path, source } => Self::Io { path, source },
-            TextError::Json { path, source } => Self::Json { path, source },
+            TextError::File(f) => Self::File(f),
             other => Self::Text(other),
         }
     }

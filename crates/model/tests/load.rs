@@ -7,6 +7,7 @@ use wayfinder_core::{Batch, EngineRequest, Executor, SeqId};
 use wayfinder_model::arch::Architecture;
 use wayfinder_model::synth::{SynthSpec, write_model};
 use wayfinder_model::{Dtype, LoadOptions, ModelError, ModelExecutor};
+use wayfinder_text::FileError;
 
 // ---------------------------------------------------------------------------------------------
 // Loader errors
@@ -44,7 +45,7 @@ fn remove(dir: &Path, name: &str) {
 }
 
 fn assert_missing(err: &ModelError, file: &str) {
-    let ModelError::MissingFile(path) = err else {
+    let ModelError::File(FileError::Missing(path)) = err else {
         panic!("expected MissingFile({file}), got {err:?}");
     };
     assert_eq!(path.file_name().and_then(|n| n.to_str()), Some(file));
@@ -86,7 +87,7 @@ fn a_missing_folder_is_named() {
     let missing = dir.path().join("no-such-model");
     let err = load_err(&missing);
     assert!(
-        matches!(&err, ModelError::MissingFile(p) if p == &missing),
+        matches!(&err, ModelError::File(FileError::Missing(p)) if p == &missing),
         "{err:?}"
     );
     assert!(err.to_string().contains("no-such-model"), "message: {err}");
@@ -137,7 +138,7 @@ fn malformed_config_json_is_named() {
     std::fs::write(dir.path().join("config.json"), "{ \"hidden_size\": 64,").expect("write");
     let err = load_err(dir.path());
     assert!(
-        matches!(&err, ModelError::Json { path, .. } if path.ends_with("config.json")),
+        matches!(&err, ModelError::File(FileError::Json { path, .. }) if path.ends_with("config.json")),
         "{err:?}"
     );
     assert!(err.to_string().contains("config.json"), "message: {err}");

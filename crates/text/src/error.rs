@@ -2,12 +2,13 @@
 
 use std::path::PathBuf;
 
-/// Why a model's text side could not be loaded or used.
+/// Why a file of a model folder could not be had: missing, unreadable or malformed. The model
+/// crate's errors use the same type for its own files (`config.json`, the weights).
 #[derive(Debug, thiserror::Error)]
-pub enum TextError {
+pub enum FileError {
     /// A file the model needs is not in the folder (or the folder is missing).
     #[error("missing file {}", .0.display())]
-    MissingFile(PathBuf),
+    Missing(PathBuf),
     /// A file could not be read.
     #[error("cannot read {}: {source}", path.display())]
     Io {
@@ -24,6 +25,14 @@ pub enum TextError {
         /// The cause.
         source: serde_json::Error,
     },
+}
+
+/// Why a model's text side could not be loaded or used.
+#[derive(Debug, thiserror::Error)]
+pub enum TextError {
+    /// A file is missing, unreadable or malformed.
+    #[error(transparent)]
+    File(#[from] FileError),
     /// The tokenizer could not be loaded, trained or used.
     #[error("tokenizer: {0}")]
     Tokenizer(String),

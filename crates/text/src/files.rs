@@ -7,7 +7,7 @@ use std::path::Path;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
-use crate::error::TextError;
+use crate::error::{FileError, TextError};
 
 /// Token ids that may be a single id or a list, as in `eos_token_id`.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -109,16 +109,16 @@ pub(crate) struct TokenizerConfig {
     pub(crate) add_bos_token: Option<bool>,
 }
 
-/// Reads and parses the JSON file at `path`; a missing file is [`TextError::MissingFile`].
-pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T, TextError> {
+/// Reads and parses the JSON file at `path`; a missing file is [`FileError::Missing`].
+pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T, FileError> {
     let text = std::fs::read_to_string(path).map_err(|source| match source.kind() {
-        std::io::ErrorKind::NotFound => TextError::MissingFile(path.to_path_buf()),
-        _ => TextError::Io {
+        std::io::ErrorKind::NotFound => FileError::Missing(path.to_path_buf()),
+        _ => FileError::Io {
             path: path.to_path_buf(),
             source,
         },
     })?;
-    serde_json::from_str(&text).map_err(|source| TextError::Json {
+    serde_json::from_str(&text).map_err(|source| FileError::Json {
         path: path.to_path_buf(),
         source,
     })
@@ -129,7 +129,7 @@ pub(crate) fn read_optional_json<T: DeserializeOwned + Default>(
     path: &Path,
 ) -> Result<T, TextError> {
     if path.exists() {
-        read_json(path)
+        Ok(read_json(path)?)
     } else {
         Ok(T::default())
     }

@@ -16,7 +16,8 @@
 //!   `transformers` renders it (`minijinja`).
 //! - [`stop`]: [`StopMatcher`], stop strings over streamed text.
 //! - [`synth`]: the tokenizer and template of wayfinder's synthetic models.
-//! - [`TextError`]: every error, naming the file it is about.
+//! - [`TextError`]: every error; [`FileError`], a missing, unreadable or malformed file (the
+//!   model crate's too), naming it.
 
 pub mod chat_template;
 mod error;
@@ -27,7 +28,7 @@ pub mod synth;
 pub mod tokenizer;
 
 pub use chat_template::{ChatMessage, ChatTemplate};
-pub use error::TextError;
+pub use error::{FileError, TextError};
 pub use files::GenerationDefaults;
 pub use model_text::ModelText;
 pub use stop::StopMatcher;

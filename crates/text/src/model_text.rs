@@ -12,7 +12,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::chat_template::ChatTemplate;
-use crate::error::TextError;
+use crate::error::{FileError, TextError};
 use crate::files::{
     ConfigEos, GenerationDefaults, TokenIds, TokenizerConfig, read_json, read_optional_json,
 };
@@ -39,7 +39,7 @@ impl ModelText {
     /// Loads the text side of the model folder `dir`.
     pub fn load(dir: &Path) -> Result<Self, TextError> {
         if !dir.is_dir() {
-            return Err(TextError::MissingFile(dir.to_path_buf()));
+            return Err(FileError::Missing(dir.to_path_buf()).into());
         }
         let config: ConfigEos = read_json(&dir.join("config.json"))?;
         let tokenizer_config: TokenizerConfig =

@@ -8,7 +8,7 @@
 
 use std::path::Path;
 
-use crate::error::TextError;
+use crate::error::{FileError, TextError};
 
 /// Tokens of context kept before the new ones, so that merges and leading spaces decode right.
 const CONTEXT_TOKENS: usize = 5;
@@ -26,7 +26,7 @@ impl Tokenizer {
     /// for one to be added.
     pub fn from_file(path: &Path, add_bos: Option<&str>) -> Result<Self, TextError> {
         if !path.is_file() {
-            return Err(TextError::MissingFile(path.to_path_buf()));
+            return Err(FileError::Missing(path.to_path_buf()).into());
         }
         let inner = tokenizers::Tokenizer::from_file(path)
             .map_err(|e| TextError::Tokenizer(format!("{}: {e}", path.display())))?;

@@ -40,14 +40,14 @@ pub enum TraceError {
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
     /// The exporter could not be built.
-    #[error("cannot build the OTLP {protocol} exporter for {endpoint}: {source}")]
+    #[error("cannot build the OTLP {protocol} exporter for {endpoint}: {reason}")]
     Exporter {
         /// The transport.
         protocol: &'static str,
         /// The endpoint.
         endpoint: String,
-        /// What went wrong.
-        source: ExporterError,
+        /// What went wrong (in the message, so not repeated as the source).
+        reason: ExporterError,
     },
 }
 
@@ -156,10 +156,10 @@ impl Telemetry {
     }
 
     fn build_otlp(config: TracingConfig, target: ExportTarget) -> Result<Self, TraceError> {
-        let error = |source: ExporterError| TraceError::Exporter {
+        let error = |reason: ExporterError| TraceError::Exporter {
             protocol: target.protocol.as_str(),
             endpoint: target.endpoint.clone(),
-            source,
+            reason,
         };
         // Built on a plain thread: the gRPC channel must be made inside the export runtime,
         // and the blocking HTTP client must not be made inside the caller's async runtime.

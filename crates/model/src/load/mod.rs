@@ -16,8 +16,8 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-use wayfinder_text::ModelText;
 use wayfinder_text::files::read_json;
+use wayfinder_text::{FileError, ModelText};
 
 use crate::arch::{HfConfig, ModelConfig};
 use crate::decoder::Decoder;
@@ -60,7 +60,7 @@ pub fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
     }
     let index_path = dir.join("model.safetensors.index.json");
     if !index_path.is_file() {
-        return Err(ModelError::MissingFile(single));
+        return Err(FileError::Missing(single).into());
     }
     let index: Index = read_json(&index_path)?;
     let shards: BTreeSet<&String> = index.weight_map.values().collect();

@@ -12,6 +12,8 @@ use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
 use half::{bf16, f16};
 
+use wayfinder_text::FileError;
+
 use crate::error::ModelError;
 use crate::kernels::{Linear, WeightData};
 
@@ -127,7 +129,7 @@ impl<'a> WeightLoader<'a> {
         let mut routing = HashMap::new();
         for (i, path) in paths.iter().enumerate() {
             if !path.is_file() {
-                return Err(ModelError::MissingFile(path.clone()));
+                return Err(FileError::Missing(path.clone()).into());
             }
             // SAFETY: the map is read-only; like every mmap-based loader we rely on the file not
             // being truncated while the model loads (the mapping is dropped after loading).

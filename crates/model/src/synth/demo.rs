@@ -10,6 +10,8 @@
 use std::path::{Path, PathBuf};
 
 use super::{published_shape, write_model};
+use wayfinder_text::FileError;
+
 use crate::error::ModelError;
 use crate::load::weights::Dtype;
 
@@ -49,6 +51,6 @@ pub fn ensure_demo(root: &Path) -> Result<PathBuf, ModelError> {
             let _ = std::fs::remove_dir_all(&tmp);
             Ok(dir)
         }
-        Err(source) => Err(ModelError::Io { path: dir, source }),
+        Err(source) => Err(FileError::Io { path: dir, source }.into()),
     }
 }

@@ -13,8 +13,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use safetensors::tensor::TensorView;
 use serde_json::json;
-use wayfinder_text::TextError;
 use wayfinder_text::synth::{CHATML_TEMPLATE, train_tokenizer};
+use wayfinder_text::{FileError, TextError};
 
 use crate::arch::Architecture;
 use crate::error::ModelError;
@@ -198,7 +198,7 @@ pub fn write_model(
 ) -> Result<(), ModelError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
-        move |source| ModelError::Io { path, source }
+        move |source| ModelError::from(FileError::Io { path, source })
     };
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let tokenizer = train_tokenizer(spec.vocab_size)?;
@@ -294,7 +294,7 @@ fn write_weights(
         let path = dir.join("model.safetensors.index.json");
         let index = json!({ "metadata": {}, "weight_map": weight_map });
         std::fs::write(&path, index.to_string())
-            .map_err(|source| ModelError::Io { path, source })?;
+            .map_err(|source| FileError::Io { path, source })?;
     }
     Ok(())
 }
