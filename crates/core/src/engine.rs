@@ -79,6 +79,9 @@ pub enum EngineCommand {
     Abort(SeqId),
     /// Abort a request by client id.
     AbortById(String),
+    /// End a request by client id as `stopped`: the API layer found a stop string in its text
+    /// (the engine does not see text).
+    StopById(String),
     /// Reply with the engine's load.
     Stats(oneshot::Sender<EngineStats>),
     /// Stop.
@@ -181,6 +184,11 @@ impl EngineLoop {
             EngineCommand::AbortById(id) => {
                 if let Some(&seq) = self.ids.get(&id) {
                     self.finish(seq, FinishStatus::Aborted, None);
+                }
+            }
+            EngineCommand::StopById(id) => {
+                if let Some(&seq) = self.ids.get(&id) {
+                    self.finish(seq, FinishStatus::Stopped, None);
                 }
             }
             EngineCommand::Stats(reply) => {

@@ -104,6 +104,12 @@ impl EngineHandle {
         self.send(EngineCommand::AbortById(request_id.to_owned()))
     }
 
+    /// Ends the live request with this client id, if any, with status `stopped`: its text
+    /// reached a stop string, which only the API layer can see.
+    pub fn stop(&self, request_id: &str) -> Result<(), EngineError> {
+        self.send(EngineCommand::StopById(request_id.to_owned()))
+    }
+
     /// The engine's load, after every command sent before this call has been handled.
     pub async fn stats(&self) -> Result<EngineStats, EngineError> {
         let (tx, rx) = oneshot::channel();

@@ -313,6 +313,35 @@ fn abort_and_dropped_streams_free_every_block() {
 }
 
 #[test]
+fn a_request_stopped_by_id_finishes_stopped_and_frees_its_blocks() {
+    let setup = Setup {
+        step_delay: Duration::from_millis(2),
+        ..Setup::default()
+    };
+    let (engine, log) = setup.spawn(true);
+    let mut stream = engine
+        .add_request(greedy("stop-me", prompt(1, 40), 400))
+        .expect("add");
+    assert!(matches!(
+        stream.blocking_next(),
+        Some(RequestOutput::Token(_))
+    ));
+    // The API layer found a stop string in its text.
+    engine.stop("stop-me").expect("running");
+    let (_, fin) = collect(stream);
+    assert_eq!(fin.status, FinishStatus::Stopped);
+    assert!(fin.timestamps.first_token.is_some());
+    assert_eq!(used_blocks(&engine), 0);
+    assert_eq!(
+        log.of("stop-me").last().map(|e| e.kind),
+        Some(JourneyEventKind::Finished(FinishStatus::Stopped))
+    );
+    // Stopping an unknown or finished id is harmless.
+    engine.stop("stop-me").expect("running");
+    engine.shutdown();
+}
+
+#[test]
 fn eos_and_stop_tokens_end_with_stopped() {
     let setup = Setup {
         eos: vec![3],

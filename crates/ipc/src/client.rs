@@ -349,7 +349,11 @@ impl<'a> Supervisor<'a> {
                     None | Some(EngineCommand::Shutdown) => return false,
                     // Dropping the output channel ends the stream: the API answers 503.
                     Some(EngineCommand::Add { .. } | EngineCommand::Stats(_)) => {}
-                    Some(EngineCommand::Abort(_) | EngineCommand::AbortById(_)) => {}
+                    Some(
+                        EngineCommand::Abort(_)
+                        | EngineCommand::AbortById(_)
+                        | EngineCommand::StopById(_),
+                    ) => {}
                 },
             }
         }
@@ -374,6 +378,7 @@ impl<'a> Supervisor<'a> {
                         ToEngine::Abort { seq: seq.0 }
                     }
                     Some(EngineCommand::AbortById(id)) => ToEngine::AbortById { id },
+                    Some(EngineCommand::StopById(id)) => ToEngine::StopById { id },
                     Some(EngineCommand::Stats(reply)) => {
                         next_tag += 1;
                         stats.insert(next_tag, reply);

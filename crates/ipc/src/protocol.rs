@@ -14,7 +14,7 @@ use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 use wayfinder_core::{EngineStats, RequestOutput, SamplingParams, StopConditions};
 
 /// The protocol's version; a peer with another one is refused.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The largest frame (a prompt of a few million tokens).
 pub const MAX_FRAME_BYTES: usize = 64 << 20;
@@ -73,6 +73,11 @@ pub enum ToEngine {
     },
     /// Aborts the live request with this client id.
     AbortById {
+        /// Which.
+        id: String,
+    },
+    /// Ends the live request with this client id as `stopped` (a stop string).
+    StopById {
         /// Which.
         id: String,
     },

@@ -146,6 +146,9 @@ fn handle(
         ToEngine::AbortById { id } => {
             let _ = engine.abort(&id);
         }
+        ToEngine::StopById { id } => {
+            let _ = engine.stop(&id);
+        }
         ToEngine::Stats { tag } => {
             let (engine, out) = (engine.clone(), out.clone());
             tokio::spawn(async move {

@@ -3,13 +3,14 @@
 use axum::extract::{Request, State};
 use axum::http::header::AUTHORIZATION;
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 
 use wayfinder_core::clock::monotonic_now;
 
 use crate::endpoints;
 use crate::error::ApiError;
 use crate::journey::{Journey, Outcome};
+use crate::routes;
 use crate::state::AppState;
 
 /// Lets the request through when no key is set or it carries `Authorization: Bearer <key>`;
@@ -28,12 +29,24 @@ pub(crate) async fn require_key(
             .map(str::trim);
         if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), key.as_bytes())) {
             let error = ApiError::Unauthorized;
-            if let Some(endpoint) = endpoints::generation(request.uri().path()) {
-                let id = state.new_id(endpoint.id_prefix);
-                Journey::arrived(&state, request.headers(), id, monotonic_now(), endpoint)
-                    .end(Outcome::Failed(&error));
-            }
-            return Err(error);
+            let Some(endpoint) = endpoints::generation(request.uri().path()) else {
+                return Err(error);
+            };
+            let id = state.new_id(endpoint.id_prefix);
+            let mut journey = Journey::arrived(
+                &state,
+                request.headers(),
+                id.clone(),
+                monotonic_now(),
+                endpoint,
+            );
+            let trace_response = journey.trace_response();
+            journey.end(Outcome::Failed(&error));
+            return Ok(routes::with_ids(
+                error.into_response(),
+                &id,
+                trace_response.as_deref(),
+            ));
         }
     }
     Ok(next.run(request).await)

@@ -8,9 +8,10 @@
 //! aborts every engine request, frees their KV blocks, and ends the journey with
 //! `client_disconnect` unless it departed or failed first.
 //!
-//! A choice ended by a stop string is aborted in the engine; the generation reads on until
-//! that abort's `Finished` comes back (at most a step later), so every choice's engine
-//! timestamps are in the journey before it ends, and nothing waits after the response.
+//! A choice ended by a stop string is ended in the engine as `stopped`
+//! ([`wayfinder_core::EngineHandle::stop`]); the generation reads on until that `Finished`
+//! comes back (at most a step later), so every choice's engine timestamps are in the journey
+//! before it ends, and nothing waits after the response.
 
 use std::pin::Pin;
 
@@ -122,7 +123,8 @@ impl Generation {
             } else {
                 carrier.clone()
             };
-            if let Some(c) = own {
+            if let Some(mut c) = own {
+                wayfinder_trace::carrier::set_choice_index(&mut c, spec.index);
                 spec.request.set_carrier(c);
             }
             // On failure, the choices already added are aborted as `outputs` drops.
@@ -260,8 +262,9 @@ impl Generation {
         if out.stopped.is_some() {
             choice.finish = Some("stop");
             self.journey.choice_finished(i, "stop");
-            // The engine does not know about stop strings: end the request there.
-            let _ = self.state.engine().abort(&choice.engine_id);
+            // The engine does not see text: end the request there, as stopped. Its `Finished`
+            // (with the engine's timestamps) is read before the journey ends.
+            let _ = self.state.engine().stop(&choice.engine_id);
         } else if out.text.is_empty() && tokens.is_empty() {
             return Ok(None);
         }

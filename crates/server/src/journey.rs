@@ -167,6 +167,11 @@ impl Journey {
         &self.id
     }
 
+    /// The `traceresponse` header's value, when the request is traced.
+    pub(crate) fn trace_response(&self) -> Option<String> {
+        self.span.as_ref().map(RequestSpan::trace_response)
+    }
+
     /// Where the log lines written while serving this request go; see [`RequestLog`].
     pub(crate) fn log(&self) -> RequestLog {
         self.log

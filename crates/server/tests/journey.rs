@@ -60,6 +60,9 @@ in_both_modes!(
     a_choice_ended_by_a_stop_string_still_has_the_engines_latency,
     a_request_past_the_request_timeout_is_aborted_with_reason_timeout,
     numbers_are_recorded_exactly_as_the_client_sent_them,
+    each_core_span_names_its_choice_index,
+    a_stop_string_finishes_the_core_span_as_stopped,
+    every_response_to_a_traced_request_names_its_request_span,
 );
 
 /// The engine-core child of the engine-process mode (see `common::engine_child_main`).
@@ -602,7 +605,7 @@ async fn a_choice_ended_by_a_stop_string_still_has_the_engines_latency(mode: Mod
         .expect("text")
         .to_owned();
     // The same greedy request again, stopped by the text's last characters: the API ends the
-    // choice and aborts it in the engine, whose `Finished` comes after the response.
+    // choice and stops it in the engine, whose `Finished` is read before the journey ends.
     let tail: String = {
         let chars: Vec<char> = text.chars().collect();
         chars[chars.len().saturating_sub(2)..].iter().collect()
@@ -693,4 +696,113 @@ async fn numbers_are_recorded_exactly_as_the_client_sent_them(mode: Mode) {
     assert_eq!(float(request, attr::TOP_P), 0.1);
     // No prefix cache yet: present, and 0.
     assert_eq!(int(request, attr::CACHE_READ_INPUT_TOKENS), 0);
+}
+
+async fn each_core_span_names_its_choice_index(mode: Mode) {
+    let server = traced(mode, Options::default()).await;
+    for n in [1, 3] {
+        let reply = server
+            .post(
+                "/v1/chat/completions",
+                &chat(&json!({"max_tokens": 2, "n": n})),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    }
+    let spans = spans(&server, 6).await;
+    for request in named(&spans, SPAN_REQUEST) {
+        let mut indices: Vec<i64> = children(&spans, request)
+            .into_iter()
+            .map(|core| int(core, attr::CHOICE_INDEX))
+            .collect();
+        indices.sort_unstable();
+        let expected: Vec<i64> = (0..int(request, attr::N)).collect();
+        assert_eq!(indices, expected);
+    }
+}
+
+async fn a_stop_string_finishes_the_core_span_as_stopped(mode: Mode) {
+    // Steps slow enough that the stop reaches the engine before the request's last token
+    // (an engine that finishes first reports `length`, which is what happened there).
+    let server = traced(
+        mode,
+        Options {
+            step_delay: Duration::from_millis(10),
+            ..Options::default()
+        },
+    )
+    .await;
+    let plain = chat(&json!({"max_tokens": 8, "temperature": 0}));
+    let text = server.post("/v1/chat/completions", &plain).await.json()["choices"][0]
+        ["message"]["content"]
+        .as_str()
+        .expect("text")
+        .to_owned();
+    let first: String = text.chars().take(1).collect();
+    assert!(!first.is_empty(), "the test model writes text: {text:?}");
+    for stream in [false, true] {
+        let body = chat(
+            &json!({"max_tokens": 8, "temperature": 0, "stop": [first.clone()],
+                                "stream": stream}),
+        );
+        let reply = server.post("/v1/chat/completions", &body).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    }
+    let spans = spans(&server, 6).await;
+    let stopped: Vec<_> = named(&spans, SPAN_REQUEST)
+        .into_iter()
+        .filter(|r| {
+            attr_of(r, attr::FINISH_REASONS).map(ToString::to_string)
+                == Some("[\"stop\"]".to_owned())
+        })
+        .collect();
+    assert_eq!(stopped.len(), 2, "both stopped requests");
+    for request in stopped {
+        let core = children(&spans, request);
+        assert_eq!(core.len(), 1);
+        let finished = core[0].events.events.last().expect("events");
+        assert_eq!(finished.name, "journey.FINISHED");
+        assert_eq!(event_str(finished, attr::FINISH_STATUS), "stopped");
+        assert!(float(request, attr::TIME_IN_MODEL_PREFILL) > 0.0);
+    }
+}
+
+async fn every_response_to_a_traced_request_names_its_request_span(mode: Mode) {
+    let server = traced(mode, Options::default()).await;
+    let ok = chat(&json!({"max_tokens": 2}));
+    let streamed = chat(&json!({"max_tokens": 2, "stream": true}));
+    let invalid = chat(&json!({"max_tokens": 2, "temperature": 7}));
+    let mut named_spans = Vec::new();
+    for (body, status) in [
+        (&ok, StatusCode::OK),
+        (&streamed, StatusCode::OK),
+        (&invalid, StatusCode::BAD_REQUEST),
+    ] {
+        let reply = server.post("/v1/chat/completions", body).await;
+        assert_eq!(reply.status, status, "{}", reply.text);
+        let header = reply
+            .headers
+            .get("traceresponse")
+            .expect("traceresponse")
+            .to_str()
+            .expect("ASCII")
+            .to_owned();
+        named_spans.push(header);
+    }
+    let spans = spans(&server, 5).await;
+    let requests = named(&spans, SPAN_REQUEST);
+    assert_eq!(requests.len(), 3);
+    for header in named_spans {
+        let parts: Vec<&str> = header.split('-').collect();
+        assert_eq!(parts.len(), 4, "{header}");
+        assert_eq!(parts[0], "00");
+        assert_eq!(parts[3], "01", "sampled");
+        assert!(
+            requests.iter().any(|r| {
+                r.span_context.trace_id().to_string() == parts[1]
+                    && r.span_context.span_id().to_string() == parts[2]
+            }),
+            "{header} names no llm_request"
+        );
+    }
 }

@@ -42,7 +42,7 @@ async fn traced_request(server: &TestServer) {
         .header("content-type", "application/json")
         .header("traceparent", format!("00-{CLIENT_TRACE}-{CLIENT_SPAN}-01"))
         .body(Body::from(
-            json!({"model": MODEL, "max_tokens": 3,
+            json!({"model": MODEL, "max_tokens": 3, "temperature": 0.01, "top_p": 0.1,
                    "messages": [{"role": "user", "content": "hello"}]})
             .to_string(),
         ))
@@ -89,6 +89,23 @@ fn check_received(spans: &[ReceivedSpan], transport: &str) {
         core.parent_span_id(),
         request.span_id(),
         "llm_core's parent is llm_request"
+    );
+    // Numbers arrive exactly as the client sent them, not as their nearest f32.
+    assert_eq!(
+        request.attribute(attr::TEMPERATURE),
+        Some(&Value::DoubleValue(0.01))
+    );
+    assert_eq!(
+        request.attribute(attr::TOP_P),
+        Some(&Value::DoubleValue(0.1))
+    );
+    assert_eq!(
+        request.attribute(attr::CACHE_READ_INPUT_TOKENS),
+        Some(&Value::IntValue(0))
+    );
+    assert_eq!(
+        core.attribute(attr::CHOICE_INDEX),
+        Some(&Value::IntValue(0))
     );
     assert_eq!(
         request.event_names(),

@@ -158,6 +158,18 @@ impl RequestSpan {
         self.span.span_context().trace_id()
     }
 
+    /// The `traceresponse` header's value (W3C Trace Context Level 2) naming this span:
+    /// `00-<trace id>-<span id>-<flags>`.
+    pub fn trace_response(&self) -> String {
+        let sc = self.span.span_context();
+        format!(
+            "00-{}-{}-{:02x}",
+            sc.trace_id(),
+            sc.span_id(),
+            sc.trace_flags().to_u8()
+        )
+    }
+
     /// The carrier for the engine request: this span's context and the sampling decision.
     pub fn carrier(&self) -> Carrier {
         let carrier = carrier::inject(self.span.span_context(), &self.request_id);

@@ -10,7 +10,7 @@ use opentelemetry::trace::{SpanContext, TraceContextExt};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use wayfinder_core::Carrier;
 
-use crate::names::{REQUEST_ID_KEY, SAMPLED_KEY};
+use crate::names::{CHOICE_INDEX_KEY, REQUEST_ID_KEY, SAMPLED_KEY};
 
 /// Reads HTTP headers; `http::HeaderMap` matches names case-insensitively.
 struct HeaderExtractor<'a>(&'a http::HeaderMap);
@@ -80,6 +80,19 @@ pub fn inject(span: &SpanContext, request_id: &str) -> Carrier {
     carrier.insert(SAMPLED_KEY.to_owned(), "1".to_owned());
     carrier.insert(REQUEST_ID_KEY.to_owned(), request_id.to_owned());
     carrier
+}
+
+/// Marks the carrier of one engine request as the API request's choice `index`.
+pub fn set_choice_index(carrier: &mut Carrier, index: u32) {
+    carrier.insert(CHOICE_INDEX_KEY.to_owned(), index.to_string());
+}
+
+/// The choice index the API layer put in the carrier; 0 when none (one choice) or unreadable.
+pub fn choice_index(carrier: &Carrier) -> u32 {
+    carrier
+        .get(CHOICE_INDEX_KEY)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
 
 /// The API layer's request id, if the carrier has one.

@@ -93,6 +93,8 @@ pub mod attr {
     pub const TIME_IN_MODEL_DECODE: &str = "gen_ai.latency.time_in_model_decode";
     /// Seconds of prefill and decode.
     pub const TIME_IN_MODEL_INFERENCE: &str = "gen_ai.latency.time_in_model_inference";
+    /// `llm_core`: the choice's index in its API request (0 when `n` = 1).
+    pub const CHOICE_INDEX: &str = "wayfinder.choice.index";
     /// `chat` or `text_completion`.
     pub const OPERATION_NAME: &str = "gen_ai.operation.name";
     /// `wayfinder`.
@@ -217,6 +219,14 @@ pub const SAMPLED_KEY: &str = "x-wayfinder-journey-sampled";
 /// The carrier key with the API layer's request id, so that `llm_core` records the same
 /// `gen_ai.request.id` as `llm_request` (an engine request's own id adds the choice index).
 pub const REQUEST_ID_KEY: &str = "x-wayfinder-request-id";
+
+/// The carrier key with the choice's index in its API request (`wayfinder.choice.index` of
+/// `llm_core`), so that the `n` engine requests of one API request can be told apart.
+pub const CHOICE_INDEX_KEY: &str = "x-wayfinder-choice-index";
+
+/// The response header that names a traced request's `llm_request` span (W3C Trace Context
+/// Level 2): `00-<trace id>-<span id>-<flags>`.
+pub const TRACE_RESPONSE: &str = "traceresponse";
 
 /// `gen_ai.provider.name`'s value.
 pub const PROVIDER: &str = "wayfinder";

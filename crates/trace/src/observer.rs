@@ -67,7 +67,13 @@ impl CoreObserver {
             .span_builder(SPAN_CORE)
             .with_kind(SpanKind::Internal)
             .with_start_time(self.clock.wall(event.fields.ts_monotonic))
-            .with_attributes([KeyValue::new(attr::REQUEST_ID, request_id.to_owned())])
+            .with_attributes([
+                KeyValue::new(attr::REQUEST_ID, request_id.to_owned()),
+                KeyValue::new(
+                    attr::CHOICE_INDEX,
+                    i64::from(carrier::choice_index(event.carrier)),
+                ),
+            ])
             .start_with_context(&self.scheduler, &cx);
         tracing::debug!(
             request_id = event.request_id,

@@ -13,6 +13,7 @@ use serde_json::json;
 
 use tracing::Instrument;
 use wayfinder_core::clock::monotonic_now;
+use wayfinder_trace::names::TRACE_RESPONSE;
 
 use crate::endpoints::Endpoint;
 use crate::error::ApiError;
@@ -38,6 +39,7 @@ where
     let id = state.new_id(endpoint.id_prefix);
     let journey = Journey::arrived(&state, request.headers(), id.clone(), arrival, endpoint);
     let log = journey.log();
+    let trace_response = journey.trace_response();
     let response = match respond(state, request, journey, arrival)
         .instrument(log.for_future(&id))
         .await
@@ -46,16 +48,20 @@ where
         // The failure's log line carries the request's ids.
         Err(e) => log.span(&id).in_scope(|| e.into_response()),
     };
-    with_request_id(response, &id)
+    with_ids(response, &id, trace_response.as_deref())
 }
 
 /// The header that carries the response id.
 pub(crate) const REQUEST_ID: &str = "x-request-id";
 
-/// Adds the `x-request-id` header.
-pub(crate) fn with_request_id(mut response: Response, id: &str) -> Response {
+/// Adds the `x-request-id` header and, for a traced request, `traceresponse`.
+pub(crate) fn with_ids(mut response: Response, id: &str, trace_response: Option<&str>) -> Response {
+    let headers = response.headers_mut();
     if let Ok(v) = HeaderValue::from_str(id) {
-        response.headers_mut().insert(REQUEST_ID, v);
+        headers.insert(REQUEST_ID, v);
+    }
+    if let Some(v) = trace_response.and_then(|t| HeaderValue::from_str(t).ok()) {
+        headers.insert(TRACE_RESPONSE, v);
     }
     response
 }
