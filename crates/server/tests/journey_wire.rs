@@ -21,7 +21,16 @@ const CLIENT_TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
 const CLIENT_SPAN: &str = "b7ad6b7169203331";
 
 fn server_exporting_to(endpoint: String, protocol: &str) -> TestServer {
-    let telemetry = Telemetry::otlp(&TracingConfig {
+    server_exporting_with_env(endpoint, protocol, |_| None)
+}
+
+/// A server exporting to `endpoint`, the `OTEL_*` variables read from `env`.
+fn server_exporting_with_env(
+    endpoint: String,
+    protocol: &str,
+    env: impl Fn(&str) -> Option<String> + Sync,
+) -> TestServer {
+    let config = TracingConfig {
         endpoint: Some(endpoint),
         protocol: Some(protocol.to_owned()),
         service_name: Some("wayfinder-wire-test".to_owned()),
@@ -29,8 +38,8 @@ fn server_exporting_to(endpoint: String, protocol: &str) -> TestServer {
         export_timeout: Duration::from_secs(2),
         shutdown_timeout: Duration::from_secs(2),
         ..TracingConfig::default()
-    })
-    .expect("an OTLP provider");
+    };
+    let telemetry = Telemetry::otlp_with_env(&config, env).expect("an OTLP provider");
     TestServer::new(&Options {
         telemetry: Some(telemetry),
         ..Options::default()
@@ -271,4 +280,42 @@ async fn the_benchmarks_counting_receiver_counts_what_arrives() {
         assert_eq!((stats.exported, stats.failed), (700, 0), "{protocol}");
         assert_eq!(receiver.num_spans(), expected, "{protocol}");
     }
+}
+
+/// Over TLS (a self-signed certificate trusted through `OTEL_EXPORTER_OTLP_CERTIFICATE`) and
+/// gzip (`OTEL_EXPORTER_OTLP_COMPRESSION`), both spans arrive over each transport; without the
+/// certificate the same exports fail (the certificate is really checked) and are counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_arrive_over_tls_and_gzip_when_the_certificate_is_trusted() {
+    let receiver = OtlpReceiver::start_tls().await.expect("TLS receiver");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, receiver.certificate().expect("a certificate")).expect("write");
+    let ca = ca.to_string_lossy().into_owned();
+    for (protocol, transport, endpoint) in [
+        ("grpc", "grpc", receiver.grpc_endpoint()),
+        ("http/protobuf", "http", receiver.http_endpoint()),
+    ] {
+        let before = receiver.num_spans();
+        let ca = ca.clone();
+        let server = server_exporting_with_env(endpoint.clone(), protocol, move |k| match k {
+            "OTEL_EXPORTER_OTLP_CERTIFICATE" => Some(ca.clone()),
+            "OTEL_EXPORTER_OTLP_COMPRESSION" => Some("gzip".to_owned()),
+            _ => None,
+        });
+        traced_request(&server).await;
+        let stats = shut_down(server.telemetry.clone().expect("tracing on")).await;
+        assert_eq!((stats.exported, stats.failed), (2, 0), "{protocol}");
+        let spans = receiver.wait_for(before + 2, Duration::from_secs(10)).await;
+        let spans = &spans[before..];
+        check_received(spans, transport);
+        assert!(spans.iter().all(|s| s.gzip), "{protocol}: gzip bodies");
+
+        // The same without trusting the certificate: nothing gets through.
+        let untrusting = server_exporting_with_env(endpoint, protocol, |_| None);
+        traced_request(&untrusting).await;
+        let stats = shut_down(untrusting.telemetry.clone().expect("tracing on")).await;
+        assert_eq!((stats.exported, stats.failed), (0, 2), "{protocol}");
+    }
+    assert_eq!(receiver.num_spans(), 4);
 }

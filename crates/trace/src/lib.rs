@@ -12,15 +12,15 @@
 //! - [`init`] / [`Telemetry`] (`provider.rs`): the process singleton, its resource, the
 //!   bounded batch processor, the flush on shutdown.
 //! - `export.rs`: span counting around the processor and exporter; drops are logged.
-//! - `grpc.rs`, `http.rs`: the OTLP exporters (gRPC, HTTP/protobuf); `encode.rs` writes their
-//!   protobuf straight from the spans, into buffers reused from export to export
-//!   (`buffers.rs`).
+//! - `exporter.rs`: the OTLP exporters of `opentelemetry-otlp` (gRPC via tonic, HTTP/protobuf
+//!   via blocking reqwest), TLS (rustls with the system's roots and
+//!   `OTEL_EXPORTER_OTLP_CERTIFICATE`), gzip, headers and timeout from the `OTEL_*` variables.
 //! - [`carrier`]: W3C inject/extract, from HTTP headers and into/out of engine carriers.
 //! - [`RequestSpan`] (`api.rs`): `llm_request` and the sampling decision.
 //! - [`CoreObserver`] (`observer.rs`): `llm_core` and `scheduler_step` from the engine's
 //!   journey events.
-//! - [`ExporterError`] (`export_error.rs`): why an exporter could not be built (its headers,
-//!   endpoint, HTTP client or runtime), inside [`TraceError::Exporter`].
+//! - [`ExporterError`] (`exporter.rs`): why an exporter could not be built (its certificate,
+//!   TLS, HTTP client, runtime or configuration), inside [`TraceError::Exporter`].
 //!
 //! The OTLP receiver that tests and the tracing benchmark export to is not here: it is the
 //! test-support crate `wayfinder-testkit`.
@@ -33,14 +33,10 @@
 //! ```
 
 mod api;
-mod buffers;
 pub mod carrier;
 pub mod config;
-mod encode;
 mod export;
-mod export_error;
-mod grpc;
-mod http;
+mod exporter;
 pub mod names;
 mod observer;
 mod provider;
@@ -50,7 +46,7 @@ pub use config::{
     ConfigError, ExportTarget, ProcessRole, Protocol, StepTracingConfig, TracingConfig,
 };
 pub use export::ExportStats;
-pub use export_error::ExporterError;
+pub use exporter::ExporterError;
 pub use observer::CoreObserver;
 pub use opentelemetry::trace::TraceId;
 pub use provider::{ShutdownGuard, Telemetry, TraceError, init, process_telemetry};

@@ -2,8 +2,9 @@
 //! (the process singleton) or, for tests and tools, by [`Telemetry::with_exporter`].
 //!
 //! The provider exports through the SDK's bounded batch processor (its own thread; a request
-//! never waits on it). The gRPC exporter's connection runs on a small Tokio runtime that this
-//! module owns, so export works whatever runtime (or none) the caller has.
+//! never waits on it) to `opentelemetry-otlp`'s exporter ([`crate::exporter`]). The gRPC
+//! exporter's connection runs on a small Tokio runtime that the provider owns, so export works
+//! whatever runtime (or none) the caller has.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -13,24 +14,20 @@ use opentelemetry::InstrumentationScope;
 use opentelemetry::KeyValue;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{
     BatchConfigBuilder, BatchSpanProcessor, SdkTracer, SdkTracerProvider, SpanExporter,
 };
 use wayfinder_core::clock::monotonic_now;
 
-use crate::config::{ExportTarget, Protocol, TracingConfig};
+use crate::config::{ExportTarget, TracingConfig};
 use crate::export::{Counters, CountingExporter, CountingProcessor, ExportStats};
-use crate::export_error::ExporterError;
-use crate::grpc::GrpcExporter;
-use crate::http::HttpExporter;
+use crate::exporter::{self, ExportRuntime, ExporterError};
 use crate::names::{attr, scope};
 
 /// Spans per export. The SDK's batch processor exports one batch at a time and waits for the
 /// collector's answer, so this bounds the span rate a process can export: halving it to 256
 /// halved that rate (spans were dropped at 20 000 spans/s against a collector on the same two
-/// cores). A 512-span request encodes to ~550 KiB, in buffers reused from export to export
-/// (`buffers.rs`).
+/// cores).
 const EXPORT_BATCH: usize = 512;
 
 /// Why tracing could not start.
@@ -100,18 +97,6 @@ impl WallClock {
     }
 }
 
-/// The Tokio runtime the gRPC channel runs on; shut down without blocking when dropped.
-#[derive(Debug, Default)]
-struct ExportRuntime(Option<tokio::runtime::Runtime>);
-
-impl Drop for ExportRuntime {
-    fn drop(&mut self) {
-        if let Some(rt) = self.0.take() {
-            rt.shutdown_background();
-        }
-    }
-}
-
 /// The process-wide provider; see [`init`].
 static PROCESS: OnceLock<Telemetry> = OnceLock::new();
 /// Serialises [`init`], so that two racing callers cannot both build a provider.
@@ -135,7 +120,7 @@ pub fn init(config: &TracingConfig) -> Result<Telemetry, TraceError> {
         }
         return Ok(existing.clone());
     }
-    let telemetry = Telemetry::build_otlp(config.clone(), target)?;
+    let telemetry = Telemetry::build_otlp(config.clone(), target, |k| std::env::var(k).ok())?;
     opentelemetry::global::set_tracer_provider(telemetry.inner.provider.clone());
     let _ = PROCESS.set(telemetry.clone());
     Ok(telemetry)
@@ -151,11 +136,24 @@ impl Telemetry {
     /// *not* this process's provider: for tests and tools that need one of their own. A
     /// server uses [`init`].
     pub fn otlp(config: &TracingConfig) -> Result<Self, TraceError> {
-        let target = config.resolve(|k| std::env::var(k).ok())?;
-        Self::build_otlp(config.clone(), target)
+        Self::otlp_with_env(config, |k| std::env::var(k).ok())
     }
 
-    fn build_otlp(config: TracingConfig, target: ExportTarget) -> Result<Self, TraceError> {
+    /// [`Telemetry::otlp`] with the `OTEL_*` variables read from `env` instead of the process
+    /// environment (for tests: the environment is shared by every thread).
+    pub fn otlp_with_env(
+        config: &TracingConfig,
+        env: impl Fn(&str) -> Option<String> + Sync,
+    ) -> Result<Self, TraceError> {
+        let target = config.resolve(&env)?;
+        Self::build_otlp(config.clone(), target, env)
+    }
+
+    fn build_otlp(
+        config: TracingConfig,
+        target: ExportTarget,
+        env: impl Fn(&str) -> Option<String> + Sync,
+    ) -> Result<Self, TraceError> {
         let error = |reason: ExporterError| TraceError::Exporter {
             protocol: target.protocol.as_str(),
             endpoint: target.endpoint.clone(),
@@ -164,7 +162,7 @@ impl Telemetry {
         // Built on a plain thread: the gRPC channel must be made inside the export runtime,
         // and the blocking HTTP client must not be made inside the caller's async runtime.
         let (runtime, exporter) = std::thread::scope(|s| {
-            s.spawn(|| build_exporter(&target, config.export_timeout))
+            s.spawn(|| exporter::build(&target, config.export_timeout, &env))
                 .join()
                 .unwrap_or(Err(ExporterError::Panicked))
         })
@@ -346,63 +344,5 @@ pub struct ShutdownGuard(Telemetry);
 impl Drop for ShutdownGuard {
     fn drop(&mut self) {
         self.0.shutdown();
-    }
-}
-
-/// The OTLP exporter for `target`, and the runtime its gRPC channel lives on.
-fn build_exporter(
-    target: &ExportTarget,
-    timeout: Duration,
-) -> Result<(ExportRuntime, Exporter), ExporterError> {
-    match target.protocol {
-        Protocol::Grpc => {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .thread_name("wayfinder-otlp")
-                .enable_all()
-                .build()
-                .map_err(ExporterError::Runtime)?;
-            let exporter = {
-                let _entered = runtime.enter();
-                GrpcExporter::new(&target.endpoint, timeout, runtime.handle().clone(), |k| {
-                    std::env::var(k).ok()
-                })?
-            };
-            Ok((ExportRuntime(Some(runtime)), Exporter::Grpc(exporter)))
-        }
-        Protocol::HttpProtobuf => {
-            let exporter = HttpExporter::new(&target.endpoint, timeout, |k| std::env::var(k).ok())?;
-            Ok((ExportRuntime::default(), Exporter::Http(exporter)))
-        }
-    }
-}
-
-/// The exporter of one protocol.
-#[derive(Debug)]
-enum Exporter {
-    Grpc(GrpcExporter),
-    Http(HttpExporter),
-}
-
-impl SpanExporter for Exporter {
-    async fn export(&self, batch: Vec<opentelemetry_sdk::trace::SpanData>) -> OTelSdkResult {
-        match self {
-            Self::Grpc(e) => e.export(batch).await,
-            Self::Http(e) => e.export(batch).await,
-        }
-    }
-
-    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        match self {
-            Self::Grpc(e) => e.shutdown_with_timeout(timeout),
-            Self::Http(e) => e.shutdown_with_timeout(timeout),
-        }
-    }
-
-    fn set_resource(&mut self, resource: &Resource) {
-        match self {
-            Self::Grpc(e) => e.set_resource(resource),
-            Self::Http(e) => e.set_resource(resource),
-        }
     }
 }
