@@ -597,37 +597,15 @@ async fn a_request_refused_for_its_api_key_still_has_an_aborted_request_span(mod
 
 async fn a_choice_ended_by_a_stop_string_still_has_the_engines_latency(mode: Mode) {
     let server = traced(mode, Options::default()).await;
-    let plain = chat(&json!({"max_tokens": 8, "temperature": 0}));
-    let reply = server.post("/v1/chat/completions", &plain).await;
-    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
-    let text = reply.json()["choices"][0]["message"]["content"]
-        .as_str()
-        .expect("text")
-        .to_owned();
     // The same greedy request again, stopped by the text's last characters: the API ends the
     // choice and stops it in the engine, whose `Finished` is read before the journey ends.
-    let tail: String = {
+    let spans = stopped_twice(&server, |text| {
         let chars: Vec<char> = text.chars().collect();
         chars[chars.len().saturating_sub(2)..].iter().collect()
-    };
-    assert!(!tail.is_empty(), "the test model writes text: {text:?}");
-    for stream in [false, true] {
-        let body = chat(
-            &json!({"max_tokens": 8, "temperature": 0, "stop": [tail.clone()],
-                                "stream": stream}),
-        );
-        let reply = server.post("/v1/chat/completions", &body).await;
-        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
-    }
-    let spans = spans(&server, 6).await;
+    })
+    .await;
     assert_eq!(named(&spans, SPAN_REQUEST).len(), 3);
-    let stopped: Vec<_> = named(&spans, SPAN_REQUEST)
-        .into_iter()
-        .filter(|r| {
-            attr_of(r, attr::FINISH_REASONS).map(ToString::to_string)
-                == Some("[\"stop\"]".to_owned())
-        })
-        .collect();
+    let stopped = stopped_requests(&spans);
     assert_eq!(stopped.len(), 2, "both stopped requests");
     for request in stopped {
         for key in [
@@ -732,30 +710,8 @@ async fn a_stop_string_finishes_the_core_span_as_stopped(mode: Mode) {
         },
     )
     .await;
-    let plain = chat(&json!({"max_tokens": 8, "temperature": 0}));
-    let text = server.post("/v1/chat/completions", &plain).await.json()["choices"][0]
-        ["message"]["content"]
-        .as_str()
-        .expect("text")
-        .to_owned();
-    let first: String = text.chars().take(1).collect();
-    assert!(!first.is_empty(), "the test model writes text: {text:?}");
-    for stream in [false, true] {
-        let body = chat(
-            &json!({"max_tokens": 8, "temperature": 0, "stop": [first.clone()],
-                                "stream": stream}),
-        );
-        let reply = server.post("/v1/chat/completions", &body).await;
-        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
-    }
-    let spans = spans(&server, 6).await;
-    let stopped: Vec<_> = named(&spans, SPAN_REQUEST)
-        .into_iter()
-        .filter(|r| {
-            attr_of(r, attr::FINISH_REASONS).map(ToString::to_string)
-                == Some("[\"stop\"]".to_owned())
-        })
-        .collect();
+    let spans = stopped_twice(&server, |text| text.chars().take(1).collect()).await;
+    let stopped = stopped_requests(&spans);
     assert_eq!(stopped.len(), 2, "both stopped requests");
     for request in stopped {
         let core = children(&spans, request);
@@ -805,4 +761,41 @@ async fn every_response_to_a_traced_request_names_its_request_span(mode: Mode) {
             "{header} names no llm_request"
         );
     }
+}
+
+/// Runs a greedy chat request, then the same request twice more (non-streaming, streaming)
+/// with the stop string `stop_of` picks from its text; returns the spans of all three.
+async fn stopped_twice(
+    server: &common::TestServer,
+    stop_of: impl Fn(&str) -> String,
+) -> Vec<wayfinder_trace::SpanData> {
+    let plain = chat(&json!({"max_tokens": 8, "temperature": 0}));
+    let reply = server.post("/v1/chat/completions", &plain).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    let text = reply.json()["choices"][0]["message"]["content"]
+        .as_str()
+        .expect("text")
+        .to_owned();
+    let stop = stop_of(&text);
+    assert!(!stop.is_empty(), "the test model writes text: {text:?}");
+    for stream in [false, true] {
+        let body = chat(
+            &json!({"max_tokens": 8, "temperature": 0, "stop": [stop.clone()],
+                                "stream": stream}),
+        );
+        let reply = server.post("/v1/chat/completions", &body).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    }
+    spans(server, 6).await
+}
+
+/// The `llm_request` spans whose only choice finished with `stop`.
+fn stopped_requests(spans: &[wayfinder_trace::SpanData]) -> Vec<&wayfinder_trace::SpanData> {
+    named(spans, SPAN_REQUEST)
+        .into_iter()
+        .filter(|r| {
+            attr_of(r, attr::FINISH_REASONS).map(ToString::to_string)
+                == Some("[\"stop\"]".to_owned())
+        })
+        .collect()
 }
