@@ -1,70 +1,99 @@
 #!/usr/bin/env bash
-# Engine throughput, side by side: `wayfinder bench throughput` and llama.cpp (through
-# llama-cpp-python's low-level bindings, scripts/llama_cpp_throughput.py) on the same
-# random-weight SmolLM2-135M, same dtype, same threads, same prompts, on this machine.
+# Engine throughput, side by side on the same GGUF files: `wayfinder bench throughput` against
+# llama.cpp's own `llama-bench` (pp512, tg128) and `llama-batched-bench` (16 sequences, 32-token
+# prompts, 128 tokens each), same threads, alternating which goes first, several rounds.
 #
-#   scripts/compare_llama_cpp_engine.sh          # f32 and bf16, 3 rounds each
-#   DTYPES=bf16 ROUNDS=5 scripts/compare_llama_cpp_engine.sh
+#   LLAMA_BIN=/path/to/llama.cpp/build/bin scripts/compare_llama_cpp_engine.sh
+#   TYPES="Q4_1 Q8_0" ROUNDS=5 LLAMA_BIN=... scripts/compare_llama_cpp_engine.sh
 #
-# Each round runs both engines one after the other (alternating which goes first) and prints
-# prefill tokens/s (512-token prompt) and aggregate decode tokens/s at 1, 8, 16 and 32 concurrent
-# sequences; the end prints the per-figure medians over the rounds and the ratios. Run it on a
-# quiet machine: on 2 cores any other work shows in the figures.
-#
-# Needs .venv-bench with llama-cpp-python, gguf, safetensors and numpy (scripts/
-# compare_llama_cpp.sh installs them; the first install compiles llama.cpp, ~15 min on 2 cores).
+# The files: the real SmolLM2-135M-Instruct Q4_1 GGUF (scripts/fetch-smollm2.sh) as shipped, and
+# Q8_0, Q4_K_M and BF16 files made from it with `llama-quantize --allow-requantize` (cached beside
+# it). LLAMA_BIN is a llama.cpp build's bin folder (docs/BENCHMARKS.md says how to build the one
+# these figures use). Prints, per file, each figure's median over the rounds for both engines and
+# the ratio wayfinder / llama.cpp. Run it on a quiet machine: on 2 cores any other work shows.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 
+: "${LLAMA_BIN:?set LLAMA_BIN to a llama.cpp build's bin folder}"
 ROUNDS=${ROUNDS:-3}
-DTYPES=${DTYPES:-"f32 bf16"}
-THREADS=${THREADS:-$(nproc)}
-CONCURRENCY=${CONCURRENCY:-1,8,16,32}
-WORK=${WORK:-target/compare-llama-cpp}
-VENV=.venv-bench
-PY="$VENV/bin/python"
-MODEL_NAME=smollm2-135m
+TYPES=${TYPES:-"Q4_1 Q8_0 Q4_K_M BF16"}
+THREADS=${THREADS:-2}
+WORK=${WORK:-target/compare-llama-cpp-engine}
+export LD_LIBRARY_PATH="$LLAMA_BIN${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 
-[ -x "$PY" ] || { echo "no $VENV: run scripts/compare_llama_cpp.sh once (it installs it)" >&2; exit 1; }
 mkdir -p "$WORK"
+Q4_1=$(scripts/fetch-smollm2.sh)
 cargo build --release -p wayfinder
 BIN=target/release/wayfinder
 
-for DTYPE in $DTYPES; do
-    MODEL_DIR="$WORK/$MODEL_NAME-$DTYPE"
-    GGUF="$WORK/$MODEL_NAME-$DTYPE.gguf"
-    if [ ! -f "$GGUF" ]; then
-        "$BIN" make-model --shape "$MODEL_NAME" --dtype "$DTYPE" --out "$MODEL_DIR"
-        "$PY" scripts/to_gguf.py "$MODEL_DIR" "$GGUF" --pad-vocab
+file_for() {
+    local t=$1 f
+    f="${Q4_1%.Q4_1.gguf}.$t.gguf"
+    if [ ! -f "$f" ]; then
+        "$LLAMA_BIN/llama-quantize" --allow-requantize "$Q4_1" "$f" "$t" > /dev/null 2>&1
     fi
-    OUT="$WORK/engine-$DTYPE.txt"
+    echo "$f"
+}
+
+# Each run appends lines "ENGINE FIGURE TOKENS_PER_S" to $OUT.
+run_wayfinder() {
+    local f=$1 json
+    json="$WORK/wayfinder.json"
+    "$BIN" bench throughput --model "$f" --prompt-len 512 --decode-tokens 128 \
+        --concurrency 1,16 --repeats 3 --json "$json" > /dev/null
+    python3 - "$json" >> "$OUT" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+print("wayfinder pp512", r["prefill"]["tokens_per_s"])
+for d in r["decode"]:
+    name = {1: "tg128", 16: "batched16"}.get(d["concurrency"])
+    if name:
+        print("wayfinder", name, d["tokens_per_s"])
+PY
+}
+
+run_llama() {
+    local f=$1
+    "$LLAMA_BIN/llama-bench" -m "$f" -t "$THREADS" -p 512 -n 128 -r 3 -o json 2> /dev/null |
+        python3 -c '
+import json, sys
+for r in json.load(sys.stdin):
+    name = "pp512" if r["n_prompt"] else "tg128"
+    print("llama.cpp", name, r["avg_ts"])' >> "$OUT"
+    "$LLAMA_BIN/llama-batched-bench" -m "$f" -t "$THREADS" -c 4096 -npp 32 -ntg 128 -npl 16 \
+        --output-format jsonl 2> /dev/null |
+        python3 -c '
+import json, sys
+for line in sys.stdin:
+    if line.startswith("{"):
+        r = json.loads(line)
+        print("llama.cpp batched16", r["speed_tg"])' >> "$OUT"
+}
+
+for t in $TYPES; do
+    f=$(file_for "$t")
+    OUT="$WORK/$t.txt"
     : > "$OUT"
     for round in $(seq 1 "$ROUNDS"); do
-        run_wayfinder() {
-            RAYON_NUM_THREADS=$THREADS "$BIN" bench throughput --model "$MODEL_DIR" --dtype "$DTYPE" \
-                --concurrency "$CONCURRENCY" | grep -E '^(prefill|decode)' | sed 's/^/wayfinder /' >> "$OUT"
-        }
-        run_llama() {
-            "$PY" scripts/llama_cpp_throughput.py "$GGUF" --threads "$THREADS" \
-                --concurrency "$CONCURRENCY" | grep -E '^(prefill|decode)' | sed 's/^/llama.cpp /' >> "$OUT"
-        }
-        if [ $((round % 2)) = 1 ]; then run_wayfinder; run_llama; else run_llama; run_wayfinder; fi
-        echo "round $round of $DTYPE done" >&2
+        if [ $((round % 2)) -eq 1 ]; then
+            run_wayfinder "$f"; run_llama "$f"
+        else
+            run_llama "$f"; run_wayfinder "$f"
+        fi
     done
-    echo "== $MODEL_NAME $DTYPE, $THREADS threads, medians of $ROUNDS rounds (tok/s)"
-    "$PY" - "$OUT" <<'EOF'
-import collections, statistics, sys
-runs = collections.defaultdict(list)
+    python3 - "$OUT" "$t" <<'PY'
+import statistics, sys
+from collections import defaultdict
+runs = defaultdict(list)
 for line in open(sys.argv[1]):
-    engine, kind, n, *rest = line.split()
-    runs[(engine, f"{kind} {n}")].append(float(rest[-2]))
-figures = list(dict.fromkeys(k for _, k in runs))
-print(f"{'':14}{'wayfinder':>12}{'llama.cpp':>12}{'ratio':>8}")
-for f in figures:
-    w = statistics.median(runs[("wayfinder", f)])
-    l = statistics.median(runs[("llama.cpp", f)])
-    label = "prefill 512" if f.startswith("prefill") else f"decode x{f.split()[1]}"
-    print(f"{label:14}{w:12.1f}{l:12.1f}{w / l:7.2f}x")
-EOF
+    engine, figure, value = line.split()
+    runs[(engine, figure)].append(float(value))
+print(f"\n{sys.argv[2]} (medians over the rounds, tokens/s)")
+print(f"{'figure':<12}{'wayfinder':>12}{'llama.cpp':>12}{'ratio':>8}")
+for figure in ("pp512", "tg128", "batched16"):
+    w = statistics.median(runs[("wayfinder", figure)])
+    l = statistics.median(runs[("llama.cpp", figure)])
+    print(f"{figure:<12}{w:>12.1f}{l:>12.1f}{w / l:>8.2f}")
+PY
 done

@@ -24,10 +24,10 @@ use crate::model_arg;
 /// Options of `bench throughput`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
-    /// A model folder, `demo`, or a shape name (smollm2-135m, qwen2.5-0.5b).
+    /// A model folder, a GGUF file, `demo`, or a shape name (smollm2-135m, qwen2.5-0.5b).
     #[arg(long, default_value = "smollm2-135m")]
     model: String,
-    /// Weight dtype: auto, f32, bf16 or f16.
+    /// Weight dtype: auto (a GGUF file's weights as stored), f32, bf16 or f16.
     #[arg(long, default_value = "auto")]
     dtype: String,
     /// Prompt length of the prefill run.
@@ -69,7 +69,7 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
     let num_blocks =
         KvCacheSize::Blocks(per_request * max_conc.max(1)).num_blocks(&model.config, BLOCK_SIZE);
     let params = model.decoder.weight_bytes();
-    let (arch, used_dtype) = (model.config.architecture, model.dtype);
+    let (arch, weight_type) = (model.config.architecture, model.weight_type);
     let executor = ModelExecutor::new(model.decoder, num_blocks, BLOCK_SIZE);
     let engine = EngineHandle::spawn(
         EngineConfig {
@@ -91,7 +91,7 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
         "model {} ({arch:?}, {:.1} MB of weights, {}), {} threads",
         args.model,
         params as f64 / 1e6,
-        used_dtype.as_str(),
+        weight_type,
         std::thread::available_parallelism().map_or(1, usize::from)
     );
 
@@ -146,7 +146,7 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
     engine.shutdown();
     if let Some(path) = &args.json {
         let out = json!({
-            "model": args.model, "dtype": used_dtype.as_str(),
+            "model": args.model, "dtype": weight_type,
             "prefill": { "prompt_len": args.prompt_len, "tokens_per_s": prefill },
             "decode": decode,
         });

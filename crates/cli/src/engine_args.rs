@@ -14,10 +14,18 @@ use crate::model_arg;
 /// The engine's flags; names follow vLLM's.
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct EngineArgs {
-    /// A Hugging Face model folder, `demo` (the built-in random-weight model), or a shape name
-    /// (smollm2-135m, qwen2.5-0.5b).
+    /// A Hugging Face model folder, a GGUF file, `demo` (the built-in random-weight model), a shape name
+    /// (smollm2-135m, qwen2.5-0.5b), or a Hugging Face Hub id, `owner/name` or
+    /// `owner/name:FILE.gguf`, downloaded into the Hugging Face cache (HF_HOME, HF_ENDPOINT,
+    /// HF_TOKEN, HF_HUB_OFFLINE).
     #[arg(default_value = "demo")]
     pub(crate) model: String,
+    /// The Hub revision of MODEL: a branch, tag or commit [default: main].
+    #[arg(long)]
+    pub(crate) revision: Option<String>,
+    /// The GGUF file of the Hub repo MODEL to fetch, instead of its safetensors folder.
+    #[arg(long)]
+    pub(crate) gguf_file: Option<String>,
     /// Longest request, prompt plus output; defaults to the model's context, capped by the KV
     /// cache's capacity.
     #[arg(long)]
@@ -53,9 +61,17 @@ pub(crate) struct LocalEngine {
 }
 
 impl EngineArgs {
-    /// The model folder these flags name (writing the demo model or a shape first if needed).
+    /// The model folder or GGUF file these flags name (writing the demo model or a shape, or
+    /// downloading from the Hugging Face Hub, first if needed).
     pub(crate) fn folder(&self) -> anyhow::Result<std::path::PathBuf> {
-        model_arg::resolve(&self.model, model_arg::parse_dtype(&self.dtype)?)
+        model_arg::resolve_with(
+            &self.model,
+            model_arg::parse_dtype(&self.dtype)?,
+            model_arg::HubFlags {
+                revision: self.revision.as_deref(),
+                gguf_file: self.gguf_file.as_deref(),
+            },
+        )
     }
 
     /// Loads the model and starts the engine on it, with `observer`.
@@ -103,7 +119,7 @@ impl EngineArgs {
             }
             None => model.max_model_len,
         };
-        let dtype = model.dtype.as_str();
+        let dtype = model.weight_type;
         let executor = ModelExecutor::new(model.decoder, num_blocks, self.block_size);
         let kv_bytes = executor.kv_cache_bytes();
         let handle = EngineHandle::spawn(
@@ -135,7 +151,7 @@ impl EngineArgs {
     /// Only the text side of the model, for an API process whose engine runs elsewhere.
     pub(crate) fn load_text(&self) -> anyhow::Result<ModelText> {
         let dir = self.folder()?;
-        ModelText::load(&dir).with_context(|| format!("loading {}", dir.display()))
+        wayfinder_model::load_text(&dir).with_context(|| format!("loading {}", dir.display()))
     }
 
     /// These flags as arguments, to hand to an `engine-core` child.
@@ -145,6 +161,12 @@ impl EngineArgs {
             args.push(format!("--{name}").into());
             args.push(value.into());
         };
+        if let Some(r) = &self.revision {
+            flag("revision", r.clone());
+        }
+        if let Some(f) = &self.gguf_file {
+            flag("gguf-file", f.clone());
+        }
         if let Some(m) = self.max_model_len {
             flag("max-model-len", m.to_string());
         }
@@ -160,5 +182,48 @@ impl EngineArgs {
         }
         flag("dtype", self.dtype.clone());
         args
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsString;
+
+    use clap::Parser;
+
+    use super::EngineArgs;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        engine: EngineArgs,
+    }
+
+    fn parse(args: impl IntoIterator<Item = OsString>) -> EngineArgs {
+        let argv = std::iter::once(OsString::from("wayfinder")).chain(args);
+        Cli::try_parse_from(argv).expect("parses").engine
+    }
+
+    #[test]
+    fn hub_flags_reach_the_engine_core_child() {
+        let args = parse(
+            ["org/name", "--revision", "v1", "--gguf-file", "m.gguf"]
+                .into_iter()
+                .map(OsString::from),
+        );
+        let child = parse(args.to_args());
+        assert_eq!(child.model, "org/name");
+        assert_eq!(child.revision.as_deref(), Some("v1"));
+        assert_eq!(child.gguf_file.as_deref(), Some("m.gguf"));
+
+        let plain = parse(args.to_args().into_iter().take(1));
+        assert_eq!(
+            plain
+                .to_args()
+                .iter()
+                .filter(|a| *a == "--revision")
+                .count(),
+            0
+        );
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! The command-line entry point.
 //!
-//! - `wayfinder serve [MODEL]`: the OpenAI-compatible API on a model folder, `demo` or a shape;
+//! - `wayfinder serve [MODEL]`: the OpenAI-compatible API on a GGUF file, a model folder, a
+//!   Hugging Face Hub id (`hub.rs`), `demo` or a shape;
 //!   the engine in process, in an `engine-core` child (`--engine-process`) or at an address.
 //! - `wayfinder engine-core --listen ADDR [MODEL]`: the engine core alone, for API servers.
 //! - `wayfinder make-model --shape NAME --out DIR`: a random-weight model of a published shape.
@@ -17,6 +18,7 @@ mod bench_serve;
 mod bench_throughput;
 mod engine_args;
 mod engine_core;
+mod hub;
 mod model_arg;
 mod serve;
 mod tracing_args;

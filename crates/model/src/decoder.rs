@@ -24,7 +24,7 @@ use crate::arch::ModelConfig;
 use crate::error::ModelError;
 use crate::kernels::{AttentionParams, Isa, Linear, StepContext, Team, exp, paged_attention};
 use crate::kv_store::PagedKvStore;
-use crate::load::weights::{Dtype, WeightLoader};
+use crate::load::source::WeightSource;
 use crate::rope::RotaryTable;
 
 /// Token rows per parallel task in the element-wise passes.
@@ -65,13 +65,12 @@ impl Decoder {
     /// `config`. Rotary tables cover `max_positions`.
     pub fn load(
         config: ModelConfig,
-        weights: &WeightLoader<'_>,
-        dtype: Dtype,
+        weights: &dyn WeightSource,
         max_positions: usize,
     ) -> Result<Self, ModelError> {
         let c = &config;
         let (h, q, kv, inter) = (c.hidden_size, c.q_size(), c.kv_size(), c.intermediate_size);
-        let embed = weights.linear("model.embed_tokens", c.vocab_size, h, dtype, false)?;
+        let embed = weights.linear("model.embed_tokens", c.vocab_size, h, false)?;
         let mut layers = Vec::with_capacity(c.num_layers);
         for i in 0..c.num_layers {
             let p = format!("model.layers.{i}");
@@ -82,32 +81,32 @@ impl Decoder {
             let qk_norm = |n: &str| c.qk_norm.then(|| norm(&attn(n), c.head_dim)).transpose();
             layers.push(Layer {
                 input_norm: norm(&format!("{p}.input_layernorm"), h)?,
-                qkv: weights.stacked_linear(
-                    &[(&qn, q), (&kn, kv), (&vn, kv)],
-                    h,
-                    dtype,
-                    c.qkv_bias,
-                )?,
+                qkv: weights.stacked_linear(&[(&qn, q), (&kn, kv), (&vn, kv)], h, c.qkv_bias)?,
                 q_norm: qk_norm("q_norm")?,
                 k_norm: qk_norm("k_norm")?,
-                o: weights.linear(&attn("o_proj"), h, q, dtype, c.o_bias)?,
+                o: weights.linear(&attn("o_proj"), h, q, c.o_bias)?,
                 post_norm: norm(&format!("{p}.post_attention_layernorm"), h)?,
                 gate_up: weights.stacked_linear(
                     &[(&mlp("gate_proj"), inter), (&mlp("up_proj"), inter)],
                     h,
-                    dtype,
                     c.mlp_bias,
                 )?,
-                down: weights.linear(&mlp("down_proj"), h, inter, dtype, c.mlp_bias)?,
+                down: weights.linear(&mlp("down_proj"), h, inter, c.mlp_bias)?,
             });
         }
         let norm = weights.vector("model.norm.weight", h)?;
         let lm_head = if c.tie_word_embeddings {
             None
         } else {
-            Some(weights.linear("lm_head", c.vocab_size, h, dtype, false)?)
+            Some(weights.linear("lm_head", c.vocab_size, h, false)?)
         };
-        let rotary = RotaryTable::new(c.rope_scaling, c.head_dim, c.rope_theta, max_positions);
+        let rotary = RotaryTable::new(
+            c.rope_scaling,
+            c.rope_layout,
+            c.head_dim,
+            c.rope_theta,
+            max_positions,
+        );
         let attention = AttentionParams {
             num_heads: c.num_heads,
             num_kv_heads: c.num_kv_heads,

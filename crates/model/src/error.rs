@@ -44,6 +44,14 @@ pub enum ModelError {
         /// What is wrong.
         message: String,
     },
+    /// A GGUF file's header is malformed.
+    #[error("invalid GGUF file {}: {message}", path.display())]
+    Gguf {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
     /// The tokenizer or chat template could not be loaded or made.
     #[error(transparent)]
     Text(TextError),

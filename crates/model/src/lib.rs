@@ -7,9 +7,10 @@
 //! # Layout
 //! - [`arch`]: `config.json` → [`ModelConfig`], one file per architecture (Llama, Mistral,
 //!   Qwen2, Qwen3) saying how its config maps onto the shared decoder; [`arch::Architecture`].
-//! - [`load`]: a Hugging Face folder → [`Model`] (weights and text side), with progress told
-//!   through a callback; [`load::weights`]: memory-mapped safetensors, sharded or not, and
-//!   [`Dtype`].
+//! - [`load`]: a Hugging Face folder or a GGUF file → [`Model`] (weights and text side), with
+//!   progress told through a callback; [`load::weights`]: memory-mapped safetensors, sharded or
+//!   not, and [`Dtype`]; [`load::gguf`]: GGUF files, weights left quantized in the file's map;
+//!   [`load::source`]: the [`load::source::WeightSource`] the decoder reads either through.
 //! - [`decoder`]: the shared pre-norm decoder, run over a whole engine step at once;
 //!   [`rope`]: rotary embeddings and their scalings.
 //! - [`kernels`]: the hot paths — linear layers and their weight layouts, paged attention,
@@ -41,4 +42,4 @@ pub use arch::ModelConfig;
 pub use error::ModelError;
 pub use executor::{KvCacheSize, ModelExecutor};
 pub use load::weights::{Dtype, LoadProgress};
-pub use load::{LoadOptions, Model, load, load_with_progress};
+pub use load::{LoadOptions, Model, load, load_text, load_with_progress};

@@ -1,6 +1,8 @@
-//! Rotary position embeddings (RoFormer, Su et al. 2021, arXiv:2104.09864), in the
-//! "rotate half" layout of the Hugging Face implementations: dimension `i` pairs with
-//! `i + head_dim / 2`.
+//! Rotary position embeddings (RoFormer, Su et al. 2021, arXiv:2104.09864), in either pairing
+//! of a head's dimensions ([`RopeLayout`]): the "rotate half" layout of the Hugging Face
+//! implementations (dimension `i` pairs with `i + head_dim / 2`), or the interleaved layout of
+//! the original paper (`2i` with `2i + 1`), which llama.cpp's GGUF files of Llama models expect:
+//! their converter permutes the rows of the query and key projections into it.
 //!
 //! Scaling follows `rope_scaling` in `config.json`: none, `linear` (positions divided by
 //! `factor`), or `llama3` (Llama 3.1's frequency-dependent scaling). Anything else is refused at
@@ -105,9 +107,20 @@ impl RopeScaling {
     }
 }
 
+/// Which dimensions of a head rotate together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RopeLayout {
+    /// `i` with `i + head_dim / 2` (Hugging Face; llama.cpp's "NEOX" rope).
+    #[default]
+    Halves,
+    /// `2i` with `2i + 1` (llama.cpp's "NORM" rope, used for GGUF Llama models).
+    Interleaved,
+}
+
 /// Precomputed cos/sin for every position up to a limit.
 #[derive(Debug, Clone)]
 pub struct RotaryTable {
+    layout: RopeLayout,
     half: usize,
     /// `[positions, half]`.
     cos: Vec<f32>,
@@ -115,8 +128,14 @@ pub struct RotaryTable {
 }
 
 impl RotaryTable {
-    /// Tables for positions `0..max_positions`.
-    pub fn new(scaling: RopeScaling, head_dim: usize, theta: f32, max_positions: usize) -> Self {
+    /// Tables for positions `0..max_positions`, rotating pairs laid out as `layout`.
+    pub fn new(
+        scaling: RopeScaling,
+        layout: RopeLayout,
+        head_dim: usize,
+        theta: f32,
+        max_positions: usize,
+    ) -> Self {
         let inv = scaling.inv_freq(head_dim, theta);
         let half = head_dim / 2;
         let mut cos = Vec::with_capacity(max_positions * half);
@@ -128,7 +147,12 @@ impl RotaryTable {
                 sin.push(angle.sin() as f32);
             }
         }
-        Self { half, cos, sin }
+        Self {
+            layout,
+            half,
+            cos,
+            sin,
+        }
     }
 
     /// Positions covered.
@@ -142,11 +166,22 @@ impl RotaryTable {
         let cos = &self.cos[position * h..(position + 1) * h];
         let sin = &self.sin[position * h..(position + 1) * h];
         for head in x.chunks_exact_mut(2 * h) {
-            let (a, b) = head.split_at_mut(h);
-            for i in 0..h {
-                let (x0, x1) = (a[i], b[i]);
-                a[i] = x0 * cos[i] - x1 * sin[i];
-                b[i] = x1 * cos[i] + x0 * sin[i];
+            match self.layout {
+                RopeLayout::Halves => {
+                    let (a, b) = head.split_at_mut(h);
+                    for i in 0..h {
+                        let (x0, x1) = (a[i], b[i]);
+                        a[i] = x0 * cos[i] - x1 * sin[i];
+                        b[i] = x1 * cos[i] + x0 * sin[i];
+                    }
+                }
+                RopeLayout::Interleaved => {
+                    for (i, pair) in head.chunks_exact_mut(2).enumerate() {
+                        let (x0, x1) = (pair[0], pair[1]);
+                        pair[0] = x0 * cos[i] - x1 * sin[i];
+                        pair[1] = x1 * cos[i] + x0 * sin[i];
+                    }
+                }
             }
         }
     }
@@ -158,7 +193,7 @@ mod tests {
 
     #[test]
     fn plain_rope_rotates_pairs_by_position_times_frequency() {
-        let t = RotaryTable::new(RopeScaling::None, 4, 100.0, 8);
+        let t = RotaryTable::new(RopeScaling::None, RopeLayout::Halves, 4, 100.0, 8);
         // Frequencies 1 and 1/10; at position 3 the first pair turns by 3 rad.
         let mut x = vec![1.0, 1.0, 0.0, 0.0];
         t.apply(&mut x, 3);
@@ -167,6 +202,23 @@ mod tests {
         let mut y = vec![0.5, -2.0, 0.25, 1.0];
         t.apply(&mut y, 0);
         assert_eq!(y, vec![0.5, -2.0, 0.25, 1.0], "position 0 is the identity");
+    }
+
+    #[test]
+    fn interleaved_layout_is_halves_on_permuted_dimensions() {
+        let halves = RotaryTable::new(RopeScaling::None, RopeLayout::Halves, 8, 100.0, 8);
+        let inter = RotaryTable::new(RopeScaling::None, RopeLayout::Interleaved, 8, 100.0, 8);
+        let x: Vec<f32> = (0..16).map(|i| i as f32 * 0.3 - 2.0).collect();
+        // llama.cpp's converter: within each head, dimension `2i + j` takes `j · half + i`.
+        let permute = |v: &[f32]| -> Vec<f32> {
+            v.chunks_exact(8)
+                .flat_map(|h| (0..8).map(move |d| h[(d % 2) * 4 + d / 2]))
+                .collect()
+        };
+        let (mut a, mut b) = (x.clone(), permute(&x));
+        halves.apply(&mut a, 5);
+        inter.apply(&mut b, 5);
+        assert_eq!(permute(&a), b);
     }
 
     #[test]

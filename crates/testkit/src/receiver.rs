@@ -313,6 +313,10 @@ impl OtlpReceiver {
             tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
         let mut builder = tonic::transport::Server::builder();
         if let Some(tls) = &tls {
+            // tonic's server TLS takes rustls's process-wide provider, which rustls cannot pick
+            // when the build has both aws-lc-rs and ring (ureq's); ours is aws-lc-rs. An error
+            // means one is installed already.
+            let _ = tokio_rustls::rustls::crypto::aws_lc_rs::default_provider().install_default();
             let identity = tonic::transport::Identity::from_pem(&tls.cert, &tls.key);
             builder = builder
                 .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))

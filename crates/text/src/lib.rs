@@ -8,6 +8,8 @@
 //! # Layout
 //! - [`ModelText`] (`model_text.rs`): a model folder → tokenizer, chat template, sampling
 //!   defaults, end-of-sequence ids.
+//! - [`gguf`]: [`GgufTokenizerData`], a GGUF file's tokenizer metadata → a tokenizer as
+//!   llama.cpp builds it, and [`ModelText::from_gguf`].
 //! - [`files`]: the serde types of `tokenizer_config.json`, `generation_config.json` and the
 //!   `eos_token_id` of `config.json`; JSON reading whose errors name the file.
 //! - [`tokenizer`]: [`Tokenizer`] (the `tokenizers` crate) and [`IncrementalDetokenizer`],
@@ -22,6 +24,7 @@
 pub mod chat_template;
 mod error;
 pub mod files;
+pub mod gguf;
 mod model_text;
 pub mod stop;
 pub mod synth;
@@ -30,6 +33,7 @@ pub mod tokenizer;
 pub use chat_template::{ChatMessage, ChatTemplate};
 pub use error::{FileError, TextError};
 pub use files::GenerationDefaults;
+pub use gguf::GgufTokenizerData;
 pub use model_text::ModelText;
 pub use stop::StopMatcher;
 pub use tokenizer::{IncrementalDetokenizer, Tokenizer};

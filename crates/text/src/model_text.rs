@@ -2,6 +2,9 @@
 //! tokenizer, the chat template, the sampling defaults and the end-of-sequence tokens — and
 //! none of its weights.
 //!
+//! It comes from a model folder ([`ModelText::load`], the files below) or from a GGUF file's
+//! tokenizer metadata ([`ModelText::from_gguf`], in `gguf.rs`).
+//!
 //! | file | needed | what is read |
 //! |---|---|---|
 //! | `config.json` | yes | `eos_token_id` |

@@ -131,6 +131,10 @@ pub(crate) fn build(
                 builder = builder.with_compression(c);
             }
             if https {
+                // tonic's TLS takes rustls's process-wide provider; with both aws-lc-rs and ring
+                // compiled in (ureq, for Hub downloads, brings ring) rustls cannot pick one
+                // itself. Ours is aws-lc-rs; an error means one is installed already.
+                let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
                 let mut tls = ClientTlsConfig::new().with_native_roots();
                 if let Some(pem) = &extra {
                     tls = tls.ca_certificate(Certificate::from_pem(pem));

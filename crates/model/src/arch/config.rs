@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use super::architecture::Architecture;
 use crate::error::ModelError;
-use crate::rope::RopeScaling;
+use crate::rope::{RopeLayout, RopeScaling};
 
 /// The fields of `config.json` that wayfinder reads.
 #[derive(Debug, Clone, Deserialize)]
@@ -114,6 +114,8 @@ pub struct ModelConfig {
     pub rope_theta: f32,
     /// Rotary scaling.
     pub rope_scaling: RopeScaling,
+    /// Which head dimensions rotate together (interleaved for GGUF Llama files).
+    pub rope_layout: RopeLayout,
     /// Trained context length.
     pub max_position_embeddings: usize,
     /// Output head shares the embedding.
@@ -153,6 +155,7 @@ impl ModelConfig {
             rms_norm_eps: hf.rms_norm_eps as f32,
             rope_theta: hf.rope_theta as f32,
             rope_scaling: RopeScaling::from_hf(hf.rope_scaling.as_ref())?,
+            rope_layout: RopeLayout::Halves,
             max_position_embeddings: hf.max_position_embeddings,
             tie_word_embeddings: hf.tie_word_embeddings,
             qkv_bias: hf.attention_bias,

@@ -16,17 +16,13 @@
 //!
 //! Every kernel splits its work over the executor's [`Team`].
 
-use gemm::Parallelism;
 use half::{bf16, f16};
 
+use super::products::{SMALL_M, gemm_xwt, member_rows};
+use super::quant::QuantMatrix;
 use super::simd::dispatch;
 use super::simd::{Element, Isa, dot};
 use super::team::{SendPtr, Team};
-
-/// Up to this many rows, the streaming kernel beats packing for gemm (measured end to end on
-/// SmolLM2-135M: at 8 rows 127 vs 47 tok/s; at 32 rows even in f32 and gemm 4 % ahead in bf16;
-/// at 512 rows gemm is 2.5× faster).
-pub(crate) const SMALL_M: usize = 16;
 
 /// Up to this many rows, bf16 weights use the bf16 dot-product kernel; beyond, widening for
 /// gemm's packed kernels wins (measured on SmolLM2-135M: 32 sequences 236 → 313 tok/s, a
@@ -49,6 +45,8 @@ pub enum WeightData {
     Bf16(Vec<bf16>),
     /// IEEE half.
     F16(Vec<f16>),
+    /// ggml blocks, usually in a GGUF file's memory map.
+    Quant(QuantMatrix),
 }
 
 impl WeightData {
@@ -57,6 +55,7 @@ impl WeightData {
             Self::F32(v) => v.len(),
             Self::Bf16(v) => v.len(),
             Self::F16(v) => v.len(),
+            Self::Quant(q) => q.rows() * q.cols(),
         }
     }
 
@@ -67,6 +66,7 @@ impl WeightData {
             Self::F32(v) => out.copy_from_slice(&v[range]),
             Self::Bf16(v) => widen(&v[range], out),
             Self::F16(v) => widen(&v[range], out),
+            Self::Quant(q) => q.dequantize_row(r, out),
         }
     }
 
@@ -76,6 +76,7 @@ impl WeightData {
             Self::F32(v) => v.len() * 4,
             Self::Bf16(v) => v.len() * 2,
             Self::F16(v) => v.len() * 2,
+            Self::Quant(q) => q.size_in_bytes(),
         }
     }
 }
@@ -153,11 +154,14 @@ impl Linear {
         if m == 0 {
             return;
         }
-        if m <= SMALL_M {
+        if let WeightData::Quant(q) = &self.weight {
+            q.forward(x, m, y, team, self.isa);
+        } else if m <= SMALL_M {
             match &self.weight {
                 WeightData::F32(w) => self.streaming(w, x, m, y, team),
                 WeightData::Bf16(w) => self.streaming(w, x, m, y, team),
                 WeightData::F16(w) => self.streaming(w, x, m, y, team),
+                WeightData::Quant(_) => unreachable!("handled above"),
             }
         } else {
             self.packed(x, m, y, team);
@@ -259,6 +263,7 @@ impl Linear {
                     WeightData::F16(w) => {
                         widen_into(&w[start * cols..(start + n) * cols], &mut tile, self.isa)
                     }
+                    WeightData::Quant(_) => unreachable!("quantized weights have their own kernel"),
                 };
                 // SAFETY: `start + n <= rows`, so every element written, `(i, start + j)` for
                 // `i < m`, `j < n`, is inside `y` (`m * rows` long); members own disjoint
@@ -267,13 +272,6 @@ impl Linear {
             }
         });
     }
-}
-
-/// The output features (weight rows) member `tid` of `members` computes: contiguous, split on
-/// multiples of 16 so that members write whole cache lines.
-fn member_rows(rows: usize, members: usize, tid: usize) -> (usize, usize) {
-    let bound = |t: usize| (rows * t / members).next_multiple_of(16).min(rows);
-    (bound(tid), bound(tid + 1))
 }
 
 fn bf16_dot_available() -> bool {
@@ -292,44 +290,6 @@ fn widen_into<'a, E: Element>(src: &[E], buf: &'a mut Vec<f32>, isa: Isa) -> &'a
     buf.resize(src.len(), 0.0);
     dispatch!(isa, || widen(src, buf));
     buf
-}
-
-/// `y[i, j] = Σ_k x[i, k] · w[j, k]` for `i < m`, `j < n`, where `y` rows are `ldy` apart;
-/// single-threaded (the caller splits the work).
-///
-/// # Safety
-/// `y` must be valid for writes at `i · ldy + j` for every `i < m`, `j < n`, and those elements
-/// must not be accessed by anyone else during the call.
-unsafe fn gemm_xwt(m: usize, n: usize, k: usize, x: &[f32], w: &[f32], y: *mut f32, ldy: usize) {
-    assert!(
-        x.len() >= m * k && w.len() >= n * k,
-        "gemm inputs too short"
-    );
-    assert!(n <= ldy, "gemm output rows overlap");
-    // SAFETY: the asserts keep reads inside `x` and `w`; the caller vouches for `y`.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            y,
-            1,
-            ldy as isize,
-            false,
-            x.as_ptr(),
-            1,
-            k as isize,
-            w.as_ptr(),
-            k as isize,
-            1,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            Parallelism::None,
-        );
-    }
 }
 
 #[cfg(test)]

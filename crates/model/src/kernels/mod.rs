@@ -7,6 +7,9 @@
 //! - `linear.rs` ([`Linear`], [`WeightData`]) and its AVX-512 kernels (`linear_avx512.rs`).
 //! - `attention.rs` ([`paged_attention`], [`StepContext`]) and its AVX-512 tiled kernel
 //!   (`attention_avx512.rs`); both take [`AttentionParams`] (`attention_params.rs`).
+//! - `products.rs`: what both share (the few-rows threshold, the team split, gemm).
+//! - `quant.rs` ([`QuantMatrix`], [`QuantType`]): products on GGUF's block-quantized weights,
+//!   left in the file's memory map.
 //! - `simd.rs`: [`Isa`] detection, dot products, `exp`, softmax, and the `dispatch!` macro that
 //!   compiles a closure for the detected instruction set.
 //! - `team.rs`: [`Team`], the executor's pinned worker threads.
@@ -16,11 +19,14 @@ mod attention_avx512;
 mod attention_params;
 mod linear;
 mod linear_avx512;
+mod products;
+mod quant;
 mod simd;
 mod team;
 
 pub use attention::{MAX_BLOCK, StepContext, paged_attention};
 pub use attention_params::AttentionParams;
 pub use linear::{Linear, WeightData};
+pub use quant::{QuantLayoutError, QuantMatrix, QuantPart, QuantType, SharedBytes, quantize};
 pub use simd::{Isa, exp};
 pub use team::Team;

@@ -14,6 +14,7 @@ use half::{bf16, f16};
 
 use wayfinder_text::FileError;
 
+use super::source::WeightSource;
 use crate::error::ModelError;
 use crate::kernels::{Linear, WeightData};
 
@@ -81,7 +82,7 @@ impl Dtype {
         }
     }
 
-    fn candle(self) -> DType {
+    pub(crate) fn candle(self) -> DType {
         match self {
             Self::F32 => DType::F32,
             Self::Bf16 => DType::BF16,
@@ -105,6 +106,8 @@ pub type ProgressFn<'a> = &'a dyn Fn(LoadProgress);
 /// Every tensor of a checkpoint, across its shards.
 pub struct WeightLoader<'a> {
     files: Vec<(PathBuf, MmapedSafetensors)>,
+    /// The dtype layers are converted to.
+    dtype: Dtype,
     routing: HashMap<String, usize>,
     loaded: Cell<usize>,
     progress: ProgressFn<'a>,
@@ -123,7 +126,8 @@ impl std::fmt::Debug for WeightLoader<'_> {
 }
 
 impl<'a> WeightLoader<'a> {
-    /// Maps `paths` and indexes their tensors; `progress` is told of each tensor read.
+    /// Maps `paths` and indexes their tensors; `progress` is told of each tensor read. Layers
+    /// are read in f32 until [`Self::set_dtype`] says otherwise.
     pub fn open(paths: &[PathBuf], progress: ProgressFn<'a>) -> Result<Self, ModelError> {
         let mut files = Vec::with_capacity(paths.len());
         let mut routing = HashMap::new();
@@ -149,15 +153,16 @@ impl<'a> WeightLoader<'a> {
         });
         Ok(Self {
             files,
+            dtype: Dtype::F32,
             routing,
             loaded: Cell::new(0),
             progress,
         })
     }
 
-    /// Whether a tensor exists.
-    pub fn contains(&self, name: &str) -> bool {
-        self.routing.contains_key(name)
+    /// Converts layers read from now on to `dtype`.
+    pub fn set_dtype(&mut self, dtype: Dtype) {
+        self.dtype = dtype;
     }
 
     fn describe(&self) -> PathBuf {
@@ -203,35 +208,39 @@ impl<'a> WeightLoader<'a> {
         Ok(t)
     }
 
-    /// A 1-D tensor as f32.
-    pub fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>, ModelError> {
+    /// The dtype most of the checkpoint's floating-point tensors have.
+    pub fn stored_dtype(&self) -> Option<Dtype> {
+        let mut counts: HashMap<Dtype, usize> = HashMap::new();
+        for (_, st) in &self.files {
+            for (_, view) in st.tensors() {
+                if let Some(d) = Dtype::from_safetensors(view.dtype()) {
+                    *counts.entry(d).or_default() += 1;
+                }
+            }
+        }
+        counts.into_iter().max_by_key(|(_, n)| *n).map(|(d, _)| d)
+    }
+}
+
+impl WeightSource for WeightLoader<'_> {
+    fn contains(&self, name: &str) -> bool {
+        self.routing.contains_key(name)
+    }
+
+    fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>, ModelError> {
         Ok(self
             .tensor(name, &[len])?
             .to_dtype(DType::F32)?
             .to_vec1::<f32>()?)
     }
 
-    /// `{prefix}.weight` (`[rows, cols]`) and, if `bias`, `{prefix}.bias`, as a layer in `dtype`.
-    pub fn linear(
-        &self,
-        prefix: &str,
-        rows: usize,
-        cols: usize,
-        dtype: Dtype,
-        bias: bool,
-    ) -> Result<Linear, ModelError> {
-        self.stacked_linear(&[(prefix, rows)], cols, dtype, bias)
-    }
-
-    /// Several layers with the same input stacked into one (e.g. q, k, v): their outputs are
-    /// concatenated in order.
-    pub fn stacked_linear(
+    fn stacked_linear(
         &self,
         parts: &[(&str, usize)],
         cols: usize,
-        dtype: Dtype,
         bias: bool,
     ) -> Result<Linear, ModelError> {
+        let dtype = self.dtype;
         let rows: usize = parts.iter().map(|(_, r)| r).sum();
         let mut tensors = Vec::with_capacity(parts.len());
         let mut biases = Vec::with_capacity(rows);
@@ -250,18 +259,5 @@ impl<'a> WeightLoader<'a> {
             Dtype::F16 => WeightData::F16(stacked.to_vec1::<f16>()?),
         };
         Ok(Linear::new(data, rows, cols, bias.then_some(biases)))
-    }
-
-    /// The dtype most of the checkpoint's floating-point tensors have.
-    pub fn stored_dtype(&self) -> Option<Dtype> {
-        let mut counts: HashMap<Dtype, usize> = HashMap::new();
-        for (_, st) in &self.files {
-            for (_, view) in st.tensors() {
-                if let Some(d) = Dtype::from_safetensors(view.dtype()) {
-                    *counts.entry(d).or_default() += 1;
-                }
-            }
-        }
-        counts.into_iter().max_by_key(|(_, n)| *n).map(|(d, _)| d)
     }
 }

@@ -6,6 +6,8 @@
 //! (with a ChatML template) and `generation_config.json` — the same files a downloaded model has,
 //! so it loads through the same [`crate::load`]. Weights are uniform with variance
 //! `1 / fan_in`, from a seeded RNG: the same spec and seed always give the same files.
+//! [`gguf`] writes such a folder (or any Llama/Qwen folder with a byte-level BPE tokenizer) as
+//! a GGUF file, quantized.
 
 use std::path::Path;
 
@@ -21,6 +23,7 @@ use crate::error::ModelError;
 use crate::load::weights::Dtype;
 
 pub mod demo;
+pub mod gguf;
 
 /// The shape of a synthetic model.
 #[derive(Debug, Clone, PartialEq)]

@@ -1,0 +1,501 @@
+//! Products on block-quantized weights as GGUF files store them (ggml's Q4_0 … Q6_K).
+//!
+//! A [`QuantMatrix`] is `[rows, cols]` with each row a run of ggml blocks (32 or 256 values
+//! each), left where it lies — usually in the GGUF file's memory map, so a 4-bit model takes
+//! 4-bit memory. Several tensors with the same input (q, k and v; gate and up) are kept as parts
+//! of one matrix without copying, each in its own type: a Q4_K_M file stores `attn_v` in Q6_K
+//! beside a Q4_K `attn_q`, and may leave a tensor in F16 or F32, which are "blocks" of one
+//! value here.
+//!
+//! The block formats and their dequantization are candle's (`candle_core::quantized::k_quants`,
+//! a port of ggml's reference code); this module decides only how a product walks the blocks:
+//!
+//! - **few rows** of `x` (decode, `m <= SMALL_M`): each weight row is dequantized once into a
+//!   row buffer (a few KiB, in L1) and dotted with every input row; tasks of `ROWS_PER_TASK`
+//!   weight rows are split over the [`Team`].
+//! - **many rows** (prefill): each team member dequantizes `TILE_ROWS` of its weight rows at a
+//!   time into a scratch tile and runs gemm's f32 kernel on it.
+//!
+//! Neither ever dequantizes a whole tensor. This is the correct, simple seam; integer dot
+//! products on quantized activations are where speed comes from next.
+
+use std::sync::Arc;
+
+use candle_core::quantized::GgmlDType;
+use candle_core::quantized::k_quants::{
+    BlockQ2K, BlockQ3K, BlockQ4_0, BlockQ4_1, BlockQ4K, BlockQ5_0, BlockQ5_1, BlockQ5K, BlockQ6K,
+    BlockQ8_0, GgmlType,
+};
+use half::{bf16, f16};
+
+use super::products::{SMALL_M, gemm_xwt, member_rows};
+use super::simd::{Isa, dispatch, dot};
+use super::team::{SendPtr, Team};
+
+/// Weight rows per task of the few-rows kernel.
+const ROWS_PER_TASK: usize = 64;
+
+/// Weight rows dequantized per gemm call of the many-rows kernel.
+const TILE_ROWS: usize = 128;
+
+/// A ggml tensor type wayfinder computes with: the block-quantized ones, and the float ones as
+/// blocks of one value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum QuantType {
+    /// 32-bit floats.
+    F32,
+    /// IEEE half.
+    F16,
+    /// bfloat16.
+    Bf16,
+    /// 32 values: f16 scale, 4-bit.
+    Q4_0,
+    /// 32 values: f16 scale and minimum, 4-bit.
+    Q4_1,
+    /// 32 values: f16 scale, 5-bit.
+    Q5_0,
+    /// 32 values: f16 scale and minimum, 5-bit.
+    Q5_1,
+    /// 32 values: f16 scale, 8-bit.
+    Q8_0,
+    /// 256 values in 16 sub-blocks, 2-bit.
+    Q2K,
+    /// 256 values in 16 sub-blocks, 3-bit.
+    Q3K,
+    /// 256 values in 8 sub-blocks, 4-bit.
+    Q4K,
+    /// 256 values in 8 sub-blocks, 5-bit.
+    Q5K,
+    /// 256 values in 16 sub-blocks, 6-bit.
+    Q6K,
+}
+
+impl QuantType {
+    /// The type for a ggml dtype, if it is one we compute with (not Q8_1 or Q8_K, which
+    /// ggml uses only for activations).
+    pub fn from_ggml(d: GgmlDType) -> Option<Self> {
+        Some(match d {
+            GgmlDType::F32 => Self::F32,
+            GgmlDType::F16 => Self::F16,
+            GgmlDType::BF16 => Self::Bf16,
+            GgmlDType::Q4_0 => Self::Q4_0,
+            GgmlDType::Q4_1 => Self::Q4_1,
+            GgmlDType::Q5_0 => Self::Q5_0,
+            GgmlDType::Q5_1 => Self::Q5_1,
+            GgmlDType::Q8_0 => Self::Q8_0,
+            GgmlDType::Q2K => Self::Q2K,
+            GgmlDType::Q3K => Self::Q3K,
+            GgmlDType::Q4K => Self::Q4K,
+            GgmlDType::Q5K => Self::Q5K,
+            GgmlDType::Q6K => Self::Q6K,
+            _ => return None,
+        })
+    }
+
+    /// The ggml dtype.
+    pub fn ggml(self) -> GgmlDType {
+        match self {
+            Self::F32 => GgmlDType::F32,
+            Self::F16 => GgmlDType::F16,
+            Self::Bf16 => GgmlDType::BF16,
+            Self::Q4_0 => GgmlDType::Q4_0,
+            Self::Q4_1 => GgmlDType::Q4_1,
+            Self::Q5_0 => GgmlDType::Q5_0,
+            Self::Q5_1 => GgmlDType::Q5_1,
+            Self::Q8_0 => GgmlDType::Q8_0,
+            Self::Q2K => GgmlDType::Q2K,
+            Self::Q3K => GgmlDType::Q3K,
+            Self::Q4K => GgmlDType::Q4K,
+            Self::Q5K => GgmlDType::Q5K,
+            Self::Q6K => GgmlDType::Q6K,
+        }
+    }
+
+    /// The name llama.cpp prints (`Q4_1`, `Q4_K`, …).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "F32",
+            Self::F16 => "F16",
+            Self::Bf16 => "BF16",
+            Self::Q4_0 => "Q4_0",
+            Self::Q4_1 => "Q4_1",
+            Self::Q5_0 => "Q5_0",
+            Self::Q5_1 => "Q5_1",
+            Self::Q8_0 => "Q8_0",
+            Self::Q2K => "Q2_K",
+            Self::Q3K => "Q3_K",
+            Self::Q4K => "Q4_K",
+            Self::Q5K => "Q5_K",
+            Self::Q6K => "Q6_K",
+        }
+    }
+
+    /// Values per block.
+    pub fn block_values(self) -> usize {
+        self.ggml().block_size()
+    }
+
+    /// Bytes per block.
+    pub fn block_bytes(self) -> usize {
+        self.ggml().type_size()
+    }
+
+    /// Whether this is a float type rather than a block-quantized one.
+    pub fn is_float(self) -> bool {
+        matches!(self, Self::F32 | Self::F16 | Self::Bf16)
+    }
+
+    fn align(self) -> usize {
+        if self == Self::F32 { 4 } else { 2 }
+    }
+}
+
+// Every block type is plain integers and f16s; rows start on 2-byte boundaries (4 for f32,
+// checked in `QuantMatrix::new`), which is all their alignment asks.
+const _: () = {
+    assert!(std::mem::align_of::<BlockQ4_0>() <= 2);
+    assert!(std::mem::align_of::<BlockQ4_1>() <= 2);
+    assert!(std::mem::align_of::<BlockQ5_0>() <= 2);
+    assert!(std::mem::align_of::<BlockQ5_1>() <= 2);
+    assert!(std::mem::align_of::<BlockQ8_0>() <= 2);
+    assert!(std::mem::align_of::<BlockQ2K>() <= 2);
+    assert!(std::mem::align_of::<BlockQ3K>() <= 2);
+    assert!(std::mem::align_of::<BlockQ4K>() <= 2);
+    assert!(std::mem::align_of::<BlockQ5K>() <= 2);
+    assert!(std::mem::align_of::<BlockQ6K>() <= 2);
+};
+
+/// Bytes shared by every matrix that lies in them: a file's memory map, or an owned buffer.
+#[derive(Clone)]
+pub struct SharedBytes(Arc<dyn AsRef<[u8]> + Send + Sync>);
+
+impl SharedBytes {
+    /// Shares `bytes`.
+    pub fn new(bytes: impl AsRef<[u8]> + Send + Sync + 'static) -> Self {
+        Self(Arc::new(bytes))
+    }
+
+    /// The bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        (*self.0).as_ref()
+    }
+}
+
+impl std::fmt::Debug for SharedBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SharedBytes({} bytes)", self.as_slice().len())
+    }
+}
+
+/// A quantized matrix that cannot be built from the bytes given.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QuantLayoutError {
+    /// The row length is not a whole number of blocks.
+    #[error("{cols} columns are not a whole number of {ty} blocks of {block}")]
+    PartialBlock {
+        /// The type.
+        ty: &'static str,
+        /// Values per block.
+        block: usize,
+        /// Columns asked for.
+        cols: usize,
+    },
+    /// A part reaches past its bytes.
+    #[error("{rows} rows of {row_bytes} bytes at offset {offset} overrun {len} bytes")]
+    OutOfBounds {
+        /// Rows of the part.
+        rows: usize,
+        /// Bytes per row.
+        row_bytes: usize,
+        /// Where the part starts.
+        offset: usize,
+        /// Bytes available.
+        len: usize,
+    },
+    /// A part does not start on its type's alignment.
+    #[error("data at offset {0} is misaligned for its type")]
+    Misaligned(usize),
+    /// No parts.
+    #[error("a matrix needs at least one part")]
+    Empty,
+}
+
+/// `rows` rows of type `ty` lying at `offset` in `bytes`: one tensor of a stacked matrix.
+#[derive(Debug, Clone)]
+pub struct QuantPart {
+    /// The rows' type.
+    pub ty: QuantType,
+    /// The bytes they lie in.
+    pub bytes: SharedBytes,
+    /// Where the first row starts.
+    pub offset: usize,
+    /// Rows.
+    pub rows: usize,
+}
+
+/// A part placed in its matrix.
+#[derive(Debug, Clone)]
+struct Part {
+    ty: QuantType,
+    bytes: SharedBytes,
+    offset: usize,
+    first: usize,
+    rows: usize,
+    row_bytes: usize,
+}
+
+/// A `[rows, cols]` block-quantized matrix; see the module docs.
+#[derive(Debug, Clone)]
+pub struct QuantMatrix {
+    rows: usize,
+    cols: usize,
+    parts: Vec<Part>,
+}
+
+impl QuantMatrix {
+    /// A matrix of `cols` columns made of `parts` stacked in order.
+    pub fn new(cols: usize, parts: Vec<QuantPart>) -> Result<Self, QuantLayoutError> {
+        if parts.is_empty() {
+            return Err(QuantLayoutError::Empty);
+        }
+        let mut first = 0;
+        let mut stacked = Vec::with_capacity(parts.len());
+        for QuantPart {
+            ty,
+            bytes,
+            offset,
+            rows,
+        } in parts
+        {
+            let block = ty.block_values();
+            if cols == 0 || !cols.is_multiple_of(block) {
+                return Err(QuantLayoutError::PartialBlock {
+                    ty: ty.name(),
+                    block,
+                    cols,
+                });
+            }
+            let row_bytes = cols / block * ty.block_bytes();
+            let len = bytes.as_slice().len();
+            let end = rows
+                .checked_mul(row_bytes)
+                .and_then(|n| n.checked_add(offset));
+            if end.is_none_or(|e| e > len) {
+                return Err(QuantLayoutError::OutOfBounds {
+                    rows,
+                    row_bytes,
+                    offset,
+                    len,
+                });
+            }
+            if !(bytes.as_slice().as_ptr() as usize + offset).is_multiple_of(ty.align()) {
+                return Err(QuantLayoutError::Misaligned(offset));
+            }
+            stacked.push(Part {
+                ty,
+                bytes,
+                offset,
+                first,
+                rows,
+                row_bytes,
+            });
+            first += rows;
+        }
+        Ok(Self {
+            rows: first,
+            cols,
+            parts: stacked,
+        })
+    }
+
+    /// The types of the parts, in order.
+    pub fn part_types(&self) -> impl Iterator<Item = QuantType> + '_ {
+        self.parts.iter().map(|p| p.ty)
+    }
+
+    /// Rows (output features).
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Columns (input features).
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Bytes the matrix occupies.
+    pub fn size_in_bytes(&self) -> usize {
+        self.parts.iter().map(|p| p.rows * p.row_bytes).sum()
+    }
+
+    /// The type and blocks of row `r`.
+    ///
+    /// # Panics
+    /// If `r >= rows`.
+    fn row(&self, r: usize) -> (QuantType, &[u8]) {
+        let part = self
+            .parts
+            .iter()
+            .find(|p| r < p.first + p.rows)
+            .unwrap_or_else(|| panic!("row {r} of a {}-row matrix", self.rows));
+        let start = part.offset + (r - part.first) * part.row_bytes;
+        (
+            part.ty,
+            &part.bytes.as_slice()[start..start + part.row_bytes],
+        )
+    }
+
+    /// Row `r`, dequantized into `out` (`cols` long).
+    ///
+    /// # Panics
+    /// If `r >= rows` or `out` is not `cols` long.
+    pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
+        assert_eq!(out.len(), self.cols, "row buffer is not {} long", self.cols);
+        let (ty, bytes) = self.row(r);
+        dequantize(ty, bytes, out);
+    }
+
+    /// Rows `r0..r0 + n`, dequantized one after another into `out` (`n · cols` long).
+    fn dequantize_rows(&self, r0: usize, n: usize, out: &mut [f32]) {
+        for (i, o) in out.chunks_exact_mut(self.cols).take(n).enumerate() {
+            self.dequantize_row(r0 + i, o);
+        }
+    }
+
+    /// `y[m, rows] = x[m, cols] · Wᵀ`, computed by `team`; see the module docs.
+    ///
+    /// # Panics
+    /// If `x` or `y` are not `m` whole rows.
+    pub fn forward(&self, x: &[f32], m: usize, y: &mut [f32], team: &Team, isa: Isa) {
+        assert_eq!(x.len(), m * self.cols, "input is not [{m}, {}]", self.cols);
+        assert_eq!(y.len(), m * self.rows, "output is not [{m}, {}]", self.rows);
+        if m == 0 {
+            return;
+        }
+        if m <= SMALL_M {
+            self.few_rows(x, m, y, team, isa);
+        } else {
+            self.many_rows(x, m, y, team, isa);
+        }
+    }
+
+    fn few_rows(&self, x: &[f32], m: usize, y: &mut [f32], team: &Team, isa: Isa) {
+        let (rows, cols) = (self.rows, self.cols);
+        // Outputs transposed ([rows, m]) so that each task owns a contiguous range.
+        let mut yt = vec![0f32; rows * m];
+        team.chunks(&mut yt, ROWS_PER_TASK * m, &|task, out| {
+            let first = task * ROWS_PER_TASK;
+            let mut w = vec![0f32; cols];
+            for (r, o) in out.chunks_exact_mut(m).enumerate() {
+                self.dequantize_row(first + r, &mut w);
+                dispatch!(isa, || {
+                    for (i, oi) in o.iter_mut().enumerate() {
+                        *oi = dot(&x[i * cols..(i + 1) * cols], &w);
+                    }
+                });
+            }
+        });
+        for (r, o) in yt.chunks_exact(m).enumerate() {
+            for (i, &v) in o.iter().enumerate() {
+                y[i * rows + r] = v;
+            }
+        }
+    }
+
+    fn many_rows(&self, x: &[f32], m: usize, y: &mut [f32], team: &Team, _isa: Isa) {
+        let (rows, cols) = (self.rows, self.cols);
+        let out = SendPtr(y.as_mut_ptr());
+        let members = team.size();
+        team.run(&|tid| {
+            let (j0, j1) = member_rows(rows, members, tid);
+            let out = &out;
+            let mut tile = vec![0f32; TILE_ROWS.min(j1 - j0) * cols];
+            for start in (j0..j1).step_by(TILE_ROWS) {
+                let n = TILE_ROWS.min(j1 - start);
+                self.dequantize_rows(start, n, &mut tile);
+                // SAFETY: `start + n <= rows`, so every element written, `(i, start + j)` for
+                // `i < m`, `j < n`, is inside `y` (`m * rows` long); members own disjoint
+                // column ranges `j0..j1`, so no element is written twice.
+                unsafe { gemm_xwt(m, n, cols, x, &tile[..n * cols], out.0.add(start), rows) };
+            }
+        });
+    }
+}
+
+/// Dequantizes the whole blocks in `bytes` into `out`.
+fn dequantize(ty: QuantType, bytes: &[u8], out: &mut [f32]) {
+    match ty {
+        QuantType::F32 => to_float::<f32>(bytes, out),
+        QuantType::F16 => to_float::<f16>(bytes, out),
+        QuantType::Bf16 => to_float::<bf16>(bytes, out),
+        QuantType::Q4_0 => to_float::<BlockQ4_0>(bytes, out),
+        QuantType::Q4_1 => to_float::<BlockQ4_1>(bytes, out),
+        QuantType::Q5_0 => to_float::<BlockQ5_0>(bytes, out),
+        QuantType::Q5_1 => to_float::<BlockQ5_1>(bytes, out),
+        QuantType::Q8_0 => to_float::<BlockQ8_0>(bytes, out),
+        QuantType::Q2K => to_float::<BlockQ2K>(bytes, out),
+        QuantType::Q3K => to_float::<BlockQ3K>(bytes, out),
+        QuantType::Q4K => to_float::<BlockQ4K>(bytes, out),
+        QuantType::Q5K => to_float::<BlockQ5K>(bytes, out),
+        QuantType::Q6K => to_float::<BlockQ6K>(bytes, out),
+    }
+}
+
+fn to_float<B: GgmlType>(bytes: &[u8], out: &mut [f32]) {
+    let size = std::mem::size_of::<B>();
+    let n = bytes.len() / size;
+    assert!(
+        n * size == bytes.len() && n * B::BLCK_SIZE == out.len(),
+        "{} bytes are not the blocks of {} values",
+        bytes.len(),
+        out.len()
+    );
+    assert!(
+        (bytes.as_ptr() as usize).is_multiple_of(std::mem::align_of::<B>()),
+        "misaligned blocks"
+    );
+    // SAFETY: `B` is f32, f16, bf16 or a `repr(C)` block of integers and f16s, for which every
+    // bit pattern is a value; the bytes hold exactly `n` blocks and are aligned for `B` (both
+    // asserted).
+    let blocks = unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<B>(), n) };
+    B::to_float(blocks, out);
+}
+
+/// Quantizes `values` (a whole number of blocks) with candle's reference quantizer; for tests
+/// and for writing GGUF files.
+pub fn quantize(ty: QuantType, values: &[f32]) -> Vec<u8> {
+    fn go<B: GgmlType>(values: &[f32]) -> Vec<u8> {
+        let mut blocks = vec![B::zeros(); values.len() / B::BLCK_SIZE];
+        B::from_float(values, &mut blocks);
+        let size = std::mem::size_of::<B>();
+        // SAFETY: the blocks are plain data with no padding (floats, or `repr(C)` of u8/i8/f16
+        // arrays whose sizes candle asserts add up), so their bytes may be read as bytes.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(blocks.as_ptr().cast::<u8>(), blocks.len() * size)
+        };
+        bytes.to_vec()
+    }
+    assert!(
+        values.len().is_multiple_of(ty.block_values()),
+        "not a whole number of blocks"
+    );
+    match ty {
+        QuantType::F32 => go::<f32>(values),
+        QuantType::F16 => go::<f16>(values),
+        QuantType::Bf16 => go::<bf16>(values),
+        QuantType::Q4_0 => go::<BlockQ4_0>(values),
+        QuantType::Q4_1 => go::<BlockQ4_1>(values),
+        QuantType::Q5_0 => go::<BlockQ5_0>(values),
+        QuantType::Q5_1 => go::<BlockQ5_1>(values),
+        QuantType::Q8_0 => go::<BlockQ8_0>(values),
+        QuantType::Q2K => go::<BlockQ2K>(values),
+        QuantType::Q3K => go::<BlockQ3K>(values),
+        QuantType::Q4K => go::<BlockQ4K>(values),
+        QuantType::Q5K => go::<BlockQ5K>(values),
+        QuantType::Q6K => go::<BlockQ6K>(values),
+    }
+}
+
+#[cfg(test)]
+#[path = "quant_tests.rs"]
+mod tests;

@@ -1,0 +1,270 @@
+//! The quantized products against a plain f64 dequantize-and-dot.
+//!
+//! The reference decodes Q4_0, Q4_1, Q8_0, Q4_K, Q5_K and Q6_K from ggml's block layouts
+//! written out here (ggml-quants.c, `dequantize_row_*`), independently of candle's decoders the
+//! kernels use; Q5_0, Q5_1, Q2_K and Q3_K are checked for the walk (rows, parts, tiles, tails)
+//! with candle's decoder in f64.
+
+use half::f16;
+
+use super::*;
+
+fn f16_at(b: &[u8], i: usize) -> f64 {
+    f64::from(f16::from_le_bytes([b[i], b[i + 1]]).to_f32())
+}
+
+/// ggml's `get_scale_min_k4`.
+fn scale_min_k4(j: usize, q: &[u8]) -> (f64, f64) {
+    if j < 4 {
+        (f64::from(q[j] & 63), f64::from(q[j + 4] & 63))
+    } else {
+        let sc = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4);
+        let m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+        (f64::from(sc), f64::from(m))
+    }
+}
+
+/// One block of `ty` decoded by hand, or `None` where the reference uses candle's decoder.
+fn reference_block(ty: QuantType, b: &[u8]) -> Option<Vec<f64>> {
+    let mut y = Vec::new();
+    match ty {
+        QuantType::Q4_0 => {
+            let d = f16_at(b, 0);
+            let qs = &b[2..18];
+            y.extend(qs.iter().map(|q| (f64::from(q & 0xF) - 8.0) * d));
+            y.extend(qs.iter().map(|q| (f64::from(q >> 4) - 8.0) * d));
+        }
+        QuantType::Q4_1 => {
+            let (d, m) = (f16_at(b, 0), f16_at(b, 2));
+            let qs = &b[4..20];
+            y.extend(qs.iter().map(|q| f64::from(q & 0xF) * d + m));
+            y.extend(qs.iter().map(|q| f64::from(q >> 4) * d + m));
+        }
+        QuantType::Q8_0 => {
+            let d = f16_at(b, 0);
+            y.extend(b[2..34].iter().map(|&q| f64::from(q as i8) * d));
+        }
+        QuantType::Q4K => {
+            let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
+            let (scales, qs) = (&b[4..16], &b[16..144]);
+            for (g, q) in qs.chunks_exact(32).enumerate() {
+                let (s1, m1) = scale_min_k4(2 * g, scales);
+                let (s2, m2) = scale_min_k4(2 * g + 1, scales);
+                y.extend(q.iter().map(|v| d * s1 * f64::from(v & 0xF) - dmin * m1));
+                y.extend(q.iter().map(|v| d * s2 * f64::from(v >> 4) - dmin * m2));
+            }
+        }
+        QuantType::Q5K => {
+            let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
+            let (scales, qh, qs) = (&b[4..16], &b[16..48], &b[48..176]);
+            for (g, q) in qs.chunks_exact(32).enumerate() {
+                let (s1, m1) = scale_min_k4(2 * g, scales);
+                let (s2, m2) = scale_min_k4(2 * g + 1, scales);
+                let (u1, u2) = (1u8 << (2 * g), 2u8 << (2 * g));
+                for (l, v) in q.iter().enumerate() {
+                    let hi = if qh[l] & u1 != 0 { 16.0 } else { 0.0 };
+                    y.push(d * s1 * (f64::from(v & 0xF) + hi) - dmin * m1);
+                }
+                for (l, v) in q.iter().enumerate() {
+                    let hi = if qh[l] & u2 != 0 { 16.0 } else { 0.0 };
+                    y.push(d * s2 * (f64::from(v >> 4) + hi) - dmin * m2);
+                }
+            }
+        }
+        QuantType::Q6K => {
+            let (ql, qh, sc) = (&b[0..128], &b[128..192], &b[192..208]);
+            let d = f16_at(b, 208);
+            let mut out = [0f64; 256];
+            for half in 0..2 {
+                let (ql, qh, sc) = (&ql[64 * half..], &qh[32 * half..], &sc[8 * half..]);
+                let y = &mut out[128 * half..];
+                let s = |i: usize| f64::from(sc[i] as i8);
+                for l in 0..32 {
+                    let is = l / 16;
+                    let q1 = i32::from((ql[l] & 0xF) | ((qh[l] & 3) << 4)) - 32;
+                    let q2 = i32::from((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) - 32;
+                    let q3 = i32::from((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
+                    let q4 = i32::from((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
+                    y[l] = d * s(is) * f64::from(q1);
+                    y[l + 32] = d * s(is + 2) * f64::from(q2);
+                    y[l + 64] = d * s(is + 4) * f64::from(q3);
+                    y[l + 96] = d * s(is + 6) * f64::from(q4);
+                }
+            }
+            y.extend(out);
+        }
+        _ => return None,
+    }
+    Some(y)
+}
+
+/// The whole matrix in f64, decoded block by block.
+fn reference_matrix(ty: QuantType, bytes: &[u8]) -> Vec<f64> {
+    bytes
+        .chunks_exact(ty.block_bytes())
+        .flat_map(|b| {
+            reference_block(ty, b).unwrap_or_else(|| {
+                let mut out = vec![0f32; ty.block_values()];
+                dequantize(ty, b, &mut out);
+                out.into_iter().map(f64::from).collect()
+            })
+        })
+        .collect()
+}
+
+const ALL: [QuantType; 13] = [
+    QuantType::F32,
+    QuantType::F16,
+    QuantType::Bf16,
+    QuantType::Q4_0,
+    QuantType::Q4_1,
+    QuantType::Q5_0,
+    QuantType::Q5_1,
+    QuantType::Q8_0,
+    QuantType::Q2K,
+    QuantType::Q3K,
+    QuantType::Q4K,
+    QuantType::Q5K,
+    QuantType::Q6K,
+];
+
+fn values(n: usize, seed: u64) -> Vec<f32> {
+    // A small LCG: deterministic, varied signs and magnitudes.
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 33) as f32 / (1u64 << 31) as f32 - 0.5) * 2.0
+        })
+        .collect()
+}
+
+#[test]
+fn hand_decoders_agree_with_the_kernels_decoder() {
+    for ty in ALL {
+        let cols = 2 * 256;
+        let bytes = quantize(ty, &values(cols, 7));
+        let m = QuantMatrix::new(cols, vec![part(ty, bytes.clone(), 0, 1)]).expect("layout");
+        let mut row = vec![0f32; cols];
+        m.dequantize_row(0, &mut row);
+        for (i, (&g, e)) in row.iter().zip(reference_matrix(ty, &bytes)).enumerate() {
+            assert!(
+                (f64::from(g) - e).abs() <= 1e-6 * e.abs().max(1.0),
+                "{ty:?} [{i}]"
+            );
+        }
+    }
+}
+
+#[test]
+fn every_type_matches_a_plain_product_over_awkward_shapes() {
+    let team = Team::new(3);
+    let isa = Isa::detect();
+    for ty in ALL {
+        let cols = if ty.block_values() == 256 { 512 } else { 96 };
+        for (rows, split) in [(1, 1), (5, 2), (70, 40), (200, 129)] {
+            let bytes = quantize(ty, &values(rows * cols, rows as u64));
+            let want_w = reference_matrix(ty, &bytes);
+            // Two parts, the second at an offset into a larger buffer, as stacked q/k/v are.
+            let row_bytes = cols / ty.block_values() * ty.block_bytes();
+            let split = split.min(rows);
+            let (a, b) = bytes.split_at(split * row_bytes);
+            let mut padded = vec![0u8; 8];
+            padded.extend_from_slice(b);
+            let mut parts = vec![part(ty, a.to_vec(), 0, split)];
+            if rows > split {
+                parts.push(part(ty, padded, 8, rows - split));
+            }
+            let w = QuantMatrix::new(cols, parts).expect("layout");
+            for m in [1, 3, SMALL_M, SMALL_M + 1, 40] {
+                let x = values(m * cols, 100 + m as u64);
+                let mut y = vec![0f32; m * rows];
+                w.forward(&x, m, &mut y, &team, isa);
+                for i in 0..m {
+                    for j in 0..rows {
+                        let e: f64 = (0..cols)
+                            .map(|k| f64::from(x[i * cols + k]) * want_w[j * cols + k])
+                            .sum();
+                        let g = f64::from(y[i * rows + j]);
+                        assert!(
+                            (g - e).abs() <= 1e-4 * (1.0 + e.abs()),
+                            "{ty:?} rows {rows} m {m} [{i}, {j}]: {g} vs {e}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn part(ty: QuantType, bytes: Vec<u8>, offset: usize, rows: usize) -> QuantPart {
+    QuantPart {
+        ty,
+        bytes: SharedBytes::new(bytes),
+        offset,
+        rows,
+    }
+}
+
+#[test]
+fn parts_of_different_types_stack() {
+    let team = Team::new(2);
+    let cols = 256;
+    let types = [
+        QuantType::Q4K,
+        QuantType::Q6K,
+        QuantType::F16,
+        QuantType::Q8_0,
+    ];
+    let mut parts = Vec::new();
+    let mut want_w = Vec::new();
+    for (i, &ty) in types.iter().enumerate() {
+        let bytes = quantize(ty, &values(3 * cols, i as u64));
+        want_w.extend(reference_matrix(ty, &bytes));
+        parts.push(part(ty, bytes, 0, 3));
+    }
+    let w = QuantMatrix::new(cols, parts).expect("layout");
+    assert_eq!(w.rows(), 12);
+    assert_eq!(w.part_types().collect::<Vec<_>>(), types);
+    for m in [1, SMALL_M + 3] {
+        let x = values(m * cols, 9);
+        let mut y = vec![0f32; m * 12];
+        w.forward(&x, m, &mut y, &team, Isa::detect());
+        for i in 0..m {
+            for j in 0..12 {
+                let e: f64 = (0..cols)
+                    .map(|k| f64::from(x[i * cols + k]) * want_w[j * cols + k])
+                    .sum();
+                let g = f64::from(y[i * 12 + j]);
+                assert!((g - e).abs() <= 1e-4 * (1.0 + e.abs()), "[{i}, {j}]");
+            }
+        }
+    }
+}
+
+#[test]
+fn bad_layouts_are_refused() {
+    let ty = QuantType::Q4_1;
+    let bytes = quantize(ty, &values(64, 1));
+    assert!(matches!(
+        QuantMatrix::new(48, vec![part(ty, bytes.clone(), 0, 1)]),
+        Err(QuantLayoutError::PartialBlock { cols: 48, .. })
+    ));
+    assert!(matches!(
+        QuantMatrix::new(32, vec![part(ty, bytes.clone(), 0, 3)]),
+        Err(QuantLayoutError::OutOfBounds { .. })
+    ));
+    assert!(matches!(
+        QuantMatrix::new(32, vec![part(ty, bytes.clone(), 1, 1)]),
+        Err(QuantLayoutError::Misaligned(1))
+    ));
+    assert!(matches!(
+        QuantMatrix::new(32, vec![]),
+        Err(QuantLayoutError::Empty)
+    ));
+    assert!(QuantMatrix::new(32, vec![part(ty, bytes, 0, 2)]).is_ok());
+}
