@@ -11,11 +11,12 @@
 # it). LLAMA_BIN is a llama.cpp build's bin folder (docs/BENCHMARKS.md says how to build the one
 # these figures use). Prints, per file, each figure's median over the rounds for both engines and
 # the ratio wayfinder / llama.cpp. Run it on a quiet machine: on 2 cores any other work shows.
+# WAYFINDER_BIN runs a given wayfinder binary instead of building this checkout.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 
-: "${LLAMA_BIN:?set LLAMA_BIN to a llama.cpp build's bin folder}"
+: "${LLAMA_BIN:?set LLAMA_BIN to the bin folder of a llama.cpp build}"
 ROUNDS=${ROUNDS:-3}
 TYPES=${TYPES:-"Q4_1 Q8_0 Q4_K_M BF16"}
 THREADS=${THREADS:-2}
@@ -24,8 +25,12 @@ export LD_LIBRARY_PATH="$LLAMA_BIN${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 
 mkdir -p "$WORK"
 Q4_1=$(scripts/fetch-smollm2.sh)
-cargo build --release -p wayfinder
-BIN=target/release/wayfinder
+if [ -n "${WAYFINDER_BIN:-}" ]; then
+    BIN=$WAYFINDER_BIN   # a binary built elsewhere (e.g. of another commit)
+else
+    cargo build --release -p wayfinder
+    BIN=target/release/wayfinder
+fi
 
 file_for() {
     local t=$1 f

@@ -8,7 +8,9 @@
 //! process; the modes alternate round by round and the median round is reported, with the
 //! median of the rounds' paired differences "100 % − off" in CPU per request.
 //!
-//! Flags after `--`: `--only test|demo|spans`, `--rounds N`, `--rate R` (requests start at R
+//! Flags after `--`: `--only test|demo|spans`, `--model PATH` (the "demo" part on another model:
+//! a GGUF file or a folder, e.g. the real SmolLM2 of `scripts/fetch-smollm2.sh`), `--requests N`
+//! (per round of the model part), `--rounds N`, `--rate R` (requests start at R
 //! per second instead of as fast as 32 in flight allow: every mode then runs at the same
 //! throughput), `--protocol http/protobuf`, `--mode NAME` (only that mode; repeatable),
 //! `--verbose` (every round's CPU per request).
@@ -64,7 +66,10 @@ fn main() {
         "{:<14} {:>6} {:>9} {:>12} {:>14} {:>10}",
         "executor", "mode", "requests", "requests/s", "CPU µs/request", "spans out"
     );
-    let (test_n, demo_n) = if quick { (2000, 64) } else { (20000, 512) };
+    let (test_n, mut demo_n) = if quick { (2000, 64) } else { (20000, 512) };
+    if let Some(n) = flag("--requests").and_then(|n| n.parse().ok()) {
+        demo_n = n;
+    }
     // `--only test|demo|spans` runs one part.
     let only = flag("--only");
     let part = |name: &str| only.as_deref().is_none_or(|o| o == name);
@@ -78,7 +83,12 @@ fn main() {
         );
     }
     if part("demo") {
-        bench("demo model", demo_n, demo_rounds, &receiver, Workload::Demo);
+        let label = if flag("--model").is_some() {
+            "model"
+        } else {
+            "demo model"
+        };
+        bench(label, demo_n, demo_rounds, &receiver, Workload::Demo);
     }
     if part("spans") {
         let n = if quick { 5_000 } else { 50_000 };
@@ -324,12 +334,17 @@ async fn run_once(n: usize, mode: Mode, target: (&str, &str), workload: Workload
     }
 }
 
-/// The demo model behind an [`AppState`].
+/// The demo model (or `--model PATH`) behind an [`AppState`].
 fn demo_state(telemetry: Option<Telemetry>) -> AppState {
-    let dir =
-        wayfinder_model::synth::demo::ensure_demo(&wayfinder_model::synth::demo::cache_root())
-            .expect("the demo model");
+    let dir = flag("--model").map_or_else(
+        || {
+            wayfinder_model::synth::demo::ensure_demo(&wayfinder_model::synth::demo::cache_root())
+                .expect("the demo model")
+        },
+        std::path::PathBuf::from,
+    );
     let model = wayfinder_model::load(&dir, &LoadOptions::default()).expect("loads");
+    let model_name = model.text.name.clone();
     let block_size = 16;
     let num_blocks = 1024;
     let max_model_len = model.max_model_len.min(num_blocks * block_size);
@@ -358,7 +373,7 @@ fn demo_state(telemetry: Option<Telemetry>) -> AppState {
         engine,
         tokenizer: Arc::new(model.text.tokenizer),
         chat_template: Arc::new(model.text.chat_template),
-        model_name: "demo".into(),
+        model_name,
         max_model_len,
         eos_token_ids: eos,
         limits: Limits {

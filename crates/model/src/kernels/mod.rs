@@ -7,6 +7,7 @@
 //! - `linear.rs` ([`Linear`], [`WeightData`]) and its AVX-512 kernels (`linear_avx512.rs`).
 //! - `attention.rs` ([`paged_attention`], [`StepContext`]) and its AVX-512 tiled kernel
 //!   (`attention_avx512.rs`); both take [`AttentionParams`] (`attention_params.rs`).
+//! - `quant_vnni.rs`: integer dot products on Q4_0/Q4_1/Q8_0 blocks with AVX-512 VNNI.
 //! - `products.rs`: what both share (the few-rows threshold, the team split, gemm).
 //! - `quant.rs` ([`QuantMatrix`], [`QuantType`]): products on GGUF's block-quantized weights,
 //!   left in the file's memory map.
@@ -21,6 +22,7 @@ mod linear;
 mod linear_avx512;
 mod products;
 mod quant;
+mod quant_vnni;
 mod simd;
 mod team;
 

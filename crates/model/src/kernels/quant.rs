@@ -10,9 +10,13 @@
 //! The block formats and their dequantization are candle's (`candle_core::quantized::k_quants`,
 //! a port of ggml's reference code); this module decides only how a product walks the blocks:
 //!
-//! - **few rows** of `x` (decode, `m <= SMALL_M`): each weight row is dequantized once into a
-//!   row buffer (a few KiB, in L1) and dotted with every input row; tasks of `ROWS_PER_TASK`
-//!   weight rows are split over the [`Team`].
+//! - **few rows** of `x` (decode, `m <= SMALL_M`), on CPUs with AVX-512 VNNI and matrices of
+//!   Q4_0, Q4_1 and Q8_0 parts: the activations are quantized to 8 bits per block once and each
+//!   weight row is dotted with them in integers (`quant_vnni.rs`), as llama.cpp does.
+//! - **few rows** otherwise: each weight row is dequantized once into a row buffer (a few KiB,
+//!   in L1) and dotted with every input row in f32.
+//!
+//! In both, tasks of `ROWS_PER_TASK` weight rows are split over the [`Team`].
 //! - **many rows** (prefill): each team member dequantizes `TILE_ROWS` of its weight rows at a
 //!   time into a scratch tile and runs gemm's f32 kernel on it.
 //!
@@ -250,6 +254,8 @@ pub struct QuantMatrix {
     rows: usize,
     cols: usize,
     parts: Vec<Part>,
+    /// Every part has an integer kernel on this CPU.
+    integer_dots: bool,
 }
 
 impl QuantMatrix {
@@ -301,10 +307,13 @@ impl QuantMatrix {
             });
             first += rows;
         }
+        let integer_dots =
+            integer_dots_available() && stacked.iter().all(|p| integer_dot_type(p.ty));
         Ok(Self {
             rows: first,
             cols,
             parts: stacked,
+            integer_dots,
         })
     }
 
@@ -379,7 +388,39 @@ impl QuantMatrix {
         }
     }
 
+    /// Whether products with `m` input rows quantize the activations to 8 bits.
+    pub fn quantizes_activations(&self, m: usize) -> bool {
+        self.integer_dots && m <= SMALL_M
+    }
+
+    /// The few-rows product in integers; see `quant_vnni.rs`.
+    #[cfg(target_arch = "x86_64")]
+    fn few_rows_integer(&self, x: &[f32], m: usize, y: &mut [f32], team: &Team) {
+        let rows = self.rows;
+        let xq = super::quant_vnni::Q8Rows::quantize_two_levels(x, m, self.cols);
+        let mut yt = vec![0f32; rows * m];
+        team.chunks(&mut yt, ROWS_PER_TASK * m, &|task, out| {
+            let first = task * ROWS_PER_TASK;
+            let mut both = vec![0f32; xq.rows()];
+            for (r, o) in out.chunks_exact_mut(m).enumerate() {
+                let (ty, bytes) = self.row(first + r);
+                // SAFETY: `integer_dots` was set only where `available()` held and every part's
+                // type is supported; a row holds `cols / 32` blocks; `both` has a value per
+                // quantized row.
+                unsafe { super::quant_vnni::row_dot(ty, bytes, &xq, &mut both) };
+                for (oi, pair) in o.iter_mut().zip(both.chunks_exact(2)) {
+                    *oi = pair[0] + pair[1];
+                }
+            }
+        });
+        transpose_into(&yt, m, rows, y);
+    }
+
     fn few_rows(&self, x: &[f32], m: usize, y: &mut [f32], team: &Team, isa: Isa) {
+        #[cfg(target_arch = "x86_64")]
+        if self.integer_dots {
+            return self.few_rows_integer(x, m, y, team);
+        }
         let (rows, cols) = (self.rows, self.cols);
         // Outputs transposed ([rows, m]) so that each task owns a contiguous range.
         let mut yt = vec![0f32; rows * m];
@@ -395,11 +436,7 @@ impl QuantMatrix {
                 });
             }
         });
-        for (r, o) in yt.chunks_exact(m).enumerate() {
-            for (i, &v) in o.iter().enumerate() {
-                y[i * rows + r] = v;
-            }
-        }
+        transpose_into(&yt, m, rows, y);
     }
 
     fn many_rows(&self, x: &[f32], m: usize, y: &mut [f32], team: &Team, _isa: Isa) {
@@ -419,6 +456,42 @@ impl QuantMatrix {
                 unsafe { gemm_xwt(m, n, cols, x, &tile[..n * cols], out.0.add(start), rows) };
             }
         });
+    }
+}
+
+/// `y[i, r] = yt[r, i]` for `m` columns and `rows` rows.
+fn transpose_into(yt: &[f32], m: usize, rows: usize, y: &mut [f32]) {
+    for (r, o) in yt.chunks_exact(m).enumerate() {
+        for (i, &v) in o.iter().enumerate() {
+            y[i * rows + r] = v;
+        }
+    }
+}
+
+/// Whether the CPU has the integer kernels (and `WAYFINDER_INTEGER_DOTS=0` does not turn them
+/// off, for comparing the two paths).
+fn integer_dots_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        super::quant_vnni::available()
+            && std::env::var_os("WAYFINDER_INTEGER_DOTS").is_none_or(|v| v != "0")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Whether `ty` has an integer kernel.
+fn integer_dot_type(ty: QuantType) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        super::quant_vnni::supports(ty)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = ty;
+        false
     }
 }
 

@@ -184,6 +184,9 @@ fn every_type_matches_a_plain_product_over_awkward_shapes() {
                 let x = values(m * cols, 100 + m as u64);
                 let mut y = vec![0f32; m * rows];
                 w.forward(&x, m, &mut y, &team, isa);
+                // Integer kernels multiply the activations as quantized to 8 bits: the
+                // reference takes the same values.
+                let x = as_multiplied(&w, &x, m, cols);
                 for i in 0..m {
                     for j in 0..rows {
                         let e: f64 = (0..cols)
@@ -244,6 +247,78 @@ fn parts_of_different_types_stack() {
             }
         }
     }
+}
+
+/// The activations as the kernel for `m` rows multiplies them.
+fn as_multiplied(w: &QuantMatrix, x: &[f32], m: usize, cols: usize) -> Vec<f32> {
+    #[cfg(target_arch = "x86_64")]
+    if w.quantizes_activations(m) {
+        let both = super::super::quant_vnni::Q8Rows::quantize_two_levels(x, m, cols).dequantized();
+        return both
+            .chunks_exact(2 * cols)
+            .flat_map(|pair| (0..cols).map(move |k| pair[k] + pair[cols + k]))
+            .collect();
+    }
+    let _ = (w, m, cols);
+    x.to_vec()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn integer_kernels_cover_their_types_and_stay_close_to_f32() {
+    if !super::super::quant_vnni::available() {
+        eprintln!("no AVX-512 VNNI on this CPU: the integer kernels are not used here");
+        return;
+    }
+    let team = Team::new(2);
+    for ty in [QuantType::Q4_0, QuantType::Q4_1, QuantType::Q8_0] {
+        // 7 blocks: pairs and an odd tail block.
+        let cols = 7 * 32;
+        let rows = 37;
+        let bytes = quantize(ty, &values(rows * cols, 3));
+        let want_w = reference_matrix(ty, &bytes);
+        let w = QuantMatrix::new(cols, vec![part(ty, bytes, 0, rows)]).expect("layout");
+        assert!(w.quantizes_activations(1) && w.quantizes_activations(SMALL_M));
+        assert!(!w.quantizes_activations(SMALL_M + 1));
+        let m = 5;
+        let x = values(m * cols, 11);
+        let mut y = vec![0f32; m * rows];
+        w.forward(&x, m, &mut y, &team, Isa::detect());
+        // Against f32 activations the 8-bit rounding shows, but only a little.
+        for i in 0..m {
+            for j in 0..rows {
+                let e: f64 = (0..cols)
+                    .map(|k| f64::from(x[i * cols + k]) * want_w[j * cols + k])
+                    .sum();
+                let norm: f64 = (0..cols)
+                    .map(|k| (f64::from(x[i * cols + k]) * want_w[j * cols + k]).abs())
+                    .sum();
+                let g = f64::from(y[i * rows + j]);
+                assert!(
+                    (g - e).abs() <= 0.01 * norm,
+                    "{ty:?} [{i}, {j}]: {g} vs {e}"
+                );
+            }
+        }
+    }
+    // Mixed with a type that has no integer kernel, the matrix keeps the f32 path.
+    let cols = 256;
+    let parts = vec![
+        part(
+            QuantType::Q4_1,
+            quantize(QuantType::Q4_1, &values(cols, 1)),
+            0,
+            1,
+        ),
+        part(
+            QuantType::Q6K,
+            quantize(QuantType::Q6K, &values(cols, 2)),
+            0,
+            1,
+        ),
+    ];
+    let mixed = QuantMatrix::new(cols, parts).expect("layout");
+    assert!(!mixed.quantizes_activations(1));
 }
 
 #[test]
