@@ -180,7 +180,7 @@ fn every_type_matches_a_plain_product_over_awkward_shapes() {
                 parts.push(part(ty, padded, 8, rows - split));
             }
             let w = QuantMatrix::new(cols, parts).expect("layout");
-            for m in [1, 3, SMALL_M, SMALL_M + 1, 40] {
+            for m in [1, 3, INTEGER_MAX_M + 1, SMALL_M, SMALL_M + 1, 40] {
                 let x = values(m * cols, 100 + m as u64);
                 let mut y = vec![0f32; m * rows];
                 w.forward(&x, m, &mut y, &team, isa);
@@ -278,8 +278,8 @@ fn integer_kernels_cover_their_types_and_stay_close_to_f32() {
         let bytes = quantize(ty, &values(rows * cols, 3));
         let want_w = reference_matrix(ty, &bytes);
         let w = QuantMatrix::new(cols, vec![part(ty, bytes, 0, rows)]).expect("layout");
-        assert!(w.quantizes_activations(1) && w.quantizes_activations(SMALL_M));
-        assert!(!w.quantizes_activations(SMALL_M + 1));
+        assert!(w.quantizes_activations(1) && w.quantizes_activations(INTEGER_MAX_M));
+        assert!(!w.quantizes_activations(INTEGER_MAX_M + 1));
         let m = 5;
         let x = values(m * cols, 11);
         let mut y = vec![0f32; m * rows];

@@ -149,7 +149,9 @@ fn quantize_block(block: &[f32], q: &mut [i8]) -> (f32, i32) {
     let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
     let mut sum = 0i32;
     for (qi, &v) in q.iter_mut().zip(block) {
-        let r = (v * inv).round() as i8;
+        // Half away from zero, without a call to `roundf` (|r| <= 127, so no overflow).
+        let r = v * inv;
+        let r = (r + 0.5f32.copysign(r)) as i8;
         *qi = r;
         sum += i32::from(r);
     }
