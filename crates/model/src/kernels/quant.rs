@@ -372,7 +372,15 @@ impl QuantMatrix {
     /// Rows `r0..r0 + n`, dequantized one after another into `out` (`n · cols` long).
     fn dequantize_rows(&self, r0: usize, n: usize, out: &mut [f32]) {
         for (i, o) in out.chunks_exact_mut(self.cols).take(n).enumerate() {
-            self.dequantize_row(r0 + i, o);
+            let (ty, bytes) = self.row(r0 + i);
+            #[cfg(target_arch = "x86_64")]
+            if self.integer_dots {
+                // SAFETY: `integer_dots` holds only where the CPU has the kernels' features
+                // and every part's type is supported; a row holds `cols / 32` blocks.
+                unsafe { super::quant_vnni::dequantize(ty, bytes, o) };
+                continue;
+            }
+            dequantize(ty, bytes, o);
         }
     }
 

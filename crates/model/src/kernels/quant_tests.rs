@@ -343,3 +343,24 @@ fn bad_layouts_are_refused() {
     ));
     assert!(QuantMatrix::new(32, vec![part(ty, bytes, 0, 2)]).is_ok());
 }
+
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn the_vector_dequantization_equals_the_reference_decoders() {
+    if !super::super::quant_vnni::available() {
+        return;
+    }
+    for ty in [QuantType::Q4_0, QuantType::Q4_1, QuantType::Q8_0] {
+        let cols = 5 * 32;
+        let bytes = quantize(ty, &values(cols, 4));
+        let mut got = vec![0f32; cols];
+        // SAFETY: `available()` held; the type is supported; `bytes` holds 5 blocks.
+        unsafe { super::super::quant_vnni::dequantize(ty, &bytes, &mut got) };
+        for (i, (g, e)) in got.iter().zip(reference_matrix(ty, &bytes)).enumerate() {
+            assert!(
+                (f64::from(*g) - e).abs() <= 1e-6 * e.abs().max(1.0),
+                "{ty:?} [{i}]"
+            );
+        }
+    }
+}

@@ -186,6 +186,8 @@ trait Block {
     unsafe fn scale(p: *const u8) -> (f32, f32);
     /// `dw` of the blocks at `a` and `b` in the lanes of a pair (8 each), and `mw` likewise.
     unsafe fn scales2(a: *const u8, b: *const u8) -> (__m512, __m512);
+    /// The unsigned values `u` of the block at `p`: elements 0–15 and 16–31.
+    unsafe fn unsigned16x2(p: *const u8) -> (__m128i, __m128i);
     /// The unsigned value of element `i` of the block at `p` (the odd tail block).
     unsafe fn value(p: *const u8, i: usize) -> i32;
 }
@@ -254,12 +256,32 @@ unsafe fn scaled_scales(a: *const u8, b: *const u8, factor: f32) -> (__m512, __m
     }
 }
 
+/// The 16 bytes at `p` as their low nibbles and their high nibbles.
+#[inline(always)]
+unsafe fn nibbles16(p: *const u8) -> (__m128i, __m128i) {
+    // SAFETY: the caller guarantees 16 readable bytes.
+    unsafe {
+        let w = _mm_loadu_si128(p.cast());
+        let mask = _mm_set1_epi8(0x0F);
+        (
+            _mm_and_si128(w, mask),
+            _mm_and_si128(_mm_srli_epi16::<4>(w), mask),
+        )
+    }
+}
+
 struct Q4_0;
 struct Q4_1;
 struct Q8_0;
 
 impl Block for Q4_0 {
     const BYTES: usize = 18;
+    #[inline(always)]
+    unsafe fn unsigned16x2(p: *const u8) -> (__m128i, __m128i) {
+        // SAFETY: the block's 16 nibble bytes start at 2.
+        unsafe { nibbles16(p.add(2)) }
+    }
+
     #[inline(always)]
     unsafe fn bytes2(a: *const u8, b: *const u8) -> __m512i {
         // SAFETY: each block's 16 nibble bytes follow its 2-byte scale.
@@ -286,6 +308,12 @@ impl Block for Q4_0 {
 
 impl Block for Q4_1 {
     const BYTES: usize = 20;
+    #[inline(always)]
+    unsafe fn unsigned16x2(p: *const u8) -> (__m128i, __m128i) {
+        // SAFETY: the block's 16 nibble bytes start at 4.
+        unsafe { nibbles16(p.add(4)) }
+    }
+
     #[inline(always)]
     unsafe fn bytes2(a: *const u8, b: *const u8) -> __m512i {
         // SAFETY: each block's 16 nibble bytes follow its scale and minimum.
@@ -315,6 +343,17 @@ impl Block for Q4_1 {
 impl Block for Q8_0 {
     const BYTES: usize = 34;
     #[inline(always)]
+    unsafe fn unsigned16x2(p: *const u8) -> (__m128i, __m128i) {
+        // SAFETY: the block's 32 value bytes start at 2; flipping the top bit adds 128.
+        unsafe {
+            let flip = _mm_set1_epi8(i8::MIN);
+            (
+                _mm_xor_si128(_mm_loadu_si128(p.add(2).cast()), flip),
+                _mm_xor_si128(_mm_loadu_si128(p.add(18).cast()), flip),
+            )
+        }
+    }
+    #[inline(always)]
     unsafe fn bytes2(a: *const u8, b: *const u8) -> __m512i {
         // SAFETY: each block's 32 value bytes follow its 2-byte scale.
         unsafe {
@@ -340,6 +379,45 @@ impl Block for Q8_0 {
     unsafe fn value(p: *const u8, i: usize) -> i32 {
         // SAFETY: `i < 32`, the block is readable.
         i32::from(unsafe { *p.add(2 + i) } as i8) + 128
+    }
+}
+
+/// Dequantizes the blocks of `ty` in `bytes` into `out` (32 values a block), 16 lanes at a
+/// time: the many-rows path widens weight tiles for gemm with this.
+///
+/// # Safety
+/// The CPU must pass [`available`]; [`supports`] must accept `ty`; `bytes` must hold whole
+/// blocks, `out.len() / 32` of them.
+pub(crate) unsafe fn dequantize(ty: QuantType, bytes: &[u8], out: &mut [f32]) {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        match ty {
+            QuantType::Q4_0 => dequantize_with::<Q4_0>(bytes, out),
+            QuantType::Q4_1 => dequantize_with::<Q4_1>(bytes, out),
+            QuantType::Q8_0 => dequantize_with::<Q8_0>(bytes, out),
+            _ => unreachable!("supports() admits only Q4_0, Q4_1 and Q8_0"),
+        }
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")]
+unsafe fn dequantize_with<B: Block>(bytes: &[u8], out: &mut [f32]) {
+    let nb = out.len() / QK;
+    assert!(
+        bytes.len() >= nb * B::BYTES && out.len() == nb * QK,
+        "blocks and values disagree"
+    );
+    for (b, o) in out.chunks_exact_mut(QK).enumerate() {
+        // SAFETY: block `b` lies in `bytes` (asserted); `o` holds 32 values.
+        unsafe {
+            let p = bytes.as_ptr().add(b * B::BYTES);
+            let (d, m) = B::scale(p);
+            let (lo, hi) = B::unsigned16x2(p);
+            let (d, m) = (_mm512_set1_ps(d), _mm512_set1_ps(m));
+            let widen = |v: __m128i| _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(v));
+            _mm512_storeu_ps(o.as_mut_ptr(), _mm512_fmadd_ps(widen(lo), d, m));
+            _mm512_storeu_ps(o.as_mut_ptr().add(16), _mm512_fmadd_ps(widen(hi), d, m));
+        }
     }
 }
 
