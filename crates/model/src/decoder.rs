@@ -100,12 +100,18 @@ impl Decoder {
         } else {
             Some(weights.linear("lm_head", c.vocab_size, h, false)?)
         };
+        let freq_factors = if weights.contains("rope_freqs.weight") {
+            Some(weights.vector("rope_freqs.weight", c.head_dim / 2)?)
+        } else {
+            None
+        };
         let rotary = RotaryTable::new(
             c.rope_scaling,
             c.rope_layout,
             c.head_dim,
             c.rope_theta,
             max_positions,
+            freq_factors.as_deref(),
         );
         let attention = AttentionParams {
             num_heads: c.num_heads,

@@ -128,15 +128,23 @@ pub struct RotaryTable {
 }
 
 impl RotaryTable {
-    /// Tables for positions `0..max_positions`, rotating pairs laid out as `layout`.
+    /// Tables for positions `0..max_positions`, rotating pairs laid out as `layout`; each
+    /// frequency divided by its entry of `freq_factors` when given (a GGUF file's
+    /// `rope_freqs`, in which llama.cpp's converter stores Llama 3.1's scaling).
     pub fn new(
         scaling: RopeScaling,
         layout: RopeLayout,
         head_dim: usize,
         theta: f32,
         max_positions: usize,
+        freq_factors: Option<&[f32]>,
     ) -> Self {
-        let inv = scaling.inv_freq(head_dim, theta);
+        let mut inv = scaling.inv_freq(head_dim, theta);
+        if let Some(factors) = freq_factors {
+            for (f, d) in inv.iter_mut().zip(factors) {
+                *f /= d;
+            }
+        }
         let half = head_dim / 2;
         let mut cos = Vec::with_capacity(max_positions * half);
         let mut sin = Vec::with_capacity(max_positions * half);
@@ -193,7 +201,7 @@ mod tests {
 
     #[test]
     fn plain_rope_rotates_pairs_by_position_times_frequency() {
-        let t = RotaryTable::new(RopeScaling::None, RopeLayout::Halves, 4, 100.0, 8);
+        let t = RotaryTable::new(RopeScaling::None, RopeLayout::Halves, 4, 100.0, 8, None);
         // Frequencies 1 and 1/10; at position 3 the first pair turns by 3 rad.
         let mut x = vec![1.0, 1.0, 0.0, 0.0];
         t.apply(&mut x, 3);
@@ -206,8 +214,15 @@ mod tests {
 
     #[test]
     fn interleaved_layout_is_halves_on_permuted_dimensions() {
-        let halves = RotaryTable::new(RopeScaling::None, RopeLayout::Halves, 8, 100.0, 8);
-        let inter = RotaryTable::new(RopeScaling::None, RopeLayout::Interleaved, 8, 100.0, 8);
+        let halves = RotaryTable::new(RopeScaling::None, RopeLayout::Halves, 8, 100.0, 8, None);
+        let inter = RotaryTable::new(
+            RopeScaling::None,
+            RopeLayout::Interleaved,
+            8,
+            100.0,
+            8,
+            None,
+        );
         let x: Vec<f32> = (0..16).map(|i| i as f32 * 0.3 - 2.0).collect();
         // llama.cpp's converter: within each head, dimension `2i + j` takes `j · half + i`.
         let permute = |v: &[f32]| -> Vec<f32> {

@@ -68,6 +68,11 @@ fn specs() -> Vec<SynthSpec> {
     qwen3.head_dim = Some(32);
     let mut tied = SynthSpec::tiny(Architecture::Llama);
     tied.tie_word_embeddings = true;
+    // Llama 3.1's rope scaling, which a GGUF file holds as `rope_freqs`.
+    tied.rope_scaling = Some(serde_json::json!({
+        "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0, "original_max_position_embeddings": 64
+    }));
     vec![
         SynthSpec::tiny(Architecture::Llama),
         tied,

@@ -22,6 +22,7 @@ mod linear;
 mod linear_avx512;
 mod products;
 mod quant;
+mod quant_type;
 mod quant_vnni;
 mod simd;
 mod team;

@@ -267,7 +267,7 @@ fn as_multiplied(w: &QuantMatrix, x: &[f32], m: usize, cols: usize) -> Vec<f32> 
 #[test]
 fn integer_kernels_cover_their_types_and_stay_close_to_f32() {
     if !super::super::quant_vnni::available() {
-        eprintln!("no AVX-512 VNNI on this CPU: the integer kernels are not used here");
+        // No AVX-512 VNNI on this CPU: the integer kernels are not used here.
         return;
     }
     let team = Team::new(2);

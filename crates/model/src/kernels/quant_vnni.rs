@@ -22,7 +22,7 @@
 
 use std::arch::x86_64::*;
 
-use super::quant::QuantType;
+use super::quant_type::QuantType;
 
 /// Values per block.
 const QK: usize = 32;

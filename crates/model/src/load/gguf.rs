@@ -13,7 +13,8 @@
 //!   rope (its converter's `permute`); they run with [`RopeLayout::Interleaved`] instead of being
 //!   permuted back, which keeps the weights in the map. Qwen files are not permuted.
 //! - Tensor names: `token_embd`, `blk.N.attn_q`, … ↔ the Hugging Face names the decoder asks for
-//!   ([`gguf_name`]); `output.weight` absent means tied embeddings.
+//!   ([`gguf_name`]); `output.weight` absent means tied embeddings; `rope_freqs` (Llama 3.1's
+//!   rope scaling as per-frequency divisors) is applied when present.
 //! - Weights: every 2-D tensor of a type in [`QuantType`] stays where it lies; q/k/v and
 //!   gate/up are stacked as parts of one [`QuantMatrix`]. With `--dtype` they are dequantized at
 //!   load instead. 1-D tensors (norms, biases) are read as f32.
@@ -161,12 +162,6 @@ impl GgufFile {
             return Err(ModelError::Unsupported(format!(
                 "partial rotary embeddings ({arch}.rope.dimension_count {rope_dims:?} of a \
                  {full_head}-wide head) in {}",
-                self.path.display()
-            )));
-        }
-        if self.content.tensor_infos.contains_key("rope_freqs.weight") {
-            return Err(ModelError::Unsupported(format!(
-                "rope frequency factors (rope_freqs.weight, Llama 3.1 rope scaling) in {}",
                 self.path.display()
             )));
         }
@@ -390,6 +385,9 @@ pub fn gguf_name(hf: &str) -> Option<String> {
         "model.embed_tokens" => "token_embd".to_owned(),
         "model.norm" => "output_norm".to_owned(),
         "lm_head" => "output".to_owned(),
+        // Not a Hugging Face tensor: the frequency factors of Llama 3.1's rope scaling, which
+        // llama.cpp's converter computes from `rope_scaling`.
+        "rope_freqs" => "rope_freqs".to_owned(),
         _ => {
             let (layer, part) = stem.strip_prefix("model.layers.")?.split_once('.')?;
             let part = match part {

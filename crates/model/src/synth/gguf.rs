@@ -23,6 +23,7 @@ use crate::error::ModelError;
 use crate::kernels::QuantType;
 use crate::load::gguf::gguf_name;
 use crate::load::safetensors_files;
+use crate::rope::RopeScaling;
 
 /// The parts of `tokenizer.json` a GGUF file carries.
 #[derive(Deserialize)]
@@ -63,11 +64,28 @@ pub fn write_gguf(
         Architecture::Qwen2 => "qwen2",
         Architecture::Qwen3 => "qwen3",
     };
-    if hf.rope_scaling.as_ref().is_some_and(|v| !v.is_null()) {
-        return Err(ModelError::Unsupported(
-            "writing rope scaling into GGUF".to_owned(),
-        ));
-    }
+    // Llama 3.1's scaling goes into the file as `rope_freqs`, each frequency's divisor, as
+    // llama.cpp's converter writes it; other scalings are not written.
+    let rope_freqs = match config.rope_scaling {
+        RopeScaling::None => None,
+        RopeScaling::Llama3 { .. } => {
+            let base = RopeScaling::None.inv_freq(config.head_dim, config.rope_theta);
+            let scaled = config
+                .rope_scaling
+                .inv_freq(config.head_dim, config.rope_theta);
+            let factors: Vec<f32> = base.iter().zip(&scaled).map(|(b, s)| b / s).collect();
+            Some(Tensor::from_vec(
+                factors,
+                config.head_dim / 2,
+                &Device::Cpu,
+            )?)
+        }
+        other => {
+            return Err(ModelError::Unsupported(format!(
+                "writing rope scaling {other:?} into GGUF"
+            )));
+        }
+    };
     let mut meta = model_metadata(arch, &config);
     meta.extend(tokenizer_metadata(dir)?);
 
@@ -101,6 +119,12 @@ pub fn write_gguf(
             };
             tensors.push((gname, QTensor::quantize(&t, ty.ggml())?));
         }
+    }
+    if let Some(t) = rope_freqs {
+        tensors.push((
+            "rope_freqs.weight".to_owned(),
+            QTensor::quantize(&t, QuantType::F32.ggml())?,
+        ));
     }
     let meta_refs: Vec<(&str, &Value)> = meta.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let tensor_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
