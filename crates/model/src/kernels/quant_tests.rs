@@ -271,7 +271,13 @@ fn integer_kernels_cover_their_types_and_stay_close_to_f32() {
         return;
     }
     let team = Team::new(2);
-    for ty in [QuantType::Q4_0, QuantType::Q4_1, QuantType::Q8_0] {
+    for ty in [
+        QuantType::Q4_0,
+        QuantType::Q4_1,
+        QuantType::Q5_0,
+        QuantType::Q5_1,
+        QuantType::Q8_0,
+    ] {
         // 7 blocks: pairs and an odd tail block.
         let cols = 7 * 32;
         let rows = 37;
@@ -350,7 +356,13 @@ fn the_vector_dequantization_equals_the_reference_decoders() {
     if !super::super::quant_vnni::available() {
         return;
     }
-    for ty in [QuantType::Q4_0, QuantType::Q4_1, QuantType::Q8_0] {
+    for ty in [
+        QuantType::Q4_0,
+        QuantType::Q4_1,
+        QuantType::Q5_0,
+        QuantType::Q5_1,
+        QuantType::Q8_0,
+    ] {
         let cols = 5 * 32;
         let bytes = quantize(ty, &values(cols, 4));
         let mut got = vec![0f32; cols];

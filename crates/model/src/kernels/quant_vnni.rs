@@ -1,5 +1,6 @@
-//! Integer dot products on 32-value ggml blocks (Q4_0, Q4_1, Q8_0) with AVX-512 VNNI, for the
-//! few-rows (decode) path of [`super::quant`].
+//! Integer dot products on 32-value ggml blocks (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) with AVX-512
+//! VNNI, for the few-rows (decode) path of [`super::quant`], and their vector dequantization for
+//! its gemm path.
 //!
 //! The activations are quantized once per step to 8 bits per 32-value block, as llama.cpp's
 //! Q8_0/Q8_1 do ([`Q8Rows`]: `x ≈ d · q`, `q` in −127..=127, with `d · Σq` kept per block). A
@@ -10,6 +11,8 @@
 //! |---|---|---|
 //! | Q4_1 | the nibbles (0..=15) | the block's minimum `m` |
 //! | Q4_0 | the nibbles | `−8 · dw` (values are `nibble − 8`) |
+//! | Q5_1 | nibble + 16 · high bit (0..=31) | the block's minimum `m` |
+//! | Q5_0 | nibble + 16 · high bit | `−16 · dw` |
 //! | Q8_0 | `q + 128` (the byte with its top bit flipped) | `−128 · dw` |
 //!
 //! `Σ u·q` over two blocks (64 bytes) is one `vpdpbusd` (unsigned × signed bytes into 16 i32
@@ -39,7 +42,10 @@ pub(crate) fn available() -> bool {
 
 /// Whether `ty` has a kernel here.
 pub(crate) fn supports(ty: QuantType) -> bool {
-    matches!(ty, QuantType::Q4_0 | QuantType::Q4_1 | QuantType::Q8_0)
+    matches!(
+        ty,
+        QuantType::Q4_0 | QuantType::Q4_1 | QuantType::Q5_0 | QuantType::Q5_1 | QuantType::Q8_0
+    )
 }
 
 /// Rows of activations quantized to 8 bits per 32-value block.
@@ -170,8 +176,10 @@ pub(crate) unsafe fn row_dot(ty: QuantType, w: &[u8], x: &Q8Rows, out: &mut [f32
         match ty {
             QuantType::Q4_0 => row_dot_with::<Q4_0>(w, x, out),
             QuantType::Q4_1 => row_dot_with::<Q4_1>(w, x, out),
+            QuantType::Q5_0 => row_dot_with::<Q5_0>(w, x, out),
+            QuantType::Q5_1 => row_dot_with::<Q5_1>(w, x, out),
             QuantType::Q8_0 => row_dot_with::<Q8_0>(w, x, out),
-            _ => unreachable!("supports() admits only Q4_0, Q4_1 and Q8_0"),
+            _ => unreachable!("supports() admits only Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0"),
         }
     }
 }
@@ -270,9 +278,117 @@ unsafe fn nibbles16(p: *const u8) -> (__m128i, __m128i) {
     }
 }
 
+/// The 5-bit values of a Q5 block: `qs` (16 bytes of nibbles) at `qs`, the high bits (u32) at
+/// `qh`; elements 0–15 and 16–31.
+#[inline(always)]
+unsafe fn five_bits16(qs: *const u8, qh: *const u8) -> (__m128i, __m128i) {
+    // SAFETY: the caller guarantees the block's bytes; AVX-512BW/VL are available.
+    unsafe {
+        let (lo, hi) = nibbles16(qs);
+        let h = qh.cast::<u32>().read_unaligned();
+        let sixteen = _mm_set1_epi8(0x10);
+        (
+            _mm_or_si128(lo, _mm_maskz_mov_epi8(h as u16, sixteen)),
+            _mm_or_si128(hi, _mm_maskz_mov_epi8((h >> 16) as u16, sixteen)),
+        )
+    }
+}
+
+/// The 5-bit values of the Q5 blocks at `a` and `b` (nibbles at `QS`, high bits at `QH`), in
+/// the layout of [`nibbles2`].
+#[inline(always)]
+unsafe fn five_bits2<const QS: usize, const QH: usize>(a: *const u8, b: *const u8) -> __m512i {
+    // SAFETY: the caller guarantees both blocks; AVX-512BW is available.
+    unsafe {
+        let nib = nibbles2(a.add(QS), b.add(QS));
+        let ha = u64::from(a.add(QH).cast::<u32>().read_unaligned());
+        let hb = u64::from(b.add(QH).cast::<u32>().read_unaligned());
+        _mm512_or_si512(
+            nib,
+            _mm512_maskz_mov_epi8(ha | hb << 32, _mm512_set1_epi8(0x10)),
+        )
+    }
+}
+
+/// Element `i` of the Q5 block whose nibbles are at `qs` and high bits at `qh`.
+#[inline(always)]
+unsafe fn five_bit_value(qs: *const u8, qh: *const u8, i: usize) -> i32 {
+    // SAFETY: the caller guarantees the block's bytes; `i < 32`.
+    unsafe {
+        let byte = *qs.add(i % 16);
+        let nibble = if i < 16 { byte & 0x0F } else { byte >> 4 };
+        let high = (qh.cast::<u32>().read_unaligned() >> i) & 1;
+        i32::from(nibble) + 16 * high as i32
+    }
+}
+
 struct Q4_0;
 struct Q4_1;
+struct Q5_0;
+struct Q5_1;
 struct Q8_0;
+
+impl Block for Q5_0 {
+    const BYTES: usize = 22;
+    #[inline(always)]
+    unsafe fn unsigned16x2(p: *const u8) -> (__m128i, __m128i) {
+        // SAFETY: scale (2), high bits (4), nibbles (16).
+        unsafe { five_bits16(p.add(6), p.add(2)) }
+    }
+    #[inline(always)]
+    unsafe fn bytes2(a: *const u8, b: *const u8) -> __m512i {
+        // SAFETY: as above, for both blocks.
+        unsafe { five_bits2::<6, 2>(a, b) }
+    }
+    #[inline(always)]
+    unsafe fn scale(p: *const u8) -> (f32, f32) {
+        // SAFETY: the scale and the first high-bit bytes are readable.
+        let (d, _) = unsafe { two_halves(p) };
+        (d, -16.0 * d)
+    }
+    #[inline(always)]
+    unsafe fn scales2(a: *const u8, b: *const u8) -> (__m512, __m512) {
+        // SAFETY: each block starts with its scale and more bytes.
+        unsafe { scaled_scales(a, b, -16.0) }
+    }
+    #[inline(always)]
+    unsafe fn value(p: *const u8, i: usize) -> i32 {
+        // SAFETY: `i < 32`, the block is readable.
+        unsafe { five_bit_value(p.add(6), p.add(2), i) }
+    }
+}
+
+impl Block for Q5_1 {
+    const BYTES: usize = 24;
+    #[inline(always)]
+    unsafe fn unsigned16x2(p: *const u8) -> (__m128i, __m128i) {
+        // SAFETY: scale and minimum (4), high bits (4), nibbles (16).
+        unsafe { five_bits16(p.add(8), p.add(4)) }
+    }
+    #[inline(always)]
+    unsafe fn bytes2(a: *const u8, b: *const u8) -> __m512i {
+        // SAFETY: as above, for both blocks.
+        unsafe { five_bits2::<8, 4>(a, b) }
+    }
+    #[inline(always)]
+    unsafe fn scale(p: *const u8) -> (f32, f32) {
+        // SAFETY: the scale and minimum are readable.
+        unsafe { two_halves(p) }
+    }
+    #[inline(always)]
+    unsafe fn scales2(a: *const u8, b: *const u8) -> (__m512, __m512) {
+        // SAFETY: each block starts with its scale and minimum.
+        unsafe {
+            let v = halves_of_two(a, b);
+            (spread(v, 0, 2), spread(v, 1, 3))
+        }
+    }
+    #[inline(always)]
+    unsafe fn value(p: *const u8, i: usize) -> i32 {
+        // SAFETY: `i < 32`, the block is readable.
+        unsafe { five_bit_value(p.add(8), p.add(4), i) }
+    }
+}
 
 impl Block for Q4_0 {
     const BYTES: usize = 18;
@@ -394,8 +510,10 @@ pub(crate) unsafe fn dequantize(ty: QuantType, bytes: &[u8], out: &mut [f32]) {
         match ty {
             QuantType::Q4_0 => dequantize_with::<Q4_0>(bytes, out),
             QuantType::Q4_1 => dequantize_with::<Q4_1>(bytes, out),
+            QuantType::Q5_0 => dequantize_with::<Q5_0>(bytes, out),
+            QuantType::Q5_1 => dequantize_with::<Q5_1>(bytes, out),
             QuantType::Q8_0 => dequantize_with::<Q8_0>(bytes, out),
-            _ => unreachable!("supports() admits only Q4_0, Q4_1 and Q8_0"),
+            _ => unreachable!("supports() admits only Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0"),
         }
     }
 }
