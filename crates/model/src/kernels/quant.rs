@@ -261,13 +261,6 @@ impl QuantMatrix {
     fn dequantize_rows(&self, r0: usize, n: usize, out: &mut [f32]) {
         for (i, o) in out.chunks_exact_mut(self.cols).take(n).enumerate() {
             let (ty, bytes) = self.row(r0 + i);
-            #[cfg(target_arch = "x86_64")]
-            if self.integer_dots {
-                // SAFETY: `integer_dots` holds only where the CPU has the kernels' features
-                // and every part's type is supported; a row holds `cols / 32` blocks.
-                unsafe { super::quant_vnni::dequantize(ty, bytes, o) };
-                continue;
-            }
             dequantize(ty, bytes, o);
         }
     }
@@ -401,8 +394,28 @@ fn integer_dot_type(ty: QuantType) -> bool {
     }
 }
 
-/// Dequantizes the whole blocks in `bytes` into `out`.
+/// Dequantizes the whole blocks in `bytes` into `out`: with AVX-512 where this CPU and type
+/// have a kernel (`quant_vnni.rs`, `kquant_avx512.rs`), else with candle's decoders.
 fn dequantize(ty: QuantType, bytes: &[u8], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use super::{kquant_avx512, quant_vnni};
+        if quant_vnni::supports(ty) && quant_vnni::available() {
+            // SAFETY: the CPU and the type are checked; `bytes` holds whole blocks for `out`.
+            unsafe { quant_vnni::dequantize(ty, bytes, out) };
+            return;
+        }
+        if kquant_avx512::supports(ty) && kquant_avx512::available() {
+            // SAFETY: as above.
+            unsafe { kquant_avx512::dequantize(ty, bytes, out) };
+            return;
+        }
+    }
+    reference_dequantize(ty, bytes, out);
+}
+
+/// Dequantizes with candle's decoders (a port of ggml's reference code).
+fn reference_dequantize(ty: QuantType, bytes: &[u8], out: &mut [f32]) {
     match ty {
         QuantType::F32 => to_float::<f32>(bytes, out),
         QuantType::F16 => to_float::<f16>(bytes, out),

@@ -1,9 +1,9 @@
 //! The quantized products against a plain f64 dequantize-and-dot.
 //!
 //! The reference decodes Q4_0, Q4_1, Q8_0, Q4_K, Q5_K and Q6_K from ggml's block layouts
-//! written out here (ggml-quants.c, `dequantize_row_*`), independently of candle's decoders the
-//! kernels use; Q5_0, Q5_1, Q2_K and Q3_K are checked for the walk (rows, parts, tiles, tails)
-//! with candle's decoder in f64.
+//! written out here (ggml-quants.c, `dequantize_row_*`); Q5_0, Q5_1, Q2_K and Q3_K with
+//! candle's scalar decoders, in f64. The kernels' own decoders (AVX-512 for Q4_0 … Q8_0, Q4_K
+//! and Q6_K where the CPU has it, candle's otherwise) are checked against it.
 
 use half::f16;
 
@@ -105,7 +105,7 @@ fn reference_matrix(ty: QuantType, bytes: &[u8]) -> Vec<f64> {
         .flat_map(|b| {
             reference_block(ty, b).unwrap_or_else(|| {
                 let mut out = vec![0f32; ty.block_values()];
-                dequantize(ty, b, &mut out);
+                reference_dequantize(ty, b, &mut out);
                 out.into_iter().map(f64::from).collect()
             })
         })
