@@ -8,7 +8,8 @@
 //! - `attention.rs` ([`paged_attention`], [`StepContext`]) and its AVX-512 tiled kernel
 //!   (`attention_avx512.rs`); both take [`AttentionParams`] (`attention_params.rs`).
 //! - `quant_vnni.rs`: integer dot products on Q4_0/Q4_1/Q8_0 blocks with AVX-512 VNNI.
-//! - `kquant_avx512.rs`: AVX-512 dequantization of Q4_K and Q6_K blocks.
+//! - `kquant_avx512.rs`: AVX-512 dequantization of Q4_K and Q6_K blocks; `kquant_vnni.rs`:
+//!   integer dot products on Q4_K.
 //! - `products.rs`: what both share (the few-rows threshold, the team split, gemm).
 //! - `quant.rs` ([`QuantMatrix`], [`QuantType`]): products on GGUF's block-quantized weights,
 //!   left in the file's memory map.
@@ -20,6 +21,7 @@ mod attention;
 mod attention_avx512;
 mod attention_params;
 mod kquant_avx512;
+mod kquant_vnni;
 mod linear;
 mod linear_avx512;
 mod products;

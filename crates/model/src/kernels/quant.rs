@@ -306,7 +306,7 @@ impl QuantMatrix {
                 // SAFETY: `integer_dots` was set only where `available()` held and every part's
                 // type is supported; a row holds `cols / 32` blocks; `both` has a value per
                 // quantized row.
-                unsafe { super::quant_vnni::row_dot(ty, bytes, &xq, &mut both) };
+                unsafe { integer_row_dot(ty, bytes, &xq, &mut both) };
                 for (oi, pair) in o.iter_mut().zip(both.chunks_exact(2)) {
                     *oi = pair[0] + pair[1];
                 }
@@ -358,6 +358,27 @@ impl QuantMatrix {
     }
 }
 
+/// One weight row of `ty` against every quantized activation row.
+///
+/// # Safety
+/// As `quant_vnni::row_dot`, for whichever file's kernel takes `ty`.
+#[cfg(target_arch = "x86_64")]
+unsafe fn integer_row_dot(
+    ty: QuantType,
+    bytes: &[u8],
+    x: &super::quant_vnni::Q8Rows,
+    out: &mut [f32],
+) {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        if super::kquant_vnni::supports(ty) {
+            super::kquant_vnni::row_dot(ty, bytes, x, out);
+        } else {
+            super::quant_vnni::row_dot(ty, bytes, x, out);
+        }
+    }
+}
+
 /// `y[i, r] = yt[r, i]` for `m` columns and `rows` rows.
 fn transpose_into(yt: &[f32], m: usize, rows: usize, y: &mut [f32]) {
     for (r, o) in yt.chunks_exact(m).enumerate() {
@@ -385,7 +406,7 @@ fn integer_dots_available() -> bool {
 fn integer_dot_type(ty: QuantType) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        super::quant_vnni::supports(ty)
+        super::quant_vnni::supports(ty) || super::kquant_vnni::supports(ty)
     }
     #[cfg(not(target_arch = "x86_64"))]
     {

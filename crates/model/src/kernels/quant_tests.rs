@@ -277,9 +277,10 @@ fn integer_kernels_cover_their_types_and_stay_close_to_f32() {
         QuantType::Q5_0,
         QuantType::Q5_1,
         QuantType::Q8_0,
+        QuantType::Q4K,
     ] {
-        // 7 blocks: pairs and an odd tail block.
-        let cols = 7 * 32;
+        // 7 blocks: pairs and an odd tail block (2 blocks of 256 for Q4_K).
+        let cols = if ty == QuantType::Q4K { 512 } else { 7 * 32 };
         let rows = 37;
         let bytes = quantize(ty, &values(rows * cols, 3));
         let want_w = reference_matrix(ty, &bytes);

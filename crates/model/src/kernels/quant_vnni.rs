@@ -139,11 +139,11 @@ impl Q8Rows {
     }
 
     /// The quantized values of block `b` (counted over all rows) onward.
-    fn qs_at(&self, row: usize, block: usize) -> *const i8 {
+    pub(crate) fn qs_at(&self, row: usize, block: usize) -> *const i8 {
         self.qs[row * self.cols + block * QK..].as_ptr()
     }
 
-    fn blocks(&self) -> usize {
+    pub(crate) fn blocks(&self) -> usize {
         self.cols / QK
     }
 }
@@ -543,12 +543,12 @@ unsafe fn dequantize_with<B: Block>(bytes: &[u8], out: &mut [f32]) {
 const TILE: usize = 4;
 
 /// How far ahead weights are prefetched.
-const PREFETCH_BYTES: usize = 4096;
+pub(crate) const PREFETCH_BYTES: usize = 4096;
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
-unsafe fn row_dot_with<B: Block>(w: &[u8], x: &Q8Rows, out: &mut [f32]) {
+pub(crate) unsafe fn row_dot_with<B: Pairs>(w: &[u8], x: &Q8Rows, out: &mut [f32]) {
     let nb = x.blocks();
-    assert!(w.len() >= nb * B::BYTES, "weight row too short");
+    assert!(w.len() >= B::row_bytes(nb), "weight row too short");
     let m = out.len();
     assert!(x.qs.len() >= m * x.cols, "activation rows too few");
     for i0 in (0..m).step_by(TILE) {
@@ -571,7 +571,12 @@ unsafe fn row_dot_with<B: Block>(w: &[u8], x: &Q8Rows, out: &mut [f32]) {
 /// As [`row_dot_with`], which checks the lengths.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
-unsafe fn tile<B: Block, const N: usize>(w: &[u8], x: &Q8Rows, i0: usize, out: &mut [f32]) {
+pub(crate) unsafe fn tile<P: Pairs, const N: usize>(
+    w: &[u8],
+    x: &Q8Rows,
+    i0: usize,
+    out: &mut [f32],
+) {
     let nb = x.blocks();
     let pairs = nb / 2;
     let wp = w.as_ptr();
@@ -581,12 +586,7 @@ unsafe fn tile<B: Block, const N: usize>(w: &[u8], x: &Q8Rows, i0: usize, out: &
     unsafe {
         for p in 0..pairs {
             let b = 2 * p;
-            let (pa, pb) = (wp.add(b * B::BYTES), wp.add((b + 1) * B::BYTES));
-            // The rows of a task lie one after another: fetch ahead across row ends (a
-            // prefetch never faults, even past the mapping).
-            _mm_prefetch::<_MM_HINT_T0>(pa.wrapping_add(PREFETCH_BYTES).cast());
-            let u = B::bytes2(pa, pb);
-            let (dw, mw) = B::scales2(pa, pb);
+            let (u, dw, mw) = P::pair(wp, p);
             for (j, acc) in acc.iter_mut().enumerate() {
                 let row = i0 + j;
                 let q = _mm512_loadu_si512(x.qs_at(row, b).cast());
@@ -601,16 +601,56 @@ unsafe fn tile<B: Block, const N: usize>(w: &[u8], x: &Q8Rows, i0: usize, out: &
         for (j, (o, acc)) in out.iter_mut().zip(acc).enumerate() {
             let mut sum = _mm512_reduce_add_ps(acc);
             if nb % 2 == 1 {
-                let b = nb - 1;
-                let p = wp.add(b * B::BYTES);
-                let (d, mw) = B::scale(p);
-                let row = i0 + j;
-                let q = x.qs_at(row, b);
-                let dot: i32 = (0..QK).map(|k| B::value(p, k) * i32::from(*q.add(k))).sum();
-                let xb = row * nb + b;
-                sum += d * x.d[xb] * dot as f32 + mw * x.ds[xb];
+                sum += P::last_block(wp, nb - 1, x, i0 + j);
             }
             *o = sum;
+        }
+    }
+}
+
+/// A weight row read as pairs of 32-value blocks, the unit of [`tile`].
+pub(crate) trait Pairs {
+    /// Bytes of a row of `blocks` 32-value blocks.
+    fn row_bytes(blocks: usize) -> usize;
+    /// Pair `p` of the row at `w`: its 64 unsigned bytes `u`, and each lane's `dw` and `mw`.
+    ///
+    /// # Safety
+    /// The row must hold pair `p`; the CPU must pass [`available`].
+    unsafe fn pair(w: *const u8, p: usize) -> (__m512i, __m512, __m512);
+    /// The product of block `b`, the odd last one, with row `row` of `x`.
+    ///
+    /// # Safety
+    /// The row must hold block `b`.
+    unsafe fn last_block(w: *const u8, b: usize, x: &Q8Rows, row: usize) -> f32;
+}
+
+impl<B: Block> Pairs for B {
+    fn row_bytes(blocks: usize) -> usize {
+        blocks * B::BYTES
+    }
+
+    #[inline(always)]
+    unsafe fn pair(w: *const u8, p: usize) -> (__m512i, __m512, __m512) {
+        // SAFETY: blocks `2p` and `2p + 1` lie in the row (the caller's promise).
+        unsafe {
+            let (pa, pb) = (w.add(2 * p * B::BYTES), w.add((2 * p + 1) * B::BYTES));
+            // The rows of a task lie one after another: fetch ahead across row ends (a
+            // prefetch never faults, even past the mapping).
+            _mm_prefetch::<_MM_HINT_T0>(pa.wrapping_add(PREFETCH_BYTES).cast());
+            let (dw, mw) = B::scales2(pa, pb);
+            (B::bytes2(pa, pb), dw, mw)
+        }
+    }
+
+    unsafe fn last_block(w: *const u8, b: usize, x: &Q8Rows, row: usize) -> f32 {
+        // SAFETY: block `b` lies in the row; `x` holds row `row`.
+        unsafe {
+            let p = w.add(b * B::BYTES);
+            let (d, mw) = B::scale(p);
+            let q = x.qs_at(row, b);
+            let dot: i32 = (0..QK).map(|k| B::value(p, k) * i32::from(*q.add(k))).sum();
+            let xb = row * x.blocks() + b;
+            d * x.d[xb] * dot as f32 + mw * x.ds[xb]
         }
     }
 }
