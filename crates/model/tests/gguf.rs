@@ -174,11 +174,16 @@ fn quantized_kernels_match_the_same_file_dequantized_at_load() {
         );
         let (a, b) = (logits(quantized, &PROMPT), logits(dequantized, &PROMPT));
         let worst = max_diff(&a, &b);
-        // Q4_0, Q4_1, Q5_0, Q8_0 and Q4_K products may run on 8-bit activations (AVX-512 VNNI), as in
+        // Q4_0, Q4_1, Q5_0, Q8_0, Q4_K and Q6_K products may run on 8-bit activations (VNNI), as in
         // llama.cpp: close, not equal.
         let integer = matches!(
             ty,
-            QuantType::Q4_0 | QuantType::Q4_1 | QuantType::Q5_0 | QuantType::Q8_0 | QuantType::Q4K
+            QuantType::Q4_0
+                | QuantType::Q4_1
+                | QuantType::Q5_0
+                | QuantType::Q8_0
+                | QuantType::Q4K
+                | QuantType::Q6K
         );
         let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
         let tolerance = if integer { 0.03 * scale } else { 1e-3 };

@@ -61,7 +61,9 @@ pub(crate) struct Q8Rows {
     /// Per row and block pair, 16 lanes: `d` of the first block ×8, of the second ×8 (the
     /// lanes of a `vpdpbusd` over the pair).
     d_lanes: Vec<f32>,
-    /// The same layout of `d · Σq / 8`: summed over a block's 8 lanes, `d · Σq`.
+    /// The same layout of `d · Σq` over each lane's 4 values (a block's 8 lanes add up to its
+    /// `d · Σq`): the offset term per lane, so that formats whose scale changes within a
+    /// 32-value block (Q6_K: every 16) work too.
     ds_lanes: Vec<f32>,
 }
 
@@ -95,8 +97,14 @@ impl Q8Rows {
             for p in 0..pairs {
                 let b = r * per_row + 2 * p;
                 for k in 0..16 {
-                    rows.d_lanes.push(rows.d[b + k / 8]);
-                    rows.ds_lanes.push(rows.ds[b + k / 8] / 8.0);
+                    let block = b + k / 8;
+                    let start = block * QK + (k % 8) * 4;
+                    let lane_sum: i32 = rows.qs[start..start + 4]
+                        .iter()
+                        .map(|&q| i32::from(q))
+                        .sum();
+                    rows.d_lanes.push(rows.d[block]);
+                    rows.ds_lanes.push(rows.d[block] * lane_sum as f32);
                 }
             }
         }
