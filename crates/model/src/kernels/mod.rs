@@ -7,9 +7,10 @@
 //! - `linear.rs` ([`Linear`], [`WeightData`]) and its AVX-512 kernels (`linear_avx512.rs`).
 //! - `attention.rs` ([`paged_attention`], [`StepContext`]) and its AVX-512 tiled kernel
 //!   (`attention_avx512.rs`); both take [`AttentionParams`] (`attention_params.rs`).
-//! - `quant_vnni.rs`: integer dot products on Q4_0/Q4_1/Q8_0 blocks with AVX-512 VNNI.
+//! - `quant_vnni.rs`: integer dot products on Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 blocks with AVX-512
+//!   VNNI, and the tile loop (`Pairs`) the k-quants share.
 //! - `kquant_avx512.rs`: AVX-512 dequantization of Q4_K and Q6_K blocks; `kquant_vnni.rs`:
-//!   integer dot products on Q4_K.
+//!   integer dot products on Q4_K and Q6_K.
 //! - `products.rs`: what both share (the few-rows threshold, the team split, gemm).
 //! - `quant.rs` ([`QuantMatrix`], [`QuantType`]): products on GGUF's block-quantized weights,
 //!   left in the file's memory map.

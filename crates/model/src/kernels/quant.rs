@@ -7,21 +7,23 @@
 //! beside a Q4_K `attn_q`, and may leave a tensor in F16 or F32, which are "blocks" of one
 //! value here.
 //!
-//! The block formats and their dequantization are candle's (`candle_core::quantized::k_quants`,
-//! a port of ggml's reference code); this module decides only how a product walks the blocks:
+//! The block formats are ggml's; candle's decoders (`candle_core::quantized::k_quants`, a port
+//! of ggml's reference code) are the fallback and the tests' reference. How a product walks
+//! the blocks:
 //!
 //! - **few rows** of `x` (decode, `m <= INTEGER_MAX_M`), on CPUs with AVX-512 VNNI and
-//!   matrices of Q4_0, Q4_1 and Q8_0 parts: the activations are quantized to 8 bits per block once and each
-//!   weight row is dotted with them in integers (`quant_vnni.rs`), as llama.cpp does.
-//! - **few rows** otherwise: each weight row is dequantized once into a row buffer (a few KiB,
-//!   in L1) and dotted with every input row in f32.
+//!   matrices whose parts are all Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K or Q6_K: the activations
+//!   are quantized to 8 bits per 32-value block (in two levels) once, and each weight row is
+//!   dotted with them in integers (`quant_vnni.rs`, `kquant_vnni.rs`).
+//! - **few rows** otherwise (`m <= SMALL_M`): each weight row is dequantized once into a row
+//!   buffer (a few KiB, in L1) and dotted with every input row in f32.
+//! - **many rows** (prefill, batched decode): each team member dequantizes `TILE_ROWS` of its
+//!   weight rows at a time into a scratch tile and runs gemm's f32 kernel on it.
 //!
-//! In both, tasks of `ROWS_PER_TASK` weight rows are split over the [`Team`].
-//! - **many rows** (prefill): each team member dequantizes `TILE_ROWS` of its weight rows at a
-//!   time into a scratch tile and runs gemm's f32 kernel on it.
-//!
-//! Neither ever dequantizes a whole tensor. This is the correct, simple seam; integer dot
-//! products on quantized activations are where speed comes from next.
+//! Dequantization is AVX-512 where there is a kernel for the type (`quant_vnni.rs` for the
+//! 32-value formats, `kquant_avx512.rs` for Q4_K and Q6_K), candle's otherwise. Tasks of
+//! `ROWS_PER_TASK` weight rows (few rows) or a member's block of rows (many rows) are split over
+//! the [`Team`]; nothing ever dequantizes a whole tensor.
 
 use std::sync::Arc;
 
