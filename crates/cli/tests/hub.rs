@@ -9,15 +9,17 @@
 //! does for what hf-hub reads: `etag`, `x-repo-commit`, `content-length`, and `content-range`
 //! on range requests (206); 404 for an unknown repo, revision or file.
 
+mod common;
+
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+
+use common::serve_until_ready;
 
 const MAIN_COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
 const V1_COMMIT: &str = "89abcdef0123456789abcdef0123456789abcdef";
@@ -263,54 +265,6 @@ fn run(command: &mut Command) -> Output {
         .stdin(Stdio::null())
         .output()
         .expect("wayfinder runs")
-}
-
-/// Kills the server if the test fails half-way.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts `wayfinder serve` as `command` sets it up and waits until it serves; the folder
-/// it logs as the model's.
-fn serve_until_ready(command: &mut Command) -> (Server, String) {
-    let mut child = command
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("wayfinder serve starts");
-    let stderr = child.stderr.take().expect("piped");
-    let server = Server(child);
-    let (tx, rx) = mpsc::channel::<Result<String, String>>();
-    std::thread::spawn(move || {
-        let mut all = String::new();
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            all.push_str(&line);
-            all.push('\n');
-            if line.contains("serving the OpenAI API")
-                && let Some(at) = line.find("folder=")
-            {
-                let folder = line[at + "folder=".len()..]
-                    .split_whitespace()
-                    .next()
-                    .unwrap_or_default()
-                    .to_owned();
-                let _ = tx.send(Ok(folder));
-                return;
-            }
-        }
-        let _ = tx.send(Err(all));
-    });
-    match rx.recv_timeout(Duration::from_secs(120)) {
-        Ok(Ok(folder)) => (server, folder),
-        Ok(Err(log)) => panic!("serve exited before serving:\n{log}"),
-        Err(e) => panic!("serve did not start: {e}"),
-    }
 }
 
 /// `repo`'s snapshot folder for `commit` under `home`.

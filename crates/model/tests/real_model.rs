@@ -38,25 +38,9 @@ fn fixtures() -> Fixtures {
     serde_json::from_str(include_str!("fixtures/smollm2.json")).expect("fixtures parse")
 }
 
-/// The GGUF file: `WAYFINDER_SMOLLM2_GGUF`, else where `scripts/fetch-smollm2.sh` puts it.
+/// The GGUF file (`scripts/fetch-smollm2.sh`).
 fn gguf() -> PathBuf {
-    let path = std::env::var_os("WAYFINDER_SMOLLM2_GGUF")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let cache = std::env::var_os("WAYFINDER_CACHE")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| {
-                    PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
-                        .join(".cache/wayfinder")
-                });
-            cache.join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
-        });
-    assert!(
-        path.is_file(),
-        "{} is missing: run scripts/fetch-smollm2.sh (or point WAYFINDER_SMOLLM2_GGUF at the file)",
-        path.display()
-    );
-    path
+    wayfinder_testkit::smollm2_gguf()
 }
 
 fn engine(model: Model) -> EngineHandle {

@@ -10,6 +10,8 @@
 //!   the wire with it; the tracing benchmark exports to it.
 //! - `receiver_count.rs`: the counting receiver's side — spans counted by walking the request's
 //!   bytes, without decoding the spans (the benchmark's receiver shares the server's cores).
+//! - [`smollm2_gguf`] (`models.rs`): the real model's GGUF file, fetched by
+//!   `scripts/fetch-smollm2.sh`, for the tests that compare with llama.cpp.
 //! - `tests/house.rs`: the workspace's layout rules checked on its sources — no file imports
 //!   another that imports it back; the model crate has no text code and draws nothing.
 //!
@@ -23,7 +25,9 @@
 //! # }
 //! ```
 
+mod models;
 mod receiver;
 mod receiver_count;
 
+pub use models::smollm2_gguf;
 pub use receiver::{OtlpReceiver, ReceivedSpan};

@@ -48,8 +48,10 @@ unsafe fn widen(v: __m128i) -> __m512 {
     unsafe { _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(v)) }
 }
 
-/// ggml's `get_scale_min_k4`: the 6-bit scale and minimum of sub-block `j`.
-fn scale_min_k4(j: usize, q: &[u8]) -> (f32, f32) {
+/// ggml's `get_scale_min_k4`: the 6-bit scale and minimum of sub-block `j` of a Q4_K (or
+/// Q5_K) block's 12 scale bytes `q`.
+#[inline(always)]
+pub(crate) fn scale_min_k4(j: usize, q: &[u8]) -> (f32, f32) {
     let (sc, m) = if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {

@@ -12,6 +12,7 @@
 
 use std::arch::x86_64::*;
 
+use super::kquant_avx512::scale_min_k4;
 use super::quant_type::QuantType;
 use super::quant_vnni::{PREFETCH_BYTES, Pairs, Q8Rows, row_dot_with};
 
@@ -41,20 +42,6 @@ struct Q4K;
 
 const BYTES: usize = 144;
 
-/// ggml's `get_scale_min_k4`: the 6-bit scale and minimum of sub-block `j`.
-#[inline(always)]
-fn scale_min_k4(j: usize, q: &[u8; 12]) -> (f32, f32) {
-    let (sc, m) = if j < 4 {
-        (q[j] & 63, q[j + 4] & 63)
-    } else {
-        (
-            (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4),
-            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
-        )
-    };
-    (f32::from(sc), f32::from(m))
-}
-
 impl Pairs for Q4K {
     fn row_bytes(blocks: usize) -> usize {
         blocks / 8 * BYTES
@@ -73,7 +60,7 @@ impl Pairs for Q4K {
                 _mm_cvtss_f32(dd),
                 _mm_cvtss_f32(_mm_shuffle_ps::<1>(dd, dd)),
             );
-            let scales = &*block.add(4).cast::<[u8; 12]>();
+            let scales = std::slice::from_raw_parts(block.add(4), 12);
             let (s1, m1) = scale_min_k4(2 * g, scales);
             let (s2, m2) = scale_min_k4(2 * g + 1, scales);
             let lanes =
