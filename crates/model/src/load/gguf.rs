@@ -148,7 +148,13 @@ impl GgufFile {
         let hidden = need("embedding_length")?;
         let heads = need("attention.head_count")?;
         let vocab = match self.content.tensor_infos.get("token_embd.weight") {
-            Some(info) => info.shape.dims()[0],
+            Some(info) if info.shape.rank() == 2 => info.shape.dims()[0],
+            Some(info) => {
+                return Err(self.invalid(&format!(
+                    "token_embd.weight has shape {:?}, not [vocab, hidden]",
+                    info.shape.dims()
+                )));
+            }
             None => return Err(self.missing("token_embd.weight")),
         };
         let head_dim = self
