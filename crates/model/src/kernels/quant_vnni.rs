@@ -192,16 +192,47 @@ pub(crate) unsafe fn row_dot(ty: QuantType, w: &[u8], x: &Q8Rows, out: &mut [f32
     }
 }
 
+/// Where a block format's offset `mw` comes from.
+enum Offset {
+    /// The f16 stored after the scale (Q4_1, Q5_1).
+    Minimum,
+    /// A fixed multiple of the scale (Q4_0: −8, Q5_0: −16, Q8_0: −128).
+    Times(f32),
+}
+
 /// A 32-value block layout read as unsigned bytes, a scale and an offset.
 trait Block {
     /// Bytes per block.
     const BYTES: usize;
     /// The 32 unsigned bytes `u` of the blocks at `a` and `b`: `a`'s in the low 256 bits.
     unsafe fn bytes2(a: *const u8, b: *const u8) -> __m512i;
+    /// Where `mw` comes from.
+    const OFFSET: Offset;
+
     /// `(dw, mw)` of the block at `p`.
-    unsafe fn scale(p: *const u8) -> (f32, f32);
+    #[inline(always)]
+    unsafe fn scale(p: *const u8) -> (f32, f32) {
+        // SAFETY: every block starts with its f16 scale and at least 2 more bytes.
+        let (d, m) = unsafe { two_halves(p) };
+        match Self::OFFSET {
+            Offset::Minimum => (d, m),
+            Offset::Times(k) => (d, k * d),
+        }
+    }
+
     /// `dw` of the blocks at `a` and `b` in the lanes of a pair (8 each), and `mw` likewise.
-    unsafe fn scales2(a: *const u8, b: *const u8) -> (__m512, __m512);
+    #[inline(always)]
+    unsafe fn scales2(a: *const u8, b: *const u8) -> (__m512, __m512) {
+        // SAFETY: as `scale`, for both blocks.
+        unsafe {
+            let v = halves_of_two(a, b);
+            let dw = spread(v, 0, 2);
+            match Self::OFFSET {
+                Offset::Minimum => (dw, spread(v, 1, 3)),
+                Offset::Times(k) => (dw, _mm512_mul_ps(dw, _mm512_set1_ps(k))),
+            }
+        }
+    }
     /// The unsigned values `u` of the block at `p`: elements 0–15 and 16–31.
     unsafe fn unsigned16x2(p: *const u8) -> (__m128i, __m128i);
     /// The unsigned value of element `i` of the block at `p` (the odd tail block).
@@ -259,16 +290,6 @@ unsafe fn spread(v: __m128, first: i32, second: i32) -> __m512 {
             first, first, first, first, first,
         );
         _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(v))
-    }
-}
-
-/// For formats whose offset is a multiple of the scale: `dw` spread, `mw = factor · dw`.
-#[inline(always)]
-unsafe fn scaled_scales(a: *const u8, b: *const u8, factor: f32) -> (__m512, __m512) {
-    // SAFETY: forwarded from the caller.
-    unsafe {
-        let dw = spread(halves_of_two(a, b), 0, 2);
-        (dw, _mm512_mul_ps(dw, _mm512_set1_ps(factor)))
     }
 }
 
@@ -338,6 +359,7 @@ struct Q8_0;
 
 impl Block for Q5_0 {
     const BYTES: usize = 22;
+    const OFFSET: Offset = Offset::Times(-16.0);
     #[inline(always)]
     unsafe fn unsigned16x2(p: *const u8) -> (__m128i, __m128i) {
         // SAFETY: scale (2), high bits (4), nibbles (16).
@@ -349,17 +371,6 @@ impl Block for Q5_0 {
         unsafe { five_bits2::<6, 2>(a, b) }
     }
     #[inline(always)]
-    unsafe fn scale(p: *const u8) -> (f32, f32) {
-        // SAFETY: the scale and the first high-bit bytes are readable.
-        let (d, _) = unsafe { two_halves(p) };
-        (d, -16.0 * d)
-    }
-    #[inline(always)]
-    unsafe fn scales2(a: *const u8, b: *const u8) -> (__m512, __m512) {
-        // SAFETY: each block starts with its scale and more bytes.
-        unsafe { scaled_scales(a, b, -16.0) }
-    }
-    #[inline(always)]
     unsafe fn value(p: *const u8, i: usize) -> i32 {
         // SAFETY: `i < 32`, the block is readable.
         unsafe { five_bit_value(p.add(6), p.add(2), i) }
@@ -368,6 +379,7 @@ impl Block for Q5_0 {
 
 impl Block for Q5_1 {
     const BYTES: usize = 24;
+    const OFFSET: Offset = Offset::Minimum;
     #[inline(always)]
     unsafe fn unsigned16x2(p: *const u8) -> (__m128i, __m128i) {
         // SAFETY: scale and minimum (4), high bits (4), nibbles (16).
@@ -379,19 +391,6 @@ impl Block for Q5_1 {
         unsafe { five_bits2::<8, 4>(a, b) }
     }
     #[inline(always)]
-    unsafe fn scale(p: *const u8) -> (f32, f32) {
-        // SAFETY: the scale and minimum are readable.
-        unsafe { two_halves(p) }
-    }
-    #[inline(always)]
-    unsafe fn scales2(a: *const u8, b: *const u8) -> (__m512, __m512) {
-        // SAFETY: each block starts with its scale and minimum.
-        unsafe {
-            let v = halves_of_two(a, b);
-            (spread(v, 0, 2), spread(v, 1, 3))
-        }
-    }
-    #[inline(always)]
     unsafe fn value(p: *const u8, i: usize) -> i32 {
         // SAFETY: `i < 32`, the block is readable.
         unsafe { five_bit_value(p.add(8), p.add(4), i) }
@@ -400,6 +399,7 @@ impl Block for Q5_1 {
 
 impl Block for Q4_0 {
     const BYTES: usize = 18;
+    const OFFSET: Offset = Offset::Times(-8.0);
     #[inline(always)]
     unsafe fn unsigned16x2(p: *const u8) -> (__m128i, __m128i) {
         // SAFETY: the block's 16 nibble bytes start at 2.
@@ -412,17 +412,6 @@ impl Block for Q4_0 {
         unsafe { nibbles2(a.add(2), b.add(2)) }
     }
     #[inline(always)]
-    unsafe fn scale(p: *const u8) -> (f32, f32) {
-        // SAFETY: the scale and the first nibble bytes are readable.
-        let (d, _) = unsafe { two_halves(p) };
-        (d, -8.0 * d)
-    }
-    #[inline(always)]
-    unsafe fn scales2(a: *const u8, b: *const u8) -> (__m512, __m512) {
-        // SAFETY: each block starts with its scale and more bytes.
-        unsafe { scaled_scales(a, b, -8.0) }
-    }
-    #[inline(always)]
     unsafe fn value(p: *const u8, i: usize) -> i32 {
         // SAFETY: `i < 32`, the block is readable.
         let byte = unsafe { *p.add(2 + i % 16) };
@@ -432,6 +421,7 @@ impl Block for Q4_0 {
 
 impl Block for Q4_1 {
     const BYTES: usize = 20;
+    const OFFSET: Offset = Offset::Minimum;
     #[inline(always)]
     unsafe fn unsigned16x2(p: *const u8) -> (__m128i, __m128i) {
         // SAFETY: the block's 16 nibble bytes start at 4.
@@ -444,19 +434,6 @@ impl Block for Q4_1 {
         unsafe { nibbles2(a.add(4), b.add(4)) }
     }
     #[inline(always)]
-    unsafe fn scale(p: *const u8) -> (f32, f32) {
-        // SAFETY: the scale and minimum are readable.
-        unsafe { two_halves(p) }
-    }
-    #[inline(always)]
-    unsafe fn scales2(a: *const u8, b: *const u8) -> (__m512, __m512) {
-        // SAFETY: each block starts with its scale and minimum.
-        unsafe {
-            let v = halves_of_two(a, b);
-            (spread(v, 0, 2), spread(v, 1, 3))
-        }
-    }
-    #[inline(always)]
     unsafe fn value(p: *const u8, i: usize) -> i32 {
         // SAFETY: `i < 32`, the block is readable.
         let byte = unsafe { *p.add(4 + i % 16) };
@@ -466,6 +443,7 @@ impl Block for Q4_1 {
 
 impl Block for Q8_0 {
     const BYTES: usize = 34;
+    const OFFSET: Offset = Offset::Times(-128.0);
     #[inline(always)]
     unsafe fn unsigned16x2(p: *const u8) -> (__m128i, __m128i) {
         // SAFETY: the block's 32 value bytes start at 2; flipping the top bit adds 128.
@@ -487,17 +465,6 @@ impl Block for Q8_0 {
             );
             _mm512_xor_si512(v, _mm512_set1_epi8(i8::MIN))
         }
-    }
-    #[inline(always)]
-    unsafe fn scale(p: *const u8) -> (f32, f32) {
-        // SAFETY: the scale and the first value bytes are readable.
-        let (d, _) = unsafe { two_halves(p) };
-        (d, -128.0 * d)
-    }
-    #[inline(always)]
-    unsafe fn scales2(a: *const u8, b: *const u8) -> (__m512, __m512) {
-        // SAFETY: each block starts with its scale and more bytes.
-        unsafe { scaled_scales(a, b, -128.0) }
     }
     #[inline(always)]
     unsafe fn value(p: *const u8, i: usize) -> i32 {

@@ -57,17 +57,6 @@ impl std::fmt::Debug for GgufFile {
     }
 }
 
-/// Whether `path` names a GGUF file (by its magic number).
-pub fn is_gguf(path: &Path) -> bool {
-    use std::io::Read;
-    let mut magic = [0u8; 4];
-    path.is_file()
-        && File::open(path)
-            .and_then(|mut f| f.read_exact(&mut magic))
-            .is_ok()
-        && &magic == b"GGUF"
-}
-
 impl GgufFile {
     /// Reads the header of `path` and maps the file.
     pub fn open(path: &Path) -> Result<Self, ModelError> {
@@ -230,13 +219,6 @@ impl GgufFile {
             name: name.to_owned(),
             file: self.path.clone(),
         }
-    }
-
-    /// The context length the model was trained at.
-    pub fn context_length(&self) -> Option<usize> {
-        let arch = self.architecture().ok()?;
-        self.number(&format!("{arch}.context_length"))
-            .map(|v| v as usize)
     }
 
     /// The tokenizer and chat template of the file, for `wayfinder-text`.
