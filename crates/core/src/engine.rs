@@ -379,13 +379,35 @@ impl EngineLoop {
 
     fn sample_and_emit(&mut self, batch: &Batch, mut logits: Logits) {
         let now = monotonic_now();
-        let wanted = batch.seqs.iter().filter(|s| s.needs_logits);
-        for (row, bs) in wanted.enumerate() {
+        let mut next_row = 0;
+        for bs in &batch.seqs {
+            let rows = next_row..next_row + bs.logits_rows.len();
+            next_row = rows.end;
             let id = bs.seq_id;
+            let prompt_rows = if bs.needs_logits {
+                rows.start..rows.end.saturating_sub(1).max(rows.start)
+            } else {
+                rows.clone()
+            };
+            if !prompt_rows.is_empty() {
+                // Row `r` is of the token at batch index `bs.logits_rows.start + (r - start)`,
+                // and gives the logprob of the token after it.
+                let first_pos = bs.context_len - (bs.tokens.end - bs.logits_rows.start);
+                self.emit_prompt_logprobs(id, &logits, prompt_rows, first_pos);
+            }
+            if !bs.needs_logits {
+                continue;
+            }
+            let row = rows.end - 1;
             let (Some(seq), Some(client)) = (self.scheduler.get(id), self.clients.get_mut(&id))
             else {
                 continue;
             };
+            if seq.stop().max_tokens == 0 {
+                // A prompt-logprobs request that generates nothing ends with its prefill.
+                self.finish(id, FinishStatus::Length, None);
+                continue;
+            }
             let sampled = self.sampler.sample(
                 logits.row_mut(row),
                 seq.sampling(),
@@ -422,6 +444,37 @@ impl EngineLoop {
                 // The stream is gone; its drop also sends an abort, which will find nothing.
                 self.finish(id, FinishStatus::Aborted, None);
             }
+        }
+    }
+
+    /// Sends the prompt logprobs of `rows`, whose first is of prompt position `first_pos`.
+    fn emit_prompt_logprobs(
+        &mut self,
+        id: SeqId,
+        logits: &Logits,
+        rows: std::ops::Range<usize>,
+        first_pos: usize,
+    ) {
+        let (Some(seq), Some(client)) = (self.scheduler.get(id), self.clients.get(&id)) else {
+            return;
+        };
+        let n = seq.sampling().prompt_logprobs.unwrap_or(0);
+        let prompt = seq.prompt();
+        let entries: Vec<_> = rows
+            .enumerate()
+            .map(|(k, row)| {
+                let next = prompt[first_pos + k + 1];
+                self.sampler.logprobs_of(logits.row(row), next, n)
+            })
+            .collect();
+        let next = first_pos + 1 + entries.len();
+        let delivered = client
+            .tx
+            .send(RequestOutput::PromptLogprobs(entries))
+            .is_ok();
+        self.scheduler.sent_prompt_logprobs(id, next);
+        if !delivered {
+            self.finish(id, FinishStatus::Aborted, None);
         }
     }
 

@@ -4,8 +4,11 @@
 //! tokens alike — into one list, each token with its own position and KV slot, and gives each
 //! request its block table and context length. The executor writes the new tokens' keys and
 //! values into their slots, attends each request's queries over slots `0..context_len` of its own
-//! block table, and returns one row of next-token logits for every request with
-//! [`BatchSeq::needs_logits`] (those whose known tokens are now all computed), in batch order.
+//! block table, and returns one row of next-token logits for each token in every request's
+//! [`BatchSeq::logits_rows`], in batch order. That is the last token of a request whose known
+//! tokens are now all computed ([`BatchSeq::needs_logits`]: a next token is sampled from it),
+//! preceded, for a request that asked for its prompt's logprobs, by the prompt tokens whose
+//! logprobs are still owed.
 //! Sampling is not the executor's job: [`crate::sampling`] does it for every executor alike.
 
 use std::ops::Range;
@@ -27,6 +30,10 @@ pub struct BatchSeq {
     pub block_table: Range<usize>,
     /// Whether this step completes its known tokens, so that a next token is sampled from it.
     pub needs_logits: bool,
+    /// The tokens (indices into `batch.token_ids`, within `tokens`) whose logits rows the
+    /// executor returns: the last token when `needs_logits`, after any prompt tokens whose
+    /// logprobs are owed. Contiguous, since prompt logprobs are owed only before any output.
+    pub logits_rows: Range<usize>,
 }
 
 /// One step's work, flattened. Built by the engine; buffers are reused across steps.
@@ -51,9 +58,13 @@ impl Batch {
     pub fn num_tokens(&self) -> usize {
         self.token_ids.len()
     }
-    /// Requests that want logits.
+    /// Logits rows the executor returns.
     pub fn num_logits_rows(&self) -> usize {
-        self.seqs.iter().filter(|s| s.needs_logits).count()
+        self.seqs.iter().map(|s| s.logits_rows.len()).sum()
+    }
+    /// The tokens whose logits rows are returned, in order (indices into `token_ids`).
+    pub fn logits_tokens(&self) -> impl Iterator<Item = usize> + '_ {
+        self.seqs.iter().flat_map(|s| s.logits_rows.clone())
     }
     /// A request's block table.
     pub fn block_table(&self, seq: &BatchSeq) -> &[BlockId] {
@@ -87,12 +98,25 @@ impl Batch {
             }
             let tables_start = self.block_tables.len();
             self.block_tables.extend_from_slice(table);
+            let needs_logits = end == seq.tokens().len();
+            let prompt_rows = seq.prompt_logits_rows(start..end);
+            let to_index = |pos: usize| tokens.start + pos - start;
+            let logits_rows = match (prompt_rows.is_empty(), needs_logits) {
+                (true, true) => tokens.end - 1..tokens.end,
+                (true, false) => tokens.end..tokens.end,
+                // Owed prompt logprobs end at the prompt's second-last token, which is next to
+                // the last when this step completes the prompt.
+                (false, true) => to_index(prompt_rows.start)..tokens.end,
+                (false, false) => to_index(prompt_rows.start)..to_index(prompt_rows.end),
+            };
+            debug_assert!(!needs_logits || prompt_rows.is_empty() || prompt_rows.end + 1 == end);
             self.seqs.push(BatchSeq {
                 seq_id: s.id,
                 tokens,
                 context_len: end,
                 block_table: tables_start..self.block_tables.len(),
-                needs_logits: end == seq.tokens().len(),
+                needs_logits,
+                logits_rows,
             });
         }
     }

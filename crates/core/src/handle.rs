@@ -189,7 +189,7 @@ impl RequestStream {
     fn note(&mut self, item: Option<RequestOutput>) -> Option<RequestOutput> {
         match &item {
             Some(RequestOutput::Finished(_)) | None => self.done = true,
-            Some(RequestOutput::Token(_)) => {}
+            Some(RequestOutput::Token(_) | RequestOutput::PromptLogprobs(_)) => {}
         }
         item
     }

@@ -1,6 +1,8 @@
 //! What the engine sends back on a request's own output stream.
 //!
-//! Zero or more [`RequestOutput::Token`]s as they are sampled, then exactly one
+//! For a request that asked for its prompt's logprobs, first [`RequestOutput::PromptLogprobs`]
+//! for prompt tokens 1, 2, … in order, in one or more pieces as its prefill proceeds; then zero
+//! or more [`RequestOutput::Token`]s as they are sampled, then exactly one
 //! [`RequestOutput::Finished`], then the stream ends.
 
 use crate::sampling::TokenLogprobs;
@@ -61,6 +63,9 @@ impl FinishedOutput {
 #[derive(Debug, Clone, PartialEq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum RequestOutput {
+    /// The logprobs of the next prompt tokens (the first piece starts at prompt token 1, the
+    /// first token having no context to be predicted from), each with its top alternatives.
+    PromptLogprobs(Vec<TokenLogprobs>),
     /// A token, as soon as it is sampled.
     Token(TokenOutput),
     /// The final item.

@@ -59,6 +59,11 @@ pub struct SamplingParams {
     pub repetition_penalty: f32,
     /// Return the log-probability of each sampled token and this many top alternatives.
     pub logprobs: Option<u32>,
+    /// Return the log-probability of each prompt token after the first (given the tokens before
+    /// it) and this many top alternatives, as [`crate::RequestOutput::PromptLogprobs`] before any
+    /// sampled token. With it, `max_tokens` may be 0: the request ends after its prefill.
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub prompt_logprobs: Option<u32>,
 }
 
 impl Default for SamplingParams {
@@ -73,6 +78,7 @@ impl Default for SamplingParams {
             frequency_penalty: 0.0,
             repetition_penalty: 1.0,
             logprobs: None,
+            prompt_logprobs: None,
         }
     }
 }
@@ -128,13 +134,18 @@ impl SamplingParams {
                 format!("must be > 0, got {}", self.repetition_penalty),
             ));
         }
-        if let Some(n) = self.logprobs
-            && n > MAX_TOP_LOGPROBS
-        {
-            return Err(InvalidRequest::new(
-                "top_logprobs",
-                format!("must be at most {MAX_TOP_LOGPROBS}, got {n}"),
-            ));
+        for (param, n) in [
+            ("top_logprobs", self.logprobs),
+            ("prompt_logprobs", self.prompt_logprobs),
+        ] {
+            if let Some(n) = n
+                && n > MAX_TOP_LOGPROBS
+            {
+                return Err(InvalidRequest::new(
+                    param,
+                    format!("must be at most {MAX_TOP_LOGPROBS}, got {n}"),
+                ));
+            }
         }
         Ok(())
     }
@@ -150,7 +161,8 @@ pub const MAX_TOP_LOGPROBS: u32 = 20;
 #[derive(Debug, Clone, PartialEq, Default)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct StopConditions {
-    /// The most tokens to generate (at least 1).
+    /// The most tokens to generate: at least 1, or 0 for a request that only asks for its
+    /// prompt's logprobs ([`SamplingParams::prompt_logprobs`]).
     pub max_tokens: u32,
     /// Extra token ids that end generation with status `stopped`.
     pub stop_token_ids: Vec<u32>,
@@ -279,10 +291,10 @@ impl RequestBuilder {
         if self.prompt.is_empty() {
             return Err(InvalidRequest::new("prompt", "must not be empty"));
         }
-        if self.stop.max_tokens < 1 {
+        if self.stop.max_tokens < 1 && self.sampling.prompt_logprobs.is_none() {
             return Err(InvalidRequest::new(
                 "max_tokens",
-                format!("must be at least 1, got {}", self.stop.max_tokens),
+                "must be at least 1 (0 only when the prompt's logprobs are asked for)",
             ));
         }
         self.sampling.validate()?;
@@ -400,6 +412,13 @@ mod tests {
                 },
                 "top_logprobs",
             ),
+            (
+                SamplingParams {
+                    prompt_logprobs: Some(21),
+                    ..p()
+                },
+                "prompt_logprobs",
+            ),
         ] {
             assert_eq!(bad(with(sampling)), param);
         }
@@ -430,5 +449,19 @@ mod tests {
         ] {
             with(sampling).expect("boundary value is valid");
         }
+    }
+
+    #[test]
+    fn max_tokens_zero_needs_prompt_logprobs() {
+        let prompt_only = SamplingParams {
+            prompt_logprobs: Some(0),
+            ..SamplingParams::default()
+        };
+        let req = EngineRequest::builder("r", vec![1, 2])
+            .sampling(prompt_only)
+            .max_tokens(0)
+            .build()
+            .expect("a prompt-logprobs request may generate nothing");
+        assert_eq!(req.stop().max_tokens, 0);
     }
 }

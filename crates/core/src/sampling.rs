@@ -73,6 +73,19 @@ impl Sampler {
         Sampled { token, logprobs }
     }
 
+    /// The raw log-probability of `token` in `logits` and the `n` most likely tokens' (for a
+    /// prompt token, which is given rather than sampled).
+    pub fn logprobs_of(&mut self, logits: &[f32], token: u32, n: u32) -> TokenLogprobs {
+        let lse = log_sum_exp(logits);
+        let top = self.top_n(logits, n as usize);
+        TokenLogprobs {
+            logprob: logits
+                .get(token as usize)
+                .map_or(f32::NEG_INFINITY, |l| l - lse),
+            top: top.into_iter().map(|(t, l)| (t, l - lse)).collect(),
+        }
+    }
+
     /// The `n` largest logits, largest first.
     fn top_n(&mut self, logits: &[f32], n: usize) -> Vec<(u32, f32)> {
         let c = &mut self.candidates;
@@ -164,7 +177,9 @@ fn log_sum_exp(logits: &[f32]) -> f32 {
     if max == f32::NEG_INFINITY {
         return max;
     }
-    max + logits.iter().map(|&l| (l - max).exp()).sum::<f32>().ln()
+    // Summed in f64: prompt logprobs add up over thousands of tokens into a perplexity.
+    let sum: f64 = logits.iter().map(|&l| f64::from(l - max).exp()).sum();
+    max + sum.ln() as f32
 }
 
 fn has_penalties(p: &SamplingParams) -> bool {

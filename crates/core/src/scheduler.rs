@@ -258,8 +258,10 @@ impl Scheduler {
     pub fn add(&mut self, id: SeqId, request: EngineRequest, now: f64) -> AddOutcome {
         self.arrivals += 1;
         let mut seq = Sequence::new(id, request, self.arrivals, now);
-        // A prompt needs its own slots plus room for one generated token.
-        if seq.num_prompt_tokens() >= self.config.max_model_len
+        // A prompt needs its own slots plus room for one generated token, unless it asks for
+        // none (a prompt-logprobs request).
+        let output_room = usize::from(seq.stop().max_tokens > 0);
+        if seq.num_prompt_tokens() + output_room > self.config.max_model_len
             || self.blocks.blocks_for(seq.num_prompt_tokens()) > self.blocks.num_total_blocks()
         {
             seq.status = RequestStatus::Finished(FinishStatus::Ignored);
@@ -315,6 +317,13 @@ impl Scheduler {
         let seq = self.seqs.get_mut(&id)?;
         let status = seq.append_token(token, eos_token_ids, self.config.max_model_len, now)?;
         self.finish(id, status, now)
+    }
+
+    /// Records that `id`'s prompt logprobs were sent up to prompt token `next` (exclusive).
+    pub fn sent_prompt_logprobs(&mut self, id: SeqId, next: usize) {
+        if let Some(seq) = self.seqs.get_mut(&id) {
+            seq.sent_prompt_logprobs(next);
+        }
     }
 
     /// Ends a live request with `status`, frees its blocks and returns it.
@@ -399,7 +408,7 @@ impl Scheduler {
         let mut i = 0;
         while i < self.running.len() && *budget > 0 {
             let id = self.running[i];
-            let n = self.seqs[&id].num_pending_tokens().min(*budget);
+            let n = self.seqs[&id].step_tokens(*budget);
             if n == 0 {
                 i += 1;
                 continue;
@@ -441,7 +450,7 @@ impl Scheduler {
             let Some((_, &id)) = self.waiting.first_key_value() else {
                 return;
             };
-            let n = self.seqs[&id].num_pending_tokens().min(*budget);
+            let n = self.seqs[&id].step_tokens(*budget);
             if !self.blocks.can_allocate(n) {
                 return;
             }

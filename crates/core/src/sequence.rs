@@ -15,6 +15,10 @@
 
 use crate::request::{Carrier, EngineRequest, Priority, SamplingParams, StopConditions};
 
+/// The most tokens of a request that still owes prompt logprobs computed in one step (each
+/// returns a full logits row).
+pub const MAX_PROMPT_LOGITS_TOKENS_PER_STEP: usize = 512;
+
 /// The engine's own handle for a request, unique for the engine's lifetime (request ids chosen
 /// by clients need not be).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -121,6 +125,9 @@ pub struct Sequence {
     /// The most prompt tokens ever computed; survives preemption.
     prefill_high_water: usize,
     pub(crate) num_preemptions: u32,
+    /// The next prompt position whose logprob is owed (see [`Sequence::prompt_logits_rows`]);
+    /// survives preemption, so that recomputing never sends one twice.
+    prompt_logprobs_next: usize,
     /// Admission order into the scheduler; "latest arrival" means the largest.
     pub(crate) arrival_order: u64,
     pub(crate) times: RequestTimestamps,
@@ -145,6 +152,7 @@ impl Sequence {
             num_computed_tokens: 0,
             prefill_high_water: 0,
             num_preemptions: 0,
+            prompt_logprobs_next: 1,
             arrival_order,
             times: RequestTimestamps {
                 arrival,
@@ -190,6 +198,12 @@ impl Sequence {
     pub fn num_pending_tokens(&self) -> usize {
         self.tokens.len() - self.num_computed_tokens
     }
+    /// This step's tokens for it, given `budget` left in the step.
+    pub fn step_tokens(&self, budget: usize) -> usize {
+        self.num_pending_tokens()
+            .min(budget)
+            .min(self.max_step_tokens())
+    }
     /// Prompt tokens computed so far, as a high-water mark that survives preemption.
     pub fn prefill_done_tokens(&self) -> usize {
         self.prefill_high_water
@@ -233,6 +247,38 @@ impl Sequence {
     /// The output limit: `max_tokens`, or less when the context length binds first.
     pub fn max_output_tokens(&self, max_model_len: usize) -> usize {
         (self.stop.max_tokens as usize).min(max_model_len.saturating_sub(self.num_prompt_tokens))
+    }
+
+    /// The most tokens one step computes for this request: bounded while prompt logits are
+    /// owed, as each of those tokens takes a row of vocabulary size.
+    pub fn max_step_tokens(&self) -> usize {
+        if self.owes_prompt_logprobs() {
+            MAX_PROMPT_LOGITS_TOKENS_PER_STEP
+        } else {
+            usize::MAX
+        }
+    }
+
+    /// Whether some prompt token's logprob has not been sent yet.
+    pub fn owes_prompt_logprobs(&self) -> bool {
+        self.sampling.prompt_logprobs.is_some()
+            && self.prompt_logprobs_next < self.num_prompt_tokens
+    }
+
+    /// For a step computing positions `range`, the positions whose logits rows give a prompt
+    /// logprob still owed: row `p` gives token `p + 1`'s.
+    pub fn prompt_logits_rows(&self, range: std::ops::Range<usize>) -> std::ops::Range<usize> {
+        if self.sampling.prompt_logprobs.is_none() {
+            return range.start..range.start;
+        }
+        let start = range.start.max(self.prompt_logprobs_next - 1);
+        let end = range.end.min(self.num_prompt_tokens - 1);
+        start..end.max(start)
+    }
+
+    /// Records that prompt logprobs were sent up to token `next` (exclusive).
+    pub(crate) fn sent_prompt_logprobs(&mut self, next: usize) {
+        self.prompt_logprobs_next = self.prompt_logprobs_next.max(next);
     }
 
     /// The phase as journey events report it.

@@ -135,9 +135,15 @@ impl Executor for TestExecutor {
         }
         let mut data = Vec::with_capacity(batch.num_logits_rows() * self.config.vocab_size);
         let bs = batch.block_size;
-        for seq in batch.seqs.iter().filter(|s| s.needs_logits) {
+        for (seq, row) in batch
+            .seqs
+            .iter()
+            .flat_map(|s| s.logits_rows.clone().map(move |r| (s, r)))
+        {
             let table = batch.block_table(seq);
-            let context = (0..seq.context_len)
+            // The row's token sits at this position; its logits see the context up to it.
+            let context_len = seq.context_len - (seq.tokens.end - row) + 1;
+            let context = (0..context_len)
                 .map(|pos| {
                     let slot = table[pos / bs] as usize * bs + pos % bs;
                     match self.slots[slot] {

@@ -90,6 +90,7 @@ fn collect(mut stream: RequestStream) -> (Vec<u32>, FinishedOutput) {
     while let Some(out) = stream.blocking_next() {
         match out {
             RequestOutput::Token(t) => tokens.push(t.token_id),
+            RequestOutput::PromptLogprobs(_) => panic!("prompt logprobs were not asked for"),
             RequestOutput::Finished(f) => {
                 assert!(stream.blocking_next().is_none(), "nothing after Finished");
                 return (tokens, f);

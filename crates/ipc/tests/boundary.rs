@@ -140,6 +140,7 @@ fn a_request_runs_across_the_boundary_and_a_dropped_stream_frees_the_childs_bloc
     let finished = loop {
         match whole.blocking_next().expect("outputs until Finished") {
             RequestOutput::Token(_) => tokens += 1,
+            RequestOutput::PromptLogprobs(_) => panic!("not asked for"),
             RequestOutput::Finished(f) => break f,
         }
     };

@@ -11,7 +11,8 @@
 //!     x += paged_attention(q, KV, block tables) · W_oᵀ
 //!     h = rms_norm(x)
 //!     x += (silu(h · W_gateᵀ) ⊙ h · W_upᵀ) · W_downᵀ   gate and up fused
-//! logits = rms_norm(x[last token of each request that samples]) · W_headᵀ
+//! logits = rms_norm(x[each token of Batch::logits_tokens]) · W_headᵀ   (the last of each
+//!          request that samples, and prompt tokens whose logprobs are owed)
 //! ```
 //!
 //! Linear layers run over all `T` tokens at once; only attention is per request. Positions,
@@ -194,12 +195,7 @@ impl Decoder {
             add_rows(&mut x, &proj, team);
         }
 
-        let last: Vec<usize> = batch
-            .seqs
-            .iter()
-            .filter(|s| s.needs_logits)
-            .map(|s| s.tokens.end - 1)
-            .collect();
+        let last: Vec<usize> = batch.logits_tokens().collect();
         let mut hidden = vec![0f32; last.len() * h];
         for (dst, &row) in hidden.chunks_exact_mut(h).zip(&last) {
             rms_norm(&x[row * h..(row + 1) * h], dst, &self.norm, c.rms_norm_eps);

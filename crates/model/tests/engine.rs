@@ -54,6 +54,7 @@ fn collect(mut s: RequestStream) -> (Vec<u32>, FinishedOutput) {
     loop {
         match s.blocking_next().expect("finishes") {
             RequestOutput::Token(t) => tokens.push(t.token_id),
+            RequestOutput::PromptLogprobs(_) => panic!("not asked for"),
             RequestOutput::Finished(f) => return (tokens, f),
         }
     }
@@ -183,4 +184,79 @@ fn a_max_model_len_beyond_the_models_context_is_refused_before_loading_weights()
         text.contains("max_position_embeddings") && text.contains("config.json"),
         "{text}"
     );
+}
+
+/// Prompt logprobs on the demo model: the same under any prefill chunking, and equal to the
+/// logprobs of the same tokens when they were sampled (the decoder returns the right rows).
+#[test]
+fn prompt_logprobs_on_the_demo_model_match_the_sampled_ones() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let dir = wayfinder_model::synth::demo::ensure_demo(root.path()).expect("demo");
+    let run = |budget: usize, request: EngineRequest| {
+        let model = wayfinder_model::load(&dir, &LoadOptions::default()).expect("load demo");
+        let executor = ModelExecutor::new(model.decoder, 64, 16);
+        let e = EngineHandle::spawn(
+            EngineConfig {
+                scheduler: SchedulerConfig {
+                    num_blocks: 64,
+                    max_num_batched_tokens: budget,
+                    max_model_len: 1024,
+                    ..SchedulerConfig::default()
+                },
+                eos_token_ids: Vec::new(),
+                seed: Some(3),
+            },
+            Box::new(executor),
+            None,
+        )
+        .expect("spawn");
+        let mut stream = e.add_request(request).expect("add");
+        let (mut prompt_lps, mut sampled) = (Vec::new(), Vec::new());
+        loop {
+            match stream.blocking_next().expect("finishes") {
+                RequestOutput::PromptLogprobs(l) => prompt_lps.extend(l),
+                RequestOutput::Token(t) => sampled.push((t.token_id, t.logprobs.expect("asked"))),
+                RequestOutput::Finished(_) => break,
+            }
+        }
+        e.shutdown();
+        (prompt_lps, sampled)
+    };
+    let prompt = prompt(4, 30);
+    let sampling = SamplingParams {
+        logprobs: Some(3),
+        ..SamplingParams::greedy()
+    };
+    let generate = EngineRequest::builder("g", prompt.clone())
+        .sampling(sampling)
+        .max_tokens(6)
+        .build()
+        .expect("valid");
+    let (_, sampled) = run(512, generate);
+    let mut whole = prompt.clone();
+    whole.extend(sampled.iter().map(|s| s.0));
+    let score = |budget| {
+        let req = EngineRequest::builder("s", whole.clone())
+            .sampling(SamplingParams {
+                prompt_logprobs: Some(3),
+                ..SamplingParams::greedy()
+            })
+            .max_tokens(0)
+            .build()
+            .expect("valid");
+        run(budget, req).0
+    };
+    let (one_chunk, chunked) = (score(512), score(7));
+    assert_eq!(one_chunk.len(), whole.len() - 1);
+    for (a, b) in one_chunk.iter().zip(&chunked) {
+        assert!((a.logprob - b.logprob).abs() < 1e-3, "{a:?} vs {b:?}");
+    }
+    for (k, (token, lp)) in sampled.iter().enumerate() {
+        let scored = &one_chunk[prompt.len() - 1 + k];
+        assert!(
+            (scored.logprob - lp.logprob).abs() < 2e-2,
+            "token {k} ({token}): scored {scored:?}, sampled {lp:?}"
+        );
+        assert_eq!(scored.top[0].0, *token, "greedy tokens are the most likely");
+    }
 }

@@ -91,6 +91,7 @@ fn collect(mut s: RequestStream) -> Vec<u32> {
     loop {
         match s.blocking_next().expect("finishes") {
             RequestOutput::Token(t) => tokens.push(t.token_id),
+            RequestOutput::PromptLogprobs(_) => panic!("not asked for"),
             RequestOutput::Finished(f) => {
                 assert!(matches!(
                     f.status,

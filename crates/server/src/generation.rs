@@ -17,6 +17,7 @@ use std::pin::Pin;
 
 use futures_util::stream::{self, SelectAll, Stream, StreamExt};
 use tokio::sync::OwnedSemaphorePermit;
+use wayfinder_core::sampling::TokenLogprobs;
 use wayfinder_core::{FinishStatus, RequestOutput, TokenOutput};
 use wayfinder_text::IncrementalDetokenizer;
 use wayfinder_text::StopMatcher;
@@ -45,9 +46,9 @@ pub(crate) struct Delta {
 pub(crate) struct TokenInfo {
     /// The token's text.
     pub(crate) text: String,
-    /// Its log-probability.
-    pub(crate) logprob: f32,
-    /// The most likely alternatives.
+    /// Its log-probability; `None` for an echoed prompt's first token, which nothing predicts.
+    pub(crate) logprob: Option<f32>,
+    /// The most likely alternatives (none with `logprob`).
     pub(crate) top: Vec<(String, f32)>,
     /// Byte offset of the token in the choice's text.
     pub(crate) offset: usize,
@@ -98,6 +99,16 @@ struct Choice {
     /// The engine's `Finished` for this choice came back (its timestamps are in the journey).
     engine_done: bool,
     text_len: usize,
+    /// With `echo`, until the prompt is sent: its text, ids and the logprobs come so far.
+    echo: Option<Echo>,
+}
+
+/// An echoed prompt waiting to be sent: once its logprobs are all in when they were asked
+/// for, else with the choice's first output.
+struct Echo {
+    text: String,
+    prompt: Vec<u32>,
+    logprobs: Vec<TokenLogprobs>,
 }
 
 impl Generation {
@@ -116,6 +127,11 @@ impl Generation {
         let mut outputs = SelectAll::new();
         for (i, mut spec) in valid.choices.into_iter().enumerate() {
             let detok = IncrementalDetokenizer::new(spec.request.prompt(), true);
+            let echo = spec.echo.map(|text| Echo {
+                text,
+                prompt: spec.request.prompt().to_vec(),
+                logprobs: Vec::new(),
+            });
             let engine_id = spec.request.id().to_owned();
             // Each engine request carries the context; the last takes the original.
             let own = if i + 1 == count {
@@ -145,6 +161,7 @@ impl Generation {
                 finish: None,
                 engine_done: false,
                 text_len: 0,
+                echo,
             });
         }
         journey.handed_off(&valid.model, valid.prompt_tokens, choices.len());
@@ -222,8 +239,16 @@ impl Generation {
                 continue;
             }
             let delta = match output {
-                RequestOutput::Token(token) => self.on_token(i, &token),
-                RequestOutput::Finished(f) => self.on_finished(i, f.status, f.error.as_deref()),
+                RequestOutput::PromptLogprobs(entries) => Ok(self.on_prompt_logprobs(i, entries)),
+                RequestOutput::Token(token) => {
+                    let echo = self.echo(i);
+                    self.on_token(i, &token).map(|d| join(echo, d))
+                }
+                RequestOutput::Finished(f) => {
+                    let echo = self.echo(i);
+                    self.on_finished(i, f.status, f.error.as_deref())
+                        .map(|d| join(echo, d))
+                }
             };
             match delta {
                 Ok(Some(d)) => return Some(Ok(d)),
@@ -231,6 +256,52 @@ impl Generation {
                 Err(e) => return Some(Err(e)),
             }
         }
+    }
+
+    /// Keeps the prompt's logprobs; once all are in, the echo is due.
+    fn on_prompt_logprobs(&mut self, i: usize, entries: Vec<TokenLogprobs>) -> Option<Delta> {
+        let echo = self.choices[i].echo.as_mut()?;
+        echo.logprobs.extend(entries);
+        if echo.logprobs.len() + 1 >= echo.prompt.len() {
+            self.echo(i)
+        } else {
+            None
+        }
+    }
+
+    /// The echoed prompt, if it is still to be sent: its text, and its tokens when logprobs
+    /// were asked for (the first without a logprob, as nothing predicts it).
+    fn echo(&mut self, i: usize) -> Option<Delta> {
+        let echo = self.choices[i].echo.take()?;
+        let mut tokens = Vec::new();
+        if self.logprobs {
+            let tokenizer = self.state.tokenizer();
+            let mut detok = IncrementalDetokenizer::new(&[], false);
+            let mut offset = 0;
+            for (k, &id) in echo.prompt.iter().enumerate() {
+                let lp = k.checked_sub(1).and_then(|k| echo.logprobs.get(k));
+                tokens.push(TokenInfo {
+                    text: token_text(self, id),
+                    logprob: lp.map(|lp| lp.logprob),
+                    top: lp.map_or_else(Vec::new, |lp| {
+                        lp.top
+                            .iter()
+                            .map(|&(t, p)| (token_text(self, t), p))
+                            .collect()
+                    }),
+                    offset,
+                });
+                offset += detok.push(tokenizer, id).map_or(0, |piece| piece.len());
+            }
+        }
+        let choice = &mut self.choices[i];
+        choice.text_len = echo.text.len();
+        Some(Delta {
+            index: choice.index,
+            text: echo.text,
+            tokens,
+            finish_reason: None,
+        })
     }
 
     fn on_token(&mut self, i: usize, token: &TokenOutput) -> Result<Option<Delta>, ApiError> {
@@ -253,7 +324,7 @@ impl Generation {
             tokens.push(TokenInfo {
                 offset: choice.text_len,
                 text,
-                logprob: lp.logprob,
+                logprob: Some(lp.logprob),
                 top,
             });
         }
@@ -332,6 +403,19 @@ impl Generation {
             }
         }
         Ok(out)
+    }
+}
+
+/// `first` (an echo) then `then` as one delta.
+fn join(first: Option<Delta>, then: Option<Delta>) -> Option<Delta> {
+    match (first, then) {
+        (Some(mut a), Some(b)) => {
+            a.text.push_str(&b.text);
+            a.tokens.extend(b.tokens);
+            a.finish_reason = b.finish_reason;
+            Some(a)
+        }
+        (a, b) => a.or(b),
     }
 }
 

@@ -62,6 +62,27 @@ pub(crate) struct ChoiceSpec {
     pub(crate) request: EngineRequest,
     /// Stop strings.
     pub(crate) stop: Vec<String>,
+    /// With `echo`: the prompt's text, which the choice's text starts with.
+    pub(crate) echo: Option<String>,
+}
+
+/// One prompt to build choices for: its token ids and, with `echo`, its text.
+struct Prompt {
+    ids: Vec<u32>,
+    echo: Option<String>,
+}
+
+impl Prompt {
+    fn plain(ids: Vec<u32>) -> Self {
+        Self { ids, echo: None }
+    }
+}
+
+/// What a request asks of logprobs: of sampled tokens, and (`echo`) of the prompt's.
+#[derive(Clone, Copy, Default)]
+struct LogprobsAsked {
+    sampled: Option<u32>,
+    prompt: Option<u32>,
 }
 
 /// Validates a chat request with response id `id` that arrived at `arrival` (monotonic
@@ -106,13 +127,17 @@ pub(crate) fn chat(
     })?;
     let prompt = state.tokenizer().encode(&text, false)?;
     let max_tokens = req.max_completion_tokens.or(req.sampling.max_tokens);
+    let asked = LogprobsAsked {
+        sampled: logprobs,
+        prompt: None,
+    };
     build(
         state,
         id,
-        vec![prompt],
+        vec![Prompt::plain(prompt)],
         max_tokens,
         &req.sampling,
-        logprobs,
+        asked,
         arrival,
     )
 }
@@ -126,9 +151,7 @@ pub(crate) fn completion(
     arrival: f64,
 ) -> Result<ValidRequest, ApiError> {
     check_model(state, &req.model)?;
-    if req.echo.unwrap_or(false) {
-        return Err(ApiError::unsupported("echo", "`echo` is not supported"));
-    }
+    let echo = req.echo.unwrap_or(false);
     if req.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
         return Err(ApiError::unsupported("suffix", "`suffix` is not supported"));
     }
@@ -145,30 +168,60 @@ pub(crate) fn completion(
         .logprobs
         .map(|n| top_logprobs("logprobs", n))
         .transpose()?;
-    let encode = |text: &str| state.tokenizer().encode(text, true).map_err(ApiError::from);
-    let prompts = match req.prompt {
-        PromptIn::Text(t) => vec![encode(&t)?],
-        PromptIn::Texts(ts) => ts.iter().map(|t| encode(t)).collect::<Result<_, _>>()?,
-        PromptIn::Tokens(ids) => vec![ids],
-        PromptIn::TokenLists(lists) => lists,
+    let tokenizer = state.tokenizer();
+    let text = |t: String| -> Result<Prompt, ApiError> {
+        let ids = tokenizer.encode(&t, true)?;
+        Ok(Prompt {
+            ids,
+            echo: echo.then_some(t),
+        })
+    };
+    let mut prompts = match req.prompt {
+        PromptIn::Text(t) => vec![text(t)?],
+        PromptIn::Texts(ts) => ts.into_iter().map(text).collect::<Result<_, _>>()?,
+        PromptIn::Tokens(ids) => vec![Prompt::plain(ids)],
+        PromptIn::TokenLists(lists) => lists.into_iter().map(Prompt::plain).collect(),
     };
     if prompts.is_empty() {
         return Err(ApiError::invalid("prompt", "must not be empty"));
     }
-    let vocab = state.tokenizer().vocab_size();
-    if let Some(bad) = prompts.iter().flatten().find(|&&t| t as usize >= vocab) {
+    let vocab = tokenizer.vocab_size();
+    if let Some(bad) = prompts
+        .iter()
+        .flat_map(|p| &p.ids)
+        .find(|&&t| t as usize >= vocab)
+    {
         return Err(ApiError::invalid(
             "prompt",
             format!("has token id {bad}, outside the vocabulary of {vocab} tokens"),
         ));
     }
+    if echo {
+        for p in prompts.iter_mut().filter(|p| p.echo.is_none()) {
+            p.echo = Some(tokenizer.decode(&p.ids, false)?);
+        }
+    }
+    let max_tokens = req.sampling.max_tokens;
+    if max_tokens == Some(0) && !echo {
+        return Err(ApiError::invalid(
+            "max_tokens",
+            "must be at least 1 (0 only with `echo`, to score the prompt)",
+        ));
+    }
+    // The engine computes the prompt's logprobs when they are shown, and when it is to
+    // generate nothing (its request is then about the prompt alone).
+    let asked = LogprobsAsked {
+        sampled: logprobs,
+        prompt: (echo && (logprobs.is_some() || max_tokens == Some(0)))
+            .then(|| logprobs.unwrap_or(0)),
+    };
     build(
         state,
         id,
         prompts,
-        req.sampling.max_tokens,
+        max_tokens,
         &req.sampling,
-        logprobs,
+        asked,
         arrival,
     )
 }
@@ -264,12 +317,13 @@ fn top_logprobs(param: &'static str, n: i64) -> Result<u32, ApiError> {
 fn build(
     state: &AppState,
     id: &str,
-    prompts: Vec<Vec<u32>>,
+    prompts: Vec<Prompt>,
     max_tokens: Option<i64>,
     fields: &SamplingFields,
-    logprobs: Option<u32>,
+    asked: LogprobsAsked,
     arrival: f64,
 ) -> Result<ValidRequest, ApiError> {
+    let logprobs = asked.sampled;
     let n = fields.n.unwrap_or(1);
     if !(1..=MAX_N).contains(&n) {
         return Err(ApiError::invalid(
@@ -284,12 +338,14 @@ fn build(
             format!("asks for more than {MAX_CHOICES} choices (prompts × n)"),
         ));
     }
+    // 0 only for a request that scores its prompt.
+    let least = if asked.prompt.is_some() { 0 } else { 1 };
     if let Some(m) = max_tokens
-        && m < 1
+        && m < least
     {
         return Err(ApiError::invalid(
             "max_tokens",
-            format!("must be at least 1, got {m}"),
+            format!("must be at least {least}, got {m}"),
         ));
     }
     let top_k = match fields.top_k {
@@ -317,6 +373,7 @@ fn build(
             .repetition_penalty
             .unwrap_or(defaults.repetition_penalty),
         logprobs,
+        prompt_logprobs: asked.prompt,
     };
     let stop = match &fields.stop {
         None => Vec::new(),
@@ -326,12 +383,12 @@ fn build(
     let max_len = state.max_model_len();
     let mut choices = Vec::with_capacity(prompts.len() * n);
     let mut prompt_tokens = 0;
-    for prompt in prompts {
+    for Prompt { ids: prompt, echo } in prompts {
         let len = prompt.len();
         if len == 0 {
             return Err(ApiError::invalid("prompt", "must not be empty"));
         }
-        if len >= max_len {
+        if len > max_len || (len == max_len && max_tokens != Some(0)) {
             return Err(ApiError::ContextLength(format!(
                 "this model's maximum context length is {max_len} tokens, and the prompt has \
                  {len}; no room is left for output"
@@ -368,6 +425,7 @@ fn build(
                 index: index as u32,
                 request,
                 stop: stop.clone(),
+                echo: echo.clone(),
             });
         }
     }

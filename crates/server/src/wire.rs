@@ -123,7 +123,7 @@ pub struct CompletionRequest {
     pub prompt: PromptIn,
     /// Logprobs of the sampled token and this many alternatives, [0, 20].
     pub logprobs: Option<i64>,
-    /// Refused when true.
+    /// Start each choice's text with its prompt (and its logprobs with the prompt's).
     pub echo: Option<bool>,
     /// Refused when set.
     pub suffix: Option<String>,
@@ -268,10 +268,10 @@ pub struct ChatCompletionChunk {
 pub struct CompletionLogprobs {
     /// Token texts.
     pub tokens: Vec<String>,
-    /// Their log-probabilities.
-    pub token_logprobs: Vec<f32>,
-    /// Per token, alternative text → log-probability.
-    pub top_logprobs: Vec<serde_json::Map<String, Value>>,
+    /// Their log-probabilities (null for an echoed prompt's first token).
+    pub token_logprobs: Vec<Option<f32>>,
+    /// Per token, alternative text → log-probability (null where the logprob is).
+    pub top_logprobs: Vec<Option<serde_json::Map<String, Value>>>,
     /// Per token, its byte offset in the choice's text.
     pub text_offset: Vec<usize>,
 }

@@ -272,7 +272,8 @@ async fn unsupported_features_are_refused_clearly() {
         assert_eq!(e["code"], "unsupported");
     }
     for extra in [
-        json!({"echo": true}),
+        json!({"max_tokens": 0}),
+        json!({"echo": true, "max_tokens": -1}),
         json!({"suffix": "x"}),
         json!({"best_of": 3}),
     ] {

@@ -297,6 +297,7 @@ mod tests {
                 context_len,
                 block_table: t0..b.block_tables.len(),
                 needs_logits: true,
+                logits_rows: b.token_ids.len() - 1..b.token_ids.len(),
             });
         }
         assert!(next_block <= num_blocks, "test pool too small");

@@ -81,7 +81,7 @@ fn chat_logprobs(tokens: &[TokenInfo]) -> ChatLogprobs {
             .iter()
             .map(|t| ChatTokenLogprob {
                 token: t.text.clone(),
-                logprob: t.logprob,
+                logprob: t.logprob.unwrap_or_default(),
                 bytes: t.text.as_bytes().to_vec(),
                 top_logprobs: Some(
                     t.top

@@ -69,10 +69,12 @@ fn completion_logprobs(tokens: &[TokenInfo]) -> CompletionLogprobs {
         top_logprobs: tokens
             .iter()
             .map(|t| {
-                t.top
-                    .iter()
-                    .map(|(text, lp)| (text.clone(), Value::from(*lp)))
-                    .collect::<Map<String, Value>>()
+                t.logprob.map(|_| {
+                    t.top
+                        .iter()
+                        .map(|(text, lp)| (text.clone(), Value::from(*lp)))
+                        .collect::<Map<String, Value>>()
+                })
             })
             .collect(),
         text_offset: tokens.iter().map(|t| t.offset).collect(),
