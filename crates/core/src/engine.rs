@@ -8,9 +8,15 @@
 //! Every request ends with exactly one [`RequestOutput::Finished`] on its stream and exactly one
 //! FINISHED journey event: when it stops or hits its length, when it is aborted (by
 //! [`EngineHandle::abort`], by dropping its stream, or by shutdown), when its prompt can never
-//! fit, and when the executor fails.
+//! fit, when it holds a token id outside the model's vocabulary, when the executor fails, and
+//! when the loop panics: [`EngineLoop::recover`] then ends every live request with `error`,
+//! starts a fresh scheduler (the executor is kept: its KV contents belong to no one any more)
+//! and the loop goes on; the handle reports the engine unhealthy meanwhile.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, TryRecvError};
 
 use rand::rngs::StdRng;
@@ -150,8 +156,32 @@ impl EngineLoop {
         })
     }
 
+    /// Runs until shutdown or until every handle and stream is gone. A panic inside the loop
+    /// is caught: the engine is unhealthy (`healthy` false) for [`RECOVERY_PAUSE`] while
+    /// [`EngineLoop::recover`] fails what was in flight, then it serves again.
+    pub(crate) fn run_supervised(
+        mut self,
+        commands: &Receiver<EngineCommand>,
+        healthy: &AtomicBool,
+    ) {
+        loop {
+            match catch_unwind(AssertUnwindSafe(|| self.run(commands))) {
+                Ok(()) => break,
+                Err(panic) => {
+                    healthy.store(false, Ordering::Release);
+                    let reason = panic_message(panic.as_ref());
+                    tracing::error!(%reason, "the engine loop panicked; failing its requests and recovering");
+                    self.recover(&reason);
+                    std::thread::sleep(RECOVERY_PAUSE);
+                    healthy.store(true, Ordering::Release);
+                }
+            }
+        }
+        self.abort_all();
+    }
+
     /// Runs until shutdown or until every handle and stream is gone.
-    pub(crate) fn run(mut self, commands: &Receiver<EngineCommand>) {
+    fn run(&mut self, commands: &Receiver<EngineCommand>) {
         loop {
             let command = if self.scheduler.has_work() {
                 match commands.try_recv() {
@@ -174,7 +204,53 @@ impl EngineLoop {
                 None => self.step(),
             }
         }
-        self.abort_all();
+    }
+
+    /// After a panic: ends every live request with `error` (its journey too, where the
+    /// scheduler still knows it) and starts over with an empty scheduler.
+    fn recover(&mut self, reason: &str) {
+        let error = format!("the engine failed and restarted: {reason}");
+        let config = self.scheduler.config().clone();
+        let clients: Vec<(SeqId, Client)> = self.clients.drain().collect();
+        self.ids.clear();
+        for (seq, client) in clients {
+            let now = monotonic_now();
+            // The scheduler may be half-way through a change; whatever it panics on is skipped.
+            let ended = catch_unwind(AssertUnwindSafe(|| {
+                self.scheduler.finish(seq, FinishStatus::Error, now)
+            }))
+            .ok()
+            .flatten();
+            let finished = match &ended {
+                Some(s) => {
+                    let _ = catch_unwind(AssertUnwindSafe(|| {
+                        journey(
+                            &mut self.observer,
+                            &self.scheduler,
+                            s,
+                            JourneyEventKind::Finished(FinishStatus::Error),
+                            s.phase(),
+                            now,
+                        );
+                    }));
+                    FinishedOutput::of(s, FinishStatus::Error, Some(error.clone()))
+                }
+                None => FinishedOutput {
+                    status: FinishStatus::Error,
+                    usage: Usage::default(),
+                    timestamps: RequestTimestamps {
+                        finished: Some(now),
+                        ..RequestTimestamps::default()
+                    },
+                    num_preemptions: 0,
+                    error: Some(error.clone()),
+                },
+            };
+            let _ = client.tx.send(RequestOutput::Finished(finished));
+        }
+        self.scheduler =
+            Scheduler::new(config).expect("the config was valid when the engine started");
+        self.batch = Batch::default();
     }
 
     fn handle(&mut self, command: EngineCommand) -> Flow {
@@ -213,7 +289,21 @@ impl EngineLoop {
 
     fn add(&mut self, seq: SeqId, mut request: EngineRequest, tx: UnboundedSender<RequestOutput>) {
         let now = monotonic_now();
-        if self.ids.contains_key(request.id()) {
+        let vocab = self.executor.vocab_size();
+        let refusal = if self.ids.contains_key(request.id()) {
+            Some(format!("request id {:?} is already in use", request.id()))
+        } else {
+            request
+                .prompt()
+                .iter()
+                .find(|&&t| t as usize >= vocab)
+                .map(|t| {
+                    format!(
+                        "the prompt holds token id {t}, outside the model's vocabulary of {vocab}"
+                    )
+                })
+        };
+        if let Some(error) = refusal {
             let rejection = FinishedOutput {
                 status: FinishStatus::Error,
                 usage: Usage {
@@ -227,7 +317,7 @@ impl EngineLoop {
                     ..RequestTimestamps::default()
                 },
                 num_preemptions: 0,
-                error: Some(format!("request id {:?} is already in use", request.id())),
+                error: Some(error),
             };
             let _ = tx.send(RequestOutput::Finished(rejection));
             return;
@@ -551,6 +641,19 @@ impl EngineLoop {
             self.finish(id, FinishStatus::Aborted, None);
         }
     }
+}
+
+/// How long a recovered engine reports itself unhealthy before serving again, so that health
+/// checks see the failure.
+pub const RECOVERY_PAUSE: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// The text of a caught panic.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned())
 }
 
 /// Tells the observer, if any, about `kind` for `seq`.

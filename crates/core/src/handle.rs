@@ -44,7 +44,11 @@ impl EngineHandle {
         observer: Option<Box<dyn JourneyObserver>>,
     ) -> Result<Self, EngineError> {
         let engine = EngineLoop::new(config, executor, observer)?;
-        Self::start("wayfinder-engine", None, move |rx| engine.run(&rx))
+        let healthy = Arc::new(AtomicBool::new(true));
+        let flag = healthy.clone();
+        Self::start("wayfinder-engine", Some(healthy), move |rx| {
+            engine.run_supervised(&rx, &flag);
+        })
     }
 
     /// A handle whose commands go to `worker`, run on a thread of its own named `name`. The

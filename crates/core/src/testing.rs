@@ -30,6 +30,8 @@ pub struct TestExecutorConfig {
     pub avoid_tokens: Vec<u32>,
     /// Fail the step whose number (from 1) is listed.
     pub fail_on_steps: Vec<u64>,
+    /// Panic in the step whose number (from 1) is listed (a bug, as opposed to a failure).
+    pub panic_on_steps: Vec<u64>,
 }
 
 impl Default for TestExecutorConfig {
@@ -40,6 +42,7 @@ impl Default for TestExecutorConfig {
             step_delay: Duration::ZERO,
             avoid_tokens: Vec::new(),
             fail_on_steps: Vec::new(),
+            panic_on_steps: Vec::new(),
         }
     }
 }
@@ -120,6 +123,11 @@ impl Executor for TestExecutor {
         if !self.config.step_delay.is_zero() {
             std::thread::sleep(self.config.step_delay);
         }
+        assert!(
+            !self.config.panic_on_steps.contains(&self.steps),
+            "scripted panic at step {}",
+            self.steps
+        );
         if self.config.fail_on_steps.contains(&self.steps) {
             return Err(ExecutorError::Failed(format!(
                 "scripted failure at step {}",

@@ -18,6 +18,7 @@ struct Setup {
     budget: usize,
     step_delay: Duration,
     fail_on_steps: Vec<u64>,
+    panic_on_steps: Vec<u64>,
     eos: Vec<u32>,
 }
 
@@ -30,6 +31,7 @@ impl Default for Setup {
             budget: 512,
             step_delay: Duration::ZERO,
             fail_on_steps: Vec::new(),
+            panic_on_steps: Vec::new(),
             eos: Vec::new(),
         }
     }
@@ -43,6 +45,7 @@ impl Setup {
             step_delay: self.step_delay,
             avoid_tokens: self.eos.clone(),
             fail_on_steps: self.fail_on_steps.clone(),
+            panic_on_steps: self.panic_on_steps.clone(),
         }
     }
 
@@ -537,4 +540,77 @@ async fn streams_are_usable_from_async_code() {
     tokio::task::spawn_blocking(move || engine.shutdown())
         .await
         .expect("joined");
+}
+
+#[test]
+fn a_panic_fails_the_requests_in_flight_and_the_engine_recovers() {
+    let setup = Setup {
+        panic_on_steps: vec![3],
+        step_delay: Duration::from_millis(2),
+        ..Setup::default()
+    };
+    let (engine, log) = setup.spawn(true);
+    let streams: Vec<_> = (0..3)
+        .map(|i| {
+            engine
+                .add_request(greedy(&format!("p{i}"), prompt(i, 10), 20))
+                .expect("add")
+        })
+        .collect();
+    for (i, s) in streams.into_iter().enumerate() {
+        let (_, fin) = collect(s);
+        assert_eq!(fin.status, FinishStatus::Error);
+        let error = fin.error.expect("a reason");
+        assert!(error.contains("scripted panic at step 3"), "{error}");
+        let events = log.of(&format!("p{i}"));
+        assert_eq!(
+            events.last().map(|e| e.kind),
+            Some(JourneyEventKind::Finished(FinishStatus::Error))
+        );
+    }
+    // Unhealthy while it recovers, then serving again with every block free.
+    assert!(!engine.is_running(), "unhealthy right after the panic");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !engine.is_running() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the engine did not recover"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(used_blocks(&engine), 0);
+    let p = prompt(9, 12);
+    let (tokens, fin) = collect(
+        engine
+            .add_request(greedy("after", p.clone(), 5))
+            .expect("add"),
+    );
+    assert_eq!(fin.status, FinishStatus::Length);
+    assert_eq!(tokens, setup.reference().expected_greedy(&p, 5));
+    engine.shutdown();
+}
+
+#[test]
+fn a_token_id_outside_the_vocabulary_is_refused_and_the_engine_keeps_serving() {
+    let setup = Setup::default();
+    let (engine, _) = setup.spawn(false);
+    let bad = greedy("bad", vec![1, VOCAB as u32, 2], 4);
+    let (tokens, fin) = collect(engine.add_request(bad).expect("add"));
+    assert!(tokens.is_empty());
+    assert_eq!(fin.status, FinishStatus::Error);
+    assert!(
+        fin.error
+            .expect("why")
+            .contains("outside the model's vocabulary")
+    );
+    let p = prompt(1, 8);
+    let (tokens, fin) = collect(
+        engine
+            .add_request(greedy("good", p.clone(), 4))
+            .expect("add"),
+    );
+    assert_eq!(fin.status, FinishStatus::Length);
+    assert_eq!(tokens, setup.reference().expected_greedy(&p, 4));
+    assert!(engine.is_running());
+    engine.shutdown();
 }

@@ -157,7 +157,7 @@ impl Generation {
                 index: spec.index,
                 engine_id,
                 detok,
-                stop: StopMatcher::new(spec.stop),
+                stop: spec.stop,
                 finish: None,
                 engine_done: false,
                 text_len: 0,

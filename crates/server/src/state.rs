@@ -82,6 +82,8 @@ struct Inner {
     parts: ServerParts,
     /// One permit per engine request the server may have in flight.
     in_flight: Arc<Semaphore>,
+    /// One permit per CPU-heavy job (tokenizing, templating) running off the async workers.
+    cpu: Arc<Semaphore>,
     capacity: usize,
     created: u64,
     id_prefix: u64,
@@ -100,6 +102,7 @@ impl AppState {
             inner: Arc::new(Inner {
                 parts,
                 in_flight: Arc::new(Semaphore::new(capacity)),
+                cpu: Arc::new(Semaphore::new(cpu_jobs())),
                 capacity,
                 created,
                 id_prefix,
@@ -168,13 +171,47 @@ impl AppState {
         format!("{prefix}-{:016x}{n:08x}", self.inner.id_prefix)
     }
 
-    /// Reserves room for `n` engine requests, or refuses with 429 when the server is full.
+    /// Runs CPU-heavy `job` (tokenizing, rendering a template) on the blocking pool, at most
+    /// [`cpu_jobs`] at once, so that the async workers keep answering (`/health` among them).
+    pub(crate) async fn run_cpu<T: Send + 'static>(
+        &self,
+        job: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let permit = Arc::clone(&self.inner.cpu)
+            .acquire_owned()
+            .await
+            .map_err(|_| ApiError::Unavailable("the server is shutting down".into()))?;
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            job()
+        })
+        .await
+        .map_err(|e| ApiError::Internal(format!("a request's preparation failed: {e}")))?
+    }
+
+    /// Reserves room for `n` engine requests, or refuses with 429 when the server is full
+    /// (and with 400 when it could never hold them).
     pub(crate) fn admit(&self, n: usize) -> Result<OwnedSemaphorePermit, ApiError> {
+        if n > self.inner.capacity {
+            return Err(ApiError::invalid(
+                "n",
+                format!(
+                    "asks for {n} choices; this server holds at most {} requests at once \
+                     (--max-num-seqs + --max-waiting-requests)",
+                    self.inner.capacity
+                ),
+            ));
+        }
         let n32 = u32::try_from(n).map_err(|_| ApiError::Overloaded(self.inner.capacity))?;
         Arc::clone(&self.inner.in_flight)
             .try_acquire_many_owned(n32)
             .map_err(|_| ApiError::Overloaded(self.inner.capacity))
     }
+}
+
+/// CPU-heavy jobs run at once: one per core, at least two.
+fn cpu_jobs() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get().max(2))
 }
 
 /// Unix seconds now.

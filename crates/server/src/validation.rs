@@ -7,7 +7,7 @@
 
 use wayfinder_core::request::MAX_TOP_LOGPROBS;
 use wayfinder_core::{EngineRequest, SamplingParams, StopConditions};
-use wayfinder_text::ChatMessage;
+use wayfinder_text::{ChatMessage, StopMatcher};
 
 use crate::error::ApiError;
 use crate::state::{AppState, unix_now};
@@ -19,6 +19,10 @@ use crate::wire::{
 pub const MAX_N: i64 = 16;
 /// The most choices one request may ask for, over all its prompts.
 pub const MAX_CHOICES: usize = 256;
+/// The most stop strings per request (OpenAI allows 4).
+pub(crate) const MAX_STOPS: usize = 64;
+/// The longest stop string, in bytes.
+pub(crate) const MAX_STOP_BYTES: usize = 1024;
 
 /// A request that passed validation: everything [`crate::generation`] needs.
 #[derive(Debug)]
@@ -60,8 +64,8 @@ pub(crate) struct ChoiceSpec {
     pub(crate) index: u32,
     /// The engine request (id `{response id}-{index}`).
     pub(crate) request: EngineRequest,
-    /// Stop strings.
-    pub(crate) stop: Vec<String>,
+    /// The stop strings, compiled once per request (clones share them).
+    pub(crate) stop: StopMatcher,
     /// With `echo`: the prompt's text, which the choice's text starts with.
     pub(crate) echo: Option<String>,
 }
@@ -119,6 +123,8 @@ pub(crate) fn chat(
         (false, None) => None,
         (true, top) => Some(top_logprobs("top_logprobs", top.unwrap_or(0))?),
     };
+    let content_bytes: usize = messages.iter().map(|m| m.content.len()).sum();
+    refuse_unfittable(state, "messages", content_bytes)?;
     let text = state.chat_template().render(&messages, true).map_err(|e| {
         ApiError::invalid(
             "messages",
@@ -170,6 +176,7 @@ pub(crate) fn completion(
         .transpose()?;
     let tokenizer = state.tokenizer();
     let text = |t: String| -> Result<Prompt, ApiError> {
+        refuse_unfittable(state, "prompt", t.len())?;
         let ids = tokenizer.encode(&t, true)?;
         Ok(Prompt {
             ids,
@@ -224,6 +231,19 @@ pub(crate) fn completion(
         asked,
         arrival,
     )
+}
+
+/// Refuses text too long to fit in the context whatever it tokenizes to, before paying for
+/// tokenizing it.
+fn refuse_unfittable(state: &AppState, param: &'static str, bytes: usize) -> Result<(), ApiError> {
+    let max_len = state.max_model_len();
+    if state.tokenizer().cannot_fit(bytes, max_len) {
+        return Err(ApiError::ContextLength(format!(
+            "this model's maximum context length is {max_len} tokens, and `{param}` has \
+             {bytes} bytes of text, far more than that many tokens can hold"
+        )));
+    }
+    Ok(())
 }
 
 fn check_model(state: &AppState, model: &str) -> Result<(), ApiError> {
@@ -313,6 +333,34 @@ fn top_logprobs(param: &'static str, n: i64) -> Result<u32, ApiError> {
         })
 }
 
+/// The request's stop strings, within [`MAX_STOPS`] and [`MAX_STOP_BYTES`], compiled.
+fn stop_matcher(stop: Option<&StopSpec>) -> Result<StopMatcher, ApiError> {
+    let stops = match stop {
+        None => Vec::new(),
+        Some(StopSpec::One(s)) => vec![s.clone()],
+        Some(StopSpec::Many(v)) => v.clone(),
+    };
+    if stops.len() > MAX_STOPS {
+        return Err(ApiError::invalid(
+            "stop",
+            format!(
+                "has {} strings; at most {MAX_STOPS} are accepted",
+                stops.len()
+            ),
+        ));
+    }
+    if let Some(long) = stops.iter().find(|s| s.len() > MAX_STOP_BYTES) {
+        return Err(ApiError::invalid(
+            "stop",
+            format!(
+                "has a string of {} bytes; each may have at most {MAX_STOP_BYTES}",
+                long.len()
+            ),
+        ));
+    }
+    Ok(StopMatcher::new(stops))
+}
+
 /// Checks the shared fields and builds `n` engine requests per prompt.
 fn build(
     state: &AppState,
@@ -375,11 +423,7 @@ fn build(
         logprobs,
         prompt_logprobs: asked.prompt,
     };
-    let stop = match &fields.stop {
-        None => Vec::new(),
-        Some(StopSpec::One(s)) => vec![s.clone()],
-        Some(StopSpec::Many(v)) => v.clone(),
-    };
+    let stop = stop_matcher(fields.stop.as_ref())?;
     let max_len = state.max_model_len();
     let mut choices = Vec::with_capacity(prompts.len() * n);
     let mut prompt_tokens = 0;

@@ -19,6 +19,9 @@ pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     /// Prepended when encoding with special tokens, if the tokenizer does not add it itself.
     bos: Option<u32>,
+    /// The longest token as the vocabulary writes it, in bytes: at least the bytes of text any
+    /// one token stands for (byte-level, `▁` and `<0x..>` forms all write a byte in ≥ 1 byte).
+    max_token_bytes: usize,
 }
 
 impl Tokenizer {
@@ -36,7 +39,25 @@ impl Tokenizer {
     /// Wraps a tokenizer.
     pub fn new(inner: tokenizers::Tokenizer, add_bos: Option<&str>) -> Self {
         let bos = add_bos.and_then(|t| inner.token_to_id(t));
-        Self { inner, bos }
+        let max_token_bytes = inner
+            .get_vocab(true)
+            .keys()
+            .map(String::len)
+            .max()
+            .unwrap_or(1)
+            .max(1);
+        Self {
+            inner,
+            bos,
+            max_token_bytes,
+        }
+    }
+
+    /// Whether `text` is too long to become fewer than `max_tokens` tokens, judged from its
+    /// length alone (before paying for tokenizing it): every token stands for at most
+    /// `max_token_bytes` bytes of text, and a normalizer is allowed to shrink text by half.
+    pub fn cannot_fit(&self, text_bytes: usize, max_tokens: usize) -> bool {
+        text_bytes / 2 > max_tokens.saturating_mul(self.max_token_bytes)
     }
 
     /// Token ids of `text`; with `add_special_tokens`, as the model expects a raw prompt (e.g.

@@ -151,6 +151,9 @@ pub struct QuantMatrix {
     parts: Vec<Part>,
     /// Every part has an integer kernel on this CPU.
     integer_dots: bool,
+    /// Levels of 8-bit activation quantization on the integer path (1 or 2; see
+    /// `Q8Rows::quantize_two_levels`).
+    activation_levels: usize,
 }
 
 impl QuantMatrix {
@@ -209,6 +212,7 @@ impl QuantMatrix {
             cols,
             parts: stacked,
             integer_dots,
+            activation_levels: activation_levels(),
         })
     }
 
@@ -298,19 +302,24 @@ impl QuantMatrix {
     #[cfg(target_arch = "x86_64")]
     fn few_rows_integer(&self, x: &[f32], m: usize, y: &mut [f32], team: &Team) {
         let rows = self.rows;
-        let xq = super::quant_vnni::Q8Rows::quantize_two_levels(x, m, self.cols);
+        let levels = self.activation_levels;
+        let xq = if levels == 2 {
+            super::quant_vnni::Q8Rows::quantize_two_levels(x, m, self.cols)
+        } else {
+            super::quant_vnni::Q8Rows::quantize(x, m, self.cols)
+        };
         let mut yt = vec![0f32; rows * m];
         team.chunks(&mut yt, ROWS_PER_TASK * m, &|task, out| {
             let first = task * ROWS_PER_TASK;
-            let mut both = vec![0f32; xq.rows()];
+            let mut each = vec![0f32; xq.rows()];
             for (r, o) in out.chunks_exact_mut(m).enumerate() {
                 let (ty, bytes) = self.row(first + r);
                 // SAFETY: `integer_dots` was set only where `available()` held and every part's
-                // type is supported; a row holds `cols / 32` blocks; `both` has a value per
+                // type is supported; a row holds `cols / 32` blocks; `each` has a value per
                 // quantized row.
-                unsafe { integer_row_dot(ty, bytes, &xq, &mut both) };
-                for (oi, pair) in o.iter_mut().zip(both.chunks_exact(2)) {
-                    *oi = pair[0] + pair[1];
+                unsafe { integer_row_dot(ty, bytes, &xq, &mut each) };
+                for (oi, level) in o.iter_mut().zip(each.chunks_exact(levels)) {
+                    *oi = level.iter().sum();
                 }
             }
         });
@@ -387,6 +396,15 @@ fn transpose_into(yt: &[f32], m: usize, rows: usize, y: &mut [f32]) {
         for (i, &v) in o.iter().enumerate() {
             y[i * rows + r] = v;
         }
+    }
+}
+
+/// Levels of activation quantization on the integer path: 2 unless `WAYFINDER_ACTIVATION_LEVELS=1`
+/// (one, as llama.cpp does), for comparing them.
+fn activation_levels() -> usize {
+    match std::env::var("WAYFINDER_ACTIVATION_LEVELS").as_deref() {
+        Ok("1") => 1,
+        _ => 2,
     }
 }
 

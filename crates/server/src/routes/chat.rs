@@ -33,7 +33,14 @@ async fn respond(
     let body = Json::<ChatCompletionRequest>::from_request(request, &state).await;
     let Json(request) = journey.check(body.map_err(ApiError::from))?;
     let id = journey.id().to_owned();
-    let valid = journey.check(validation::chat(&state, &request, &id, arrival))?;
+    let valid = {
+        let (state, id) = (state.clone(), id.clone());
+        state
+            .clone()
+            .run_cpu(move || validation::chat(&state, &request, &id, arrival))
+            .await
+    };
+    let valid = journey.check(valid)?;
     let (created, model) = (valid.created, valid.model.clone());
     let (stream, include_usage, logprobs) = (valid.stream, valid.include_usage, valid.logprobs);
     let indices: Vec<u32> = valid.choices.iter().map(|c| c.index).collect();

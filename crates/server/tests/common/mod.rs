@@ -60,6 +60,8 @@ pub struct Options {
     pub request_timeout: Option<Duration>,
     /// Engine steps (from 1) on which the executor fails.
     pub fail_on_steps: Vec<u64>,
+    /// Engine steps (from 1) on which the executor panics.
+    pub panic_on_steps: Vec<u64>,
     /// The model's sampling defaults.
     pub sampling_defaults: wayfinder_core::SamplingParams,
     /// Journey tracing into an in-memory exporter, with these settings.
@@ -87,6 +89,7 @@ impl Default for Options {
             shutdown_timeout: Duration::from_secs(10),
             request_timeout: None,
             fail_on_steps: Vec::new(),
+            panic_on_steps: Vec::new(),
             sampling_defaults: wayfinder_core::SamplingParams::default(),
             tracing: None,
             telemetry: None,
@@ -121,6 +124,7 @@ impl TestServer {
             step_delay: options.step_delay,
             avoid_tokens: eos_ids(),
             fail_on_steps: options.fail_on_steps.clone(),
+            panic_on_steps: options.panic_on_steps.clone(),
         });
         let (telemetry, spans) = match (&options.telemetry, &options.tracing) {
             (Some(t), _) => (Some(t.clone()), None),
@@ -370,6 +374,7 @@ pub fn engine_child_main() {
         step_delay: Duration::from_millis(n("step_delay_ms") as u64),
         avoid_tokens: eos.clone(),
         fail_on_steps: serde_json::from_value(spec["fail_on_steps"].clone()).expect("steps"),
+        panic_on_steps: Vec::new(),
     });
     let observer = telemetry
         .as_ref()
