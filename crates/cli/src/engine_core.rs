@@ -4,7 +4,7 @@
 //! carriers the API servers send.
 
 use anyhow::Context;
-use wayfinder_ipc::{EngineAddr, EngineInfo};
+use wayfinder_ipc::{Access, EngineAddr, EngineInfo, Secret};
 use wayfinder_trace::{CoreObserver, ProcessRole};
 
 use crate::engine_args::EngineArgs;
@@ -16,6 +16,14 @@ pub(crate) struct Args {
     /// Where to listen: `unix:/path/to.sock` or `HOST:PORT`.
     #[arg(long)]
     listen: String,
+    /// The shared secret every API server must present (required; `serve --engine-process`
+    /// makes one for its own child). Prefer the environment variable: arguments are visible
+    /// to every user of the host.
+    #[arg(long, env = "WAYFINDER_ENGINE_TOKEN", hide_env_values = true)]
+    engine_token: Option<String>,
+    /// The most live requests one API server connection may have.
+    #[arg(long, default_value_t = wayfinder_ipc::Access::DEFAULT_MAX_REQUESTS)]
+    max_requests_per_connection: usize,
     /// The engine.
     #[command(flatten)]
     engine: EngineArgs,
@@ -30,6 +38,14 @@ pub(crate) struct Args {
 
 pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
     let addr = EngineAddr::parse(&args.listen).map_err(anyhow::Error::msg)?;
+    let token = args
+        .engine_token
+        .as_deref()
+        .context("engine-core needs a token: --engine-token or WAYFINDER_ENGINE_TOKEN")?;
+    let access = Access {
+        token: Secret::new(token).context("--engine-token")?,
+        max_requests: args.max_requests_per_connection.max(1),
+    };
     let telemetry = args.tracing.init(ProcessRole::Engine)?;
     let _flush = telemetry
         .as_ref()
@@ -73,7 +89,7 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
             }
         };
         tokio::select! {
-            served = wayfinder_ipc::serve(listener, handle, info) => served.context("serving"),
+            served = wayfinder_ipc::serve(listener, handle, info, access) => served.context("serving"),
             () = crate::serve::shutdown_signal() => Ok(()),
             () = parent_gone => {
                 tracing::info!("the API server is gone (stdin closed); stopping");
@@ -82,6 +98,9 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
         }
     });
     runtime.shutdown_background();
+    if let EngineAddr::Unix(path) = &addr {
+        let _ = std::fs::remove_file(path);
+    }
     engine.handle.shutdown();
     tracing::info!("engine core stopped");
     result

@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::net::TcpListener;
 use wayfinder_core::{EngineHandle, SamplingParams};
-use wayfinder_ipc::{EngineAddr, RemoteConfig, SpawnSpec};
+use wayfinder_ipc::{EngineAddr, RemoteConfig, Secret, SecretText, SpawnSpec};
 use wayfinder_server::{AppState, Limits, ServerParts};
 use wayfinder_text::{GenerationDefaults, ModelText};
 use wayfinder_trace::{CoreObserver, ProcessRole, Telemetry};
@@ -54,6 +54,10 @@ pub(crate) struct Args {
     /// tokenizer and chat template.
     #[arg(long)]
     engine_address: Option<String>,
+    /// The token of the engine core at `--engine-address` (its `--engine-token`). Prefer the
+    /// environment variable: arguments are visible to every user of the host.
+    #[arg(long, env = "WAYFINDER_ENGINE_TOKEN", hide_env_values = true)]
+    engine_token: Option<String>,
     /// Journey tracing (docs/JOURNEY_TRACING.md).
     #[command(flatten)]
     tracing: crate::tracing_args::TracingArgs,
@@ -69,6 +73,13 @@ struct Engine {
 }
 
 pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
+    // An empty or blank key must not quietly turn auth off: refuse to start instead.
+    let api_key = args
+        .api_key
+        .as_deref()
+        .map(Secret::new)
+        .transpose()
+        .context("--api-key (or WAYFINDER_API_KEY)")?;
     let remote = args.engine_process || args.engine_address.is_some();
     let role = if remote {
         ProcessRole::Api
@@ -101,7 +112,7 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
             request_timeout: args.request_timeout.map(Duration::from_secs_f64),
             ..Limits::default()
         },
-        api_key: args.api_key.clone().filter(|k| !k.is_empty()),
+        api_key,
         sampling_defaults: sampling_defaults(&engine.model.generation),
         tracing: telemetry.clone(),
     });
@@ -153,9 +164,20 @@ fn local_engine(args: &Args, telemetry: Option<&Telemetry>) -> anyhow::Result<En
 
 fn remote_engine(args: &Args) -> anyhow::Result<Engine> {
     let model = args.engine.load_text()?;
-    let (addr, spawn) = match &args.engine_address {
-        Some(a) => (EngineAddr::parse(a).map_err(anyhow::Error::msg)?, None),
+    let (addr, spawn, token) = match &args.engine_address {
+        Some(a) => {
+            let token = args.engine_token.clone().context(
+                "--engine-address needs the engine's token: --engine-token or WAYFINDER_ENGINE_TOKEN",
+            )?;
+            (
+                EngineAddr::parse(a).map_err(anyhow::Error::msg)?,
+                None,
+                token,
+            )
+        }
         None => {
+            // A fresh token for our own child, handed over in its environment.
+            let token = Secret::generate();
             let socket =
                 std::env::temp_dir().join(format!("wayfinder-engine-{}.sock", std::process::id()));
             let addr = EngineAddr::Unix(socket);
@@ -170,13 +192,14 @@ fn remote_engine(args: &Args) -> anyhow::Result<Engine> {
             let spec = SpawnSpec {
                 program: std::env::current_exe().context("finding this program")?,
                 args: child_args,
-                envs: Vec::new(),
+                envs: vec![("WAYFINDER_ENGINE_TOKEN".into(), token.clone().into())],
             };
-            (addr, Some(spec))
+            (addr, Some(spec), token)
         }
     };
-    let (handle, info, _status) = wayfinder_ipc::connect(RemoteConfig::new(addr.clone(), spawn))
-        .context("starting the engine core")?;
+    let config = RemoteConfig::new(addr.clone(), spawn, SecretText::new(token));
+    let (handle, info, _status) =
+        wayfinder_ipc::connect(config).context("starting the engine core")?;
     Ok(Engine {
         handle,
         model,

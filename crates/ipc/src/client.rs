@@ -28,6 +28,7 @@ use crate::addr::{EngineAddr, Stream};
 use crate::protocol::{
     EngineInfo, FrameError, FromEngine, PROTOCOL_VERSION, Reader, ToEngine, WireRequest, Writer,
 };
+use crate::secret::SecretText;
 
 /// How to start the engine-core process.
 #[derive(Debug, Clone)]
@@ -55,14 +56,17 @@ pub struct RemoteConfig {
     pub ping_timeout: Duration,
     /// The longest wait between two restarts.
     pub max_backoff: Duration,
+    /// The engine token sent in `Hello`.
+    pub token: SecretText,
 }
 
 impl RemoteConfig {
-    /// Defaults around `addr`.
-    pub fn new(addr: EngineAddr, spawn: Option<SpawnSpec>) -> Self {
+    /// Defaults around `addr`, with the engine's `token`.
+    pub fn new(addr: EngineAddr, spawn: Option<SpawnSpec>, token: SecretText) -> Self {
         Self {
             addr,
             spawn,
+            token,
             startup_timeout: Duration::from_secs(600),
             ping_interval: Duration::from_secs(2),
             ping_timeout: Duration::from_secs(10),
@@ -327,7 +331,7 @@ impl<'a> Supervisor<'a> {
                 return Err(Some(LinkError::Exited(exit)));
             }
             if let Ok(stream) = self.config.addr.connect().await {
-                return handshake(stream).await.map_err(Some);
+                return handshake(stream, &self.config.token).await.map_err(Some);
             }
             if Instant::now() > deadline {
                 return Err(Some(LinkError::Unreachable(self.config.startup_timeout)));
@@ -456,12 +460,13 @@ pub async fn stdin_closed() {
     .await;
 }
 
-async fn handshake(stream: Stream) -> Result<(Conn, EngineInfo), LinkError> {
+async fn handshake(stream: Stream, token: &SecretText) -> Result<(Conn, EngineInfo), LinkError> {
     let (read, write) = tokio::io::split(stream);
     let (mut reader, mut writer) = (Reader::new(read), Writer::new(write));
     writer
         .send(&ToEngine::Hello {
             version: PROTOCOL_VERSION,
+            token: token.expose().to_owned(),
         })
         .await?;
     let answer = tokio::time::timeout(Duration::from_secs(30), reader.next::<FromEngine>())

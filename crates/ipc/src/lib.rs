@@ -9,7 +9,9 @@
 //! - [`protocol`]: the messages (`Hello`/`Welcome`, `Add` with the W3C carrier, `Abort`,
 //!   `Output`, `Stats`, `Ping`/`Pong`) and their length-delimited JSON frames.
 //! - [`addr`]: `unix:PATH` and `HOST:PORT` addresses, listeners and streams.
-//! - [`server`]: serve an engine to clients; a client's disconnect aborts its requests.
+//! - [`server`]: serve an engine to clients that know its token; each connection sees and
+//!   aborts only its own requests, within a limit, and its disconnect aborts them.
+//! - [`secret`]: the engine token (and the API key), compared in constant time.
 //! - [`client`]: [`connect`] — start (and restart, with backoff) the engine-core child or reach
 //!   a remote one, and route every request's outputs back to its stream.
 //!
@@ -24,6 +26,7 @@
 pub mod addr;
 pub mod client;
 pub mod protocol;
+pub mod secret;
 pub mod server;
 
 pub use addr::{AddrError, EngineAddr, Listener};
@@ -31,4 +34,5 @@ pub use client::{
     ConnectError, LinkError, RemoteConfig, RemoteStatus, SpawnSpec, connect, stdin_closed,
 };
 pub use protocol::{EngineInfo, PROTOCOL_VERSION};
-pub use server::serve;
+pub use secret::{Secret, SecretError, SecretText};
+pub use server::{Access, serve};

@@ -58,6 +58,8 @@ pub enum ToEngine {
     Hello {
         /// The client's [`PROTOCOL_VERSION`].
         version: u32,
+        /// The engine token (`--engine-token`); compared in constant time.
+        token: String,
     },
     /// Runs a request; its outputs come back as `Output { seq, .. }`.
     Add {

@@ -12,7 +12,9 @@ use wayfinder_core::{
     SamplingParams, SchedulerConfig, StopConditions,
 };
 use wayfinder_ipc::protocol::{FromEngine, Reader, ToEngine, Writer};
-use wayfinder_ipc::{EngineAddr, EngineInfo, RemoteConfig, RemoteStatus, SpawnSpec};
+use wayfinder_ipc::{
+    Access, EngineAddr, EngineInfo, RemoteConfig, RemoteStatus, Secret, SecretText, SpawnSpec,
+};
 
 const CHILD_ENV: &str = "WAYFINDER_IPC_TEST_ENGINE";
 const NUM_BLOCKS: usize = 64;
@@ -71,11 +73,18 @@ fn engine_child() {
             .await
             .expect("listen");
         tokio::select! {
-            _ = wayfinder_ipc::serve(listener, engine.clone(), info) => {}
+            _ = wayfinder_ipc::serve(listener, engine.clone(), info, access()) => {}
             () = wayfinder_ipc::stdin_closed() => {}
         }
     });
     engine.shutdown();
+}
+
+/// The engine token of these tests.
+const TOKEN: &str = "boundary-test-token";
+
+fn access() -> Access {
+    Access::new(Secret::new(TOKEN).expect("a token"))
 }
 
 fn connect_child(dir: &Path) -> (EngineHandle, EngineInfo, std::sync::Arc<RemoteStatus>) {
@@ -92,7 +101,7 @@ fn connect_child(dir: &Path) -> (EngineHandle, EngineInfo, std::sync::Arc<Remote
         ping_interval: Duration::from_millis(200),
         ping_timeout: Duration::from_secs(2),
         max_backoff: Duration::from_millis(500),
-        ..RemoteConfig::new(addr, Some(spawn))
+        ..RemoteConfig::new(addr, Some(spawn), SecretText::new(TOKEN))
     };
     wayfinder_ipc::connect(config).expect("the engine core starts")
 }
@@ -219,12 +228,20 @@ fn a_peer_of_another_protocol_version_is_refused() {
         .expect("runtime");
     runtime.block_on(async {
         let listener = addr.listen().await.expect("listen");
-        tokio::spawn(wayfinder_ipc::serve(listener, engine.clone(), info));
+        tokio::spawn(wayfinder_ipc::serve(
+            listener,
+            engine.clone(),
+            info,
+            access(),
+        ));
         let stream = addr.connect().await.expect("connect");
         let (read, write) = tokio::io::split(stream);
         let (mut reader, mut writer) = (Reader::new(read), Writer::new(write));
         writer
-            .send(&ToEngine::Hello { version: 99 })
+            .send(&ToEngine::Hello {
+                version: 99,
+                token: TOKEN.into(),
+            })
             .await
             .expect("sent");
         let answer: FromEngine = reader.next().await.expect("an answer").expect("a message");

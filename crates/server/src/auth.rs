@@ -25,9 +25,8 @@ pub(crate) async fn require_key(
             .headers()
             .get(AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim);
-        if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), key.as_bytes())) {
+            .and_then(bearer_token);
+        if !given.is_some_and(|g| key.matches(g)) {
             let error = ApiError::Unauthorized;
             let Some(endpoint) = endpoints::generation(request.uri().path()) else {
                 return Err(error);
@@ -52,20 +51,27 @@ pub(crate) async fn require_key(
     Ok(next.run(request).await)
 }
 
-/// Compares without stopping at the first difference, so timing does not leak the key.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// The token of an `Authorization: Bearer <token>` value; the scheme is matched without regard
+/// to case (RFC 9110), the token trimmed.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim_start().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
 }
 
 #[cfg(test)]
 mod tests {
-    use super::constant_time_eq;
+    use super::bearer_token;
 
     #[test]
-    fn compares_keys() {
-        assert!(constant_time_eq(b"secret", b"secret"));
-        assert!(!constant_time_eq(b"secret", b"secreT"));
-        assert!(!constant_time_eq(b"secret", b"secret2"));
-        assert!(!constant_time_eq(b"", b"x"));
+    fn the_bearer_scheme_in_any_case() {
+        for value in ["Bearer k1", "bearer k1", "BEARER   k1 ", " Bearer k1"] {
+            assert_eq!(bearer_token(value), Some("k1"), "{value:?}");
+        }
+        for value in ["Basic k1", "Bearer", "Bearer ", "Bearerk1", ""] {
+            assert_eq!(bearer_token(value), None, "{value:?}");
+        }
     }
 }

@@ -10,6 +10,7 @@ use rand::{Rng, SeedableRng};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wayfinder_core::EngineHandle;
 use wayfinder_core::SamplingParams;
+use wayfinder_ipc::Secret;
 use wayfinder_text::ChatTemplate;
 use wayfinder_text::Tokenizer;
 use wayfinder_trace::Telemetry;
@@ -62,7 +63,7 @@ pub struct ServerParts {
     /// Limits.
     pub limits: Limits,
     /// When set, `/v1/*` needs `Authorization: Bearer <key>`.
-    pub api_key: Option<String>,
+    pub api_key: Option<Secret>,
     /// Sampling values used where a request sets none: the model's `generation_config.json`
     /// defaults over OpenAI's (as vLLM does).
     pub sampling_defaults: SamplingParams,
@@ -141,8 +142,8 @@ impl AppState {
         &self.inner.parts.limits
     }
     /// The API key, if one is required.
-    pub fn api_key(&self) -> Option<&str> {
-        self.inner.parts.api_key.as_deref()
+    pub fn api_key(&self) -> Option<&Secret> {
+        self.inner.parts.api_key.as_ref()
     }
     /// Journey tracing, when on.
     pub fn tracing(&self) -> Option<&Telemetry> {

@@ -24,6 +24,8 @@ use wayfinder_text::synth::{CHATML_TEMPLATE, train_tokenizer};
 
 pub const MODEL: &str = "test-model";
 pub const BLOCK_SIZE: usize = 16;
+/// The engine token between the tests and their engine-core child.
+pub const ENGINE_TOKEN: &str = "server-tests-engine-token";
 
 /// The tokenizer every test uses (trained once per test binary).
 pub fn tokenizer() -> Arc<Tokenizer> {
@@ -234,7 +236,11 @@ impl TestServer {
         let config = wayfinder_ipc::RemoteConfig {
             startup_timeout: Duration::from_secs(60),
             ping_interval: Duration::from_millis(500),
-            ..wayfinder_ipc::RemoteConfig::new(addr, Some(spawn))
+            ..wayfinder_ipc::RemoteConfig::new(
+                addr,
+                Some(spawn),
+                wayfinder_ipc::SecretText::new(ENGINE_TOKEN),
+            )
         };
         let (engine, info, _status) =
             tokio::task::spawn_blocking(move || wayfinder_ipc::connect(config))
@@ -331,7 +337,10 @@ fn state_of(
             shutdown_timeout: options.shutdown_timeout,
             request_timeout: options.request_timeout,
         },
-        api_key: options.api_key.clone(),
+        api_key: options
+            .api_key
+            .as_deref()
+            .map(|k| wayfinder_ipc::Secret::new(k).expect("a usable test key")),
         sampling_defaults: options.sampling_defaults.clone(),
         tracing: telemetry,
     })
@@ -402,6 +411,8 @@ pub fn engine_child_main() {
         num_blocks: n("num_blocks"),
         block_size: BLOCK_SIZE,
     };
+    let access =
+        wayfinder_ipc::Access::new(wayfinder_ipc::Secret::new(ENGINE_TOKEN).expect("a token"));
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -415,7 +426,7 @@ pub fn engine_child_main() {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .expect("SIGTERM handler");
         tokio::select! {
-            _ = wayfinder_ipc::serve(listener, engine.clone(), info) => {}
+            _ = wayfinder_ipc::serve(listener, engine.clone(), info, access) => {}
             () = wayfinder_ipc::stdin_closed() => {}
             _ = term.recv() => {}
         }
