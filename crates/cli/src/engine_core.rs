@@ -4,7 +4,9 @@
 //! carriers the API servers send.
 
 use anyhow::Context;
-use wayfinder_ipc::{Access, EngineAddr, EngineInfo, Secret};
+use std::path::PathBuf;
+
+use wayfinder_ipc::{Access, EngineAddr, EngineInfo, Secret, ServerTls};
 use wayfinder_trace::{CoreObserver, ProcessRole};
 
 use crate::engine_args::EngineArgs;
@@ -24,6 +26,15 @@ pub(crate) struct Args {
     /// The most live requests one API server connection may have.
     #[arg(long, default_value_t = wayfinder_ipc::Access::DEFAULT_MAX_REQUESTS)]
     max_requests_per_connection: usize,
+    /// TLS on a TCP address: this engine's certificate chain (PEM); needs `--tls-key`.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// TLS: the private key of `--tls-cert` (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Mutual TLS: API servers must present a certificate signed by this CA (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
     /// The engine.
     #[command(flatten)]
     engine: EngineArgs,
@@ -42,9 +53,17 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
         .engine_token
         .as_deref()
         .context("engine-core needs a token: --engine-token or WAYFINDER_ENGINE_TOKEN")?;
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(
+            ServerTls::from_pem(cert, key, args.tls_client_ca.as_deref())
+                .context("--tls-cert / --tls-key / --tls-client-ca")?,
+        ),
+        _ => None,
+    };
     let access = Access {
         token: Secret::new(token).context("--engine-token")?,
         max_requests: args.max_requests_per_connection.max(1),
+        tls,
     };
     let telemetry = args.tracing.init(ProcessRole::Engine)?;
     let _flush = telemetry

@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::net::TcpListener;
 use wayfinder_core::{EngineHandle, SamplingParams};
-use wayfinder_ipc::{EngineAddr, RemoteConfig, Secret, SecretText, SpawnSpec};
+use wayfinder_ipc::{ClientTls, EngineAddr, RemoteConfig, Secret, SecretText, SpawnSpec};
 use wayfinder_server::{AppState, Limits, ServerParts};
 use wayfinder_text::{GenerationDefaults, ModelText};
 use wayfinder_trace::{CoreObserver, ProcessRole, Telemetry};
@@ -39,12 +39,19 @@ pub(crate) struct Args {
     #[arg(long, default_value_t = 256)]
     max_waiting_requests: usize,
     /// Seconds requests in flight may take to finish after SIGINT/SIGTERM before being aborted.
-    #[arg(long, default_value_t = 30.0)]
+    #[arg(long, default_value_t = 30.0, value_parser = crate::units::seconds)]
     shutdown_timeout: f64,
     /// Seconds one generation request may take from arrival to its last token; a request
     /// past it is aborted with 504 (`timeout_error`). Unset: no limit.
     #[arg(long, value_parser = crate::units::positive_seconds)]
     request_timeout: Option<f64>,
+    /// Seconds a connection may take to send a request's headers, idle keep-alive time
+    /// included, before it is closed.
+    #[arg(long, default_value_t = 60.0, value_parser = crate::units::positive_seconds)]
+    http_idle_timeout: f64,
+    /// HTTP connections open at once; more wait until one closes.
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections: u32,
     /// Run the engine core in a child process (`wayfinder engine-core`) reached over a local
     /// socket; it is restarted with backoff if it dies.
     #[arg(long, conflicts_with = "engine_address")]
@@ -58,6 +65,16 @@ pub(crate) struct Args {
     /// environment variable: arguments are visible to every user of the host.
     #[arg(long, env = "WAYFINDER_ENGINE_TOKEN", hide_env_values = true)]
     engine_token: Option<String>,
+    /// TLS to `--engine-address`: the CA (PEM) that signed the engine core's certificate.
+    #[arg(long, requires = "engine_address")]
+    engine_tls_ca: Option<std::path::PathBuf>,
+    /// Mutual TLS: this server's certificate (PEM) for the engine core; needs
+    /// `--engine-tls-key` and `--engine-tls-ca`.
+    #[arg(long, requires_all = ["engine_tls_key", "engine_tls_ca"])]
+    engine_tls_cert: Option<std::path::PathBuf>,
+    /// Mutual TLS: the private key of `--engine-tls-cert` (PEM).
+    #[arg(long, requires = "engine_tls_cert")]
+    engine_tls_key: Option<std::path::PathBuf>,
     /// Journey tracing (docs/JOURNEY_TRACING.md).
     #[command(flatten)]
     tracing: crate::tracing_args::TracingArgs,
@@ -108,8 +125,10 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
         limits: Limits {
             max_num_seqs: args.engine.max_num_seqs,
             max_waiting_requests: args.max_waiting_requests,
-            shutdown_timeout: Duration::from_secs_f64(args.shutdown_timeout.max(0.0)),
+            shutdown_timeout: Duration::from_secs_f64(args.shutdown_timeout),
             request_timeout: args.request_timeout.map(Duration::from_secs_f64),
+            http_idle_timeout: Duration::from_secs_f64(args.http_idle_timeout),
+            max_connections: args.max_connections as usize,
             ..Limits::default()
         },
         api_key,
@@ -197,7 +216,20 @@ fn remote_engine(args: &Args) -> anyhow::Result<Engine> {
             (addr, Some(spec), token)
         }
     };
-    let config = RemoteConfig::new(addr.clone(), spawn, SecretText::new(token));
+    let tls = match &args.engine_tls_ca {
+        Some(ca) => {
+            let identity = args
+                .engine_tls_cert
+                .as_deref()
+                .zip(args.engine_tls_key.as_deref());
+            Some(ClientTls::from_pem(ca, identity).context("--engine-tls-*")?)
+        }
+        None => None,
+    };
+    let config = RemoteConfig {
+        tls,
+        ..RemoteConfig::new(addr.clone(), spawn, SecretText::new(token))
+    };
     let (handle, info, _status) =
         wayfinder_ipc::connect(config).context("starting the engine core")?;
     Ok(Engine {

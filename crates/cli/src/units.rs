@@ -27,23 +27,44 @@ pub(crate) fn parse_bytes(s: &str) -> Result<u64, String> {
     Ok((value * scale as f64) as u64)
 }
 
-/// A number of seconds above 0.
+/// The longest duration a flag takes, in seconds (about 31 years): beyond it a `Duration`
+/// cannot be made from every value, and no limit that long means anything.
+const MAX_SECONDS: f64 = 1e9;
+
+/// A number of seconds above 0, at most [`MAX_SECONDS`].
 pub(crate) fn positive_seconds(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
-        Ok(v) if v > 0.0 && v.is_finite() => Ok(v),
-        _ => Err(format!("{s:?} is not a positive number of seconds")),
+        Ok(v) if v > 0.0 && v <= MAX_SECONDS => Ok(v),
+        _ => Err(format!(
+            "{s:?} is not a number of seconds above 0 and at most {MAX_SECONDS:e}"
+        )),
+    }
+}
+
+/// A number of seconds from 0 to [`MAX_SECONDS`].
+pub(crate) fn seconds(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..=MAX_SECONDS).contains(&v) => Ok(v),
+        _ => Err(format!(
+            "{s:?} is not a number of seconds from 0 to {MAX_SECONDS:e}"
+        )),
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{parse_bytes, positive_seconds};
+    use super::{parse_bytes, positive_seconds, seconds};
 
     #[test]
     fn request_timeouts_are_positive_seconds() {
         assert_eq!(positive_seconds("2.5"), Ok(2.5));
-        for bad in ["0", "-1", "inf", "NaN", "soon"] {
+        for bad in ["0", "-1", "inf", "NaN", "soon", "1e30"] {
             assert!(positive_seconds(bad).is_err(), "{bad}");
+        }
+        assert_eq!(seconds("0"), Ok(0.0));
+        assert_eq!(seconds("30"), Ok(30.0));
+        for bad in ["-5", "inf", "-inf", "nan", "1e30"] {
+            assert!(seconds(bad).is_err(), "{bad}");
         }
     }
 

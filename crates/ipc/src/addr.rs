@@ -8,6 +8,8 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 
+use crate::tls::{ClientTls, server_name};
+
 /// Why a string is not an engine address.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AddrError {
@@ -69,6 +71,18 @@ impl EngineAddr {
             }
         }
     }
+
+    /// Connects here over TLS (TCP addresses; a Unix socket is local and stays plain).
+    pub async fn connect_tls(&self, tls: &ClientTls) -> std::io::Result<Stream> {
+        match (self, self.connect().await?) {
+            (Self::Tcp(addr), Stream::Tcp(tcp)) => {
+                let name = server_name(addr).map_err(std::io::Error::other)?;
+                let tls = tls.connector().connect(name, tcp).await?;
+                Ok(Stream::TlsClient(Box::new(tls)))
+            }
+            (_, plain) => Ok(plain),
+        }
+    }
 }
 
 impl std::fmt::Display for EngineAddr {
@@ -124,6 +138,34 @@ pub enum Stream {
     Unix(UnixStream),
     /// TCP.
     Tcp(TcpStream),
+    /// TLS over TCP, the engine core's side.
+    TlsServer(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    /// TLS over TCP, the API server's side.
+    TlsClient(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+/// Runs `$body` with `$s` bound to the pinned inner stream, whichever it is.
+macro_rules! each_stream {
+    ($self:expr, $s:ident => $body:expr) => {
+        match $self.get_mut() {
+            Stream::Unix($s) => {
+                let $s = Pin::new($s);
+                $body
+            }
+            Stream::Tcp($s) => {
+                let $s = Pin::new($s);
+                $body
+            }
+            Stream::TlsServer($s) => {
+                let $s = Pin::new($s.as_mut());
+                $body
+            }
+            Stream::TlsClient($s) => {
+                let $s = Pin::new($s.as_mut());
+                $body
+            }
+        }
+    };
 }
 
 impl AsyncRead for Stream {
@@ -132,10 +174,7 @@ impl AsyncRead for Stream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Self::Unix(s) => Pin::new(s).poll_read(cx, buf),
-            Self::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-        }
+        each_stream!(self, s => s.poll_read(cx, buf))
     }
 }
 
@@ -145,24 +184,15 @@ impl AsyncWrite for Stream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            Self::Unix(s) => Pin::new(s).poll_write(cx, buf),
-            Self::Tcp(s) => Pin::new(s).poll_write(cx, buf),
-        }
+        each_stream!(self, s => s.poll_write(cx, buf))
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Self::Unix(s) => Pin::new(s).poll_flush(cx),
-            Self::Tcp(s) => Pin::new(s).poll_flush(cx),
-        }
+        each_stream!(self, s => s.poll_flush(cx))
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Self::Unix(s) => Pin::new(s).poll_shutdown(cx),
-            Self::Tcp(s) => Pin::new(s).poll_shutdown(cx),
-        }
+        each_stream!(self, s => s.poll_shutdown(cx))
     }
 }
 

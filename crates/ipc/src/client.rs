@@ -29,6 +29,7 @@ use crate::protocol::{
     EngineInfo, FrameError, FromEngine, PROTOCOL_VERSION, Reader, ToEngine, WireRequest, Writer,
 };
 use crate::secret::SecretText;
+use crate::tls::ClientTls;
 
 /// How to start the engine-core process.
 #[derive(Debug, Clone)]
@@ -58,6 +59,8 @@ pub struct RemoteConfig {
     pub max_backoff: Duration,
     /// The engine token sent in `Hello`.
     pub token: SecretText,
+    /// TLS to a TCP engine address (`serve --engine-tls-ca`).
+    pub tls: Option<ClientTls>,
 }
 
 impl RemoteConfig {
@@ -67,6 +70,7 @@ impl RemoteConfig {
             addr,
             spawn,
             token,
+            tls: None,
             startup_timeout: Duration::from_secs(600),
             ping_interval: Duration::from_secs(2),
             ping_timeout: Duration::from_secs(10),
@@ -330,7 +334,11 @@ impl<'a> Supervisor<'a> {
             {
                 return Err(Some(LinkError::Exited(exit)));
             }
-            if let Ok(stream) = self.config.addr.connect().await {
+            let stream = match &self.config.tls {
+                Some(tls) => self.config.addr.connect_tls(tls).await,
+                None => self.config.addr.connect().await,
+            };
+            if let Ok(stream) = stream {
                 return handshake(stream, &self.config.token).await.map_err(Some);
             }
             if Instant::now() > deadline {

@@ -12,6 +12,7 @@
 //! - [`server`]: serve an engine to clients that know its token; each connection sees and
 //!   aborts only its own requests, within a limit, and its disconnect aborts them.
 //! - [`secret`]: the engine token (and the API key), compared in constant time.
+//! - [`tls`]: TLS on TCP engine ports, with client certificates when asked (rustls).
 //! - [`client`]: [`connect`] — start (and restart, with backoff) the engine-core child or reach
 //!   a remote one, and route every request's outputs back to its stream.
 //!
@@ -28,6 +29,7 @@ pub mod client;
 pub mod protocol;
 pub mod secret;
 pub mod server;
+pub mod tls;
 
 pub use addr::{AddrError, EngineAddr, Listener};
 pub use client::{
@@ -36,3 +38,4 @@ pub use client::{
 pub use protocol::{EngineInfo, PROTOCOL_VERSION};
 pub use secret::{Secret, SecretError, SecretText};
 pub use server::{Access, serve};
+pub use tls::{ClientTls, ServerTls, TlsError};

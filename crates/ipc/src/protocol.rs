@@ -19,6 +19,10 @@ pub const PROTOCOL_VERSION: u32 = 3;
 /// The largest frame (a prompt of a few million tokens).
 pub const MAX_FRAME_BYTES: usize = 64 << 20;
 
+/// The largest frame before a connection has shown its token: a `Hello` is tiny, and a peer
+/// that has not authenticated must not make the engine buffer 64 MiB.
+pub const HANDSHAKE_MAX_FRAME_BYTES: usize = 64 << 10;
+
 /// A generation request as it crosses the boundary: what the engine needs to rebuild the
 /// validated [`wayfinder_core::EngineRequest`], including the trace-context carrier, exactly
 /// as in-process.
@@ -156,6 +160,11 @@ impl<R: AsyncRead + Unpin> Reader<R> {
     /// Reads from `io`.
     pub fn new(io: R) -> Self {
         Self(FramedRead::new(io, codec()))
+    }
+
+    /// Sets the largest frame accepted from now on (longer ones are an error).
+    pub fn set_max_frame(&mut self, bytes: usize) {
+        self.0.decoder_mut().set_max_frame_length(bytes);
     }
 
     /// The next message; `None` when the peer closed the connection cleanly.

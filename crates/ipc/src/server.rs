@@ -26,9 +26,11 @@ use wayfinder_core::{EngineHandle, EngineRequest, FinishStatus, FinishedOutput, 
 
 use crate::addr::{Listener, Stream};
 use crate::protocol::{
-    EngineInfo, FromEngine, PROTOCOL_VERSION, Reader, ToEngine, WireRequest, Writer,
+    EngineInfo, FromEngine, HANDSHAKE_MAX_FRAME_BYTES, MAX_FRAME_BYTES, PROTOCOL_VERSION, Reader,
+    ToEngine, WireRequest, Writer,
 };
 use crate::secret::Secret;
+use crate::tls::ServerTls;
 
 /// Who may use the engine, and how much.
 #[derive(Debug, Clone)]
@@ -37,6 +39,8 @@ pub struct Access {
     pub token: Secret,
     /// The most live requests one connection may have.
     pub max_requests: usize,
+    /// TLS on TCP connections (`engine-core --tls-cert`); `None`: plain.
+    pub tls: Option<ServerTls>,
 }
 
 impl Access {
@@ -45,6 +49,7 @@ impl Access {
         Self {
             token,
             max_requests: Self::DEFAULT_MAX_REQUESTS,
+            tls: None,
         }
     }
 
@@ -72,6 +77,9 @@ pub async fn serve(
             refused.clone(),
         );
         tokio::spawn(async move {
+            let Some(stream) = secure(stream, &access, &refused).await else {
+                return;
+            };
             let client = Client {
                 conn,
                 engine,
@@ -83,6 +91,35 @@ pub async fn serve(
         });
     }
     Ok(())
+}
+
+/// How long a TLS handshake may take.
+const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The connection with TLS set up when `access` asks for it on TCP; `None` (logged and
+/// counted) when the handshake fails.
+async fn secure(stream: Stream, access: &Access, refused: &AtomicU64) -> Option<Stream> {
+    let (tls, tcp) = match (&access.tls, stream) {
+        (Some(tls), Stream::Tcp(tcp)) => (tls, tcp),
+        (_, other) => return Some(other),
+    };
+    let accepted = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.acceptor().accept(tcp)).await;
+    match accepted {
+        Ok(Ok(s)) => Some(Stream::TlsServer(Box::new(s))),
+        Ok(Err(e)) => {
+            let count = refused.fetch_add(1, Ordering::Relaxed) + 1;
+            tracing::warn!(error = %e, refused_so_far = count, "engine core: refused a connection (TLS handshake)");
+            None
+        }
+        Err(_) => {
+            let count = refused.fetch_add(1, Ordering::Relaxed) + 1;
+            tracing::warn!(
+                refused_so_far = count,
+                "engine core: refused a connection (TLS handshake timed out)"
+            );
+            None
+        }
+    }
 }
 
 /// One connection's client.
@@ -108,6 +145,7 @@ impl Client {
     ) -> Result<(), crate::protocol::FrameError> {
         let (read, write) = tokio::io::split(stream);
         let (mut reader, mut writer) = (Reader::new(read), Writer::new(write));
+        reader.set_max_frame(HANDSHAKE_MAX_FRAME_BYTES);
         let refusal = match reader.next::<ToEngine>().await {
             Some(Ok(ToEngine::Hello { version, token })) => {
                 if !self.access.token.matches(&token) {
@@ -135,6 +173,7 @@ impl Client {
                 info,
             })
             .await?;
+        reader.set_max_frame(MAX_FRAME_BYTES);
         self.run(reader, writer).await
     }
 

@@ -53,6 +53,7 @@ async fn engine(dir: &std::path::Path, max_requests: usize) -> (EngineHandle, En
     let access = Access {
         token: Secret::new(TOKEN).expect("token"),
         max_requests,
+        tls: None,
     };
     tokio::spawn(wayfinder_ipc::serve(listener, engine.clone(), info, access));
     (engine, addr)

@@ -3,13 +3,9 @@
 use axum::extract::{Request, State};
 use axum::http::header::AUTHORIZATION;
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 
-use wayfinder_core::clock::monotonic_now;
-
-use crate::endpoints;
 use crate::error::ApiError;
-use crate::journey::{Journey, Outcome};
 use crate::routes;
 use crate::state::AppState;
 
@@ -27,25 +23,7 @@ pub(crate) async fn require_key(
             .and_then(|v| v.to_str().ok())
             .and_then(bearer_token);
         if !given.is_some_and(|g| key.matches(g)) {
-            let error = ApiError::Unauthorized;
-            let Some(endpoint) = endpoints::generation(request.uri().path()) else {
-                return Err(error);
-            };
-            let id = state.new_id(endpoint.id_prefix);
-            let mut journey = Journey::arrived(
-                &state,
-                request.headers(),
-                id.clone(),
-                monotonic_now(),
-                endpoint,
-            );
-            let trace_response = journey.trace_response();
-            journey.end(Outcome::Failed(&error));
-            return Ok(routes::with_ids(
-                error.into_response(),
-                &id,
-                trace_response.as_deref(),
-            ));
+            return Ok(routes::refuse(&state, &request, ApiError::Unauthorized));
         }
     }
     Ok(next.run(request).await)

@@ -39,6 +39,15 @@ pub enum ApiError {
     /// The prompt, with the tokens asked for, does not fit in the context.
     #[error("{0}")]
     ContextLength(String),
+    /// The body announced (`Content-Length`) is over the server's limit; refused before reading
+    /// it.
+    #[error("the request body of {length} bytes is over this server's limit of {limit} bytes")]
+    BodyTooLarge {
+        /// The announced length.
+        length: u64,
+        /// The limit.
+        limit: usize,
+    },
     /// The request names a model this server does not serve.
     #[error("the model `{0}` does not exist")]
     ModelNotFound(String),
@@ -105,6 +114,7 @@ impl ApiError {
             Self::Invalid { .. } | Self::Unsupported { .. } | Self::ContextLength(_) => {
                 StatusCode::BAD_REQUEST
             }
+            Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::ModelNotFound(_) | Self::RouteNotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
@@ -123,6 +133,7 @@ impl ApiError {
             | Self::Invalid { .. }
             | Self::Unsupported { .. }
             | Self::ContextLength(_)
+            | Self::BodyTooLarge { .. }
             | Self::ModelNotFound(_)
             | Self::RouteNotFound(_)
             | Self::MethodNotAllowed(_)
@@ -141,7 +152,13 @@ impl ApiError {
             Self::Json(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => {
                 ("invalid_request_error", None, Some("payload_too_large"))
             }
+            Self::Json(r) if r.status() == StatusCode::UNSUPPORTED_MEDIA_TYPE => (
+                "invalid_request_error",
+                None,
+                Some("unsupported_media_type"),
+            ),
             Self::Json(_) => ("invalid_request_error", None, Some("invalid_json")),
+            Self::BodyTooLarge { .. } => ("invalid_request_error", None, Some("payload_too_large")),
             Self::Invalid { param, .. } => ("invalid_request_error", param.clone(), None),
             Self::Unsupported { param, .. } => (
                 "invalid_request_error",

@@ -7,7 +7,8 @@
 //!
 //! # Layout
 //! - [`app`]: the router, for in-process tests (`tower::ServiceExt::oneshot`); [`run`]: serve it
-//!   on a listener until a shutdown signal, then drain within the shutdown timeout.
+//!   on a listener until a shutdown signal, then drain within the shutdown timeout; `listen`:
+//!   the bounded accept loop (connection limit, idle timeout) under it.
 //! - [`state`]: [`AppState`], built from [`ServerParts`] (engine handle, tokenizer, chat
 //!   template, model name, limits): what handlers share, and the in-flight budget (429).
 //! - [`wire`]: the OpenAI request and response DTOs (serde only).
@@ -40,20 +41,20 @@ mod endpoints;
 pub mod error;
 mod generation;
 mod journey;
+mod listen;
 mod routes;
 mod sse;
 pub mod state;
 mod validation;
 pub mod wire;
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::middleware;
 use axum::routing::{get, post};
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
 
 pub use error::ApiError;
 pub use state::{AppState, Limits, ServerParts};
@@ -80,43 +81,34 @@ pub fn app(state: AppState) -> Router {
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(state.limits().max_body_bytes))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            routes::refuse_announced_oversize,
+        ))
         .with_state(state)
 }
 
 /// Serves [`app`] on `listener` until `shutdown` resolves; then stops accepting connections,
 /// lets requests in flight finish within [`Limits::shutdown_timeout`], and after that aborts
-/// what is left by shutting the engine down.
+/// what is left by shutting the engine down. Connections are bounded as `listen.rs` says.
 pub async fn run(
     listener: TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let timeout = state.limits().shutdown_timeout;
+    let limits = state.limits().clone();
     let engine = state.engine().clone();
-    let (signalled, on_signal) = oneshot::channel::<()>();
-    // Streamed chunks are small: without TCP_NODELAY they wait behind delayed ACKs (~40 ms
-    // stalls in TTFT and ITL, measured with `wayfinder bench serve`).
-    let listener = axum::serve::ListenerExt::tap_io(listener, |stream| {
-        let _ = stream.set_nodelay(true);
-    });
-    let server = axum::serve(listener, app(state))
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            tracing::info!("shutting down: no new connections; letting requests in flight finish");
-            let _ = signalled.send(());
-        })
-        .into_future();
-    tokio::pin!(server);
-    tokio::select! {
-        result = &mut server => return result,
-        Ok(()) = on_signal => {}
+    let open = listen::serve(listener, app(state), &limits, shutdown).await;
+    tracing::info!("shutting down: no new connections; letting requests in flight finish");
+    let closed = open.shutdown();
+    tokio::pin!(closed);
+    if tokio::time::timeout(limits.shutdown_timeout, &mut closed)
+        .await
+        .is_err()
+    {
+        tracing::warn!(timeout = ?limits.shutdown_timeout, "aborting the requests still in flight");
+        let _ = tokio::task::spawn_blocking(move || engine.shutdown()).await;
+        closed.await;
     }
-    match tokio::time::timeout(timeout, &mut server).await {
-        Ok(result) => result,
-        Err(_) => {
-            tracing::warn!(?timeout, "aborting the requests still in flight");
-            let _ = tokio::task::spawn_blocking(move || engine.shutdown()).await;
-            server.await
-        }
-    }
+    Ok(())
 }

@@ -31,6 +31,11 @@ pub struct Limits {
     /// How long one generation request may take, from arrival to its last token; `None`: no
     /// limit. A request past it is aborted (504, journey reason `timeout`).
     pub request_timeout: Option<Duration>,
+    /// How long a connection may take to send a request's headers, idle keep-alive time
+    /// included; then it is closed.
+    pub http_idle_timeout: Duration,
+    /// Connections open at once; more wait in the listener's backlog.
+    pub max_connections: usize,
 }
 
 impl Default for Limits {
@@ -41,6 +46,8 @@ impl Default for Limits {
             max_body_bytes: 8 * 1024 * 1024,
             shutdown_timeout: Duration::from_secs(30),
             request_timeout: None,
+            http_idle_timeout: Duration::from_secs(60),
+            max_connections: 512,
         }
     }
 }

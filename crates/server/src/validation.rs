@@ -440,11 +440,11 @@ fn build(
         }
         let max_tokens = match max_tokens {
             None => max_len - len,
-            Some(m) if len as i64 + m > max_len as i64 => {
+            Some(m) if (len as i64).saturating_add(m) > max_len as i64 => {
                 return Err(ApiError::ContextLength(format!(
                     "this model's maximum context length is {max_len} tokens; the prompt has \
                      {len} and {m} more were asked for ({} in all)",
-                    len as i64 + m
+                    len as i128 + i128::from(m)
                 )));
             }
             Some(m) => m as usize,

@@ -148,3 +148,115 @@ async fn health_answers_while_two_huge_prompts_are_tokenized() {
         h.abort();
     }
 }
+
+mod connections {
+    use std::time::{Duration, Instant};
+
+    use axum::http::StatusCode;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    use super::common::{Options, Running};
+
+    async fn closed_within(stream: &mut TcpStream, limit: Duration) -> bool {
+        let mut buf = [0u8; 1024];
+        let deadline = Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, stream.read(&mut buf)).await {
+                Ok(Ok(0) | Err(_)) => return true,
+                Ok(Ok(_)) => {}
+                Err(_) => return false,
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn idle_and_half_sent_connections_are_closed_after_the_timeout() {
+        let running = Running::start(&Options {
+            http_idle_timeout: Duration::from_millis(300),
+            ..Options::default()
+        })
+        .await;
+        let mut silent = TcpStream::connect(running.addr).await.expect("connect");
+        let mut half = TcpStream::connect(running.addr).await.expect("connect");
+        half.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .expect("sent");
+        // A keep-alive connection that answered one request and then says nothing.
+        let mut kept = TcpStream::connect(running.addr).await.expect("connect");
+        kept.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .expect("sent");
+        for s in [&mut silent, &mut half, &mut kept] {
+            assert!(
+                closed_within(s, Duration::from_secs(5)).await,
+                "closed by the server"
+            );
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_flood_of_idle_connections_cannot_lock_health_out() {
+        let running = Running::start(&Options {
+            http_idle_timeout: Duration::from_millis(300),
+            max_connections: 4,
+            ..Options::default()
+        })
+        .await;
+        let idle: Vec<_> =
+            futures_util::future::join_all((0..20).map(|_| TcpStream::connect(running.addr))).await;
+        let health = reqwest::Client::new()
+            .get(running.url("/health"))
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .expect("/health answers once idle connections are closed");
+        assert_eq!(health.status(), StatusCode::OK);
+        drop(idle);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_announced_body_over_the_limit_is_413_at_once() {
+        let running = Running::start(&Options::default()).await;
+        let mut s = TcpStream::connect(running.addr).await.expect("connect");
+        // Announces 100 MB and sends none of it: the answer must not wait for the body.
+        s.write_all(
+            b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+              Content-Length: 100000000\r\n\r\n",
+        )
+        .await
+        .expect("sent");
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("answered without the body")
+            .expect("read");
+        let text = String::from_utf8_lossy(&buf[..n]);
+        assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+        assert!(text.contains("payload_too_large"), "{text}");
+    }
+}
+
+#[tokio::test]
+async fn small_ones_each_get_a_clear_error() {
+    let server = TestServer::default_server();
+    // max_tokens at i64::MAX does not overflow the context check.
+    let body = json!({"model": MODEL, "prompt": "x", "max_tokens": i64::MAX});
+    let e = server
+        .post("/v1/completions", &body)
+        .await
+        .error(StatusCode::BAD_REQUEST);
+    assert_eq!(e["code"], "context_length_exceeded", "{e}");
+    // A body that is not declared JSON: 415 with its own code.
+    let reply = server
+        .call(
+            axum::http::Request::post("/v1/completions")
+                .header("content-type", "text/plain")
+                .body(axum::body::Body::from("{}"))
+                .expect("request"),
+        )
+        .await;
+    let e = reply.error(StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert_eq!(e["code"], "unsupported_media_type", "{e}");
+}

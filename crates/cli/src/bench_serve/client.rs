@@ -130,8 +130,12 @@ impl Client {
         api_key: Option<String>,
         timeout: Duration,
     ) -> anyhow::Result<Self> {
+        // A fresh connection per request: llama.cpp's server closes a connection after a
+        // streamed response without saying so, and a pooled connection reused in that instant
+        // fails ("connection closed before message completed"). Every server gets the same.
         let http = reqwest::Client::builder()
             .timeout(timeout)
+            .pool_max_idle_per_host(0)
             .build()
             .context("building the HTTP client")?;
         Ok(Self {

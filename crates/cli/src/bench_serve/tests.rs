@@ -104,7 +104,7 @@ impl Wayfinder {
                 max_waiting_requests: 64,
                 max_body_bytes: 64 * 1024,
                 shutdown_timeout: Duration::from_secs(10),
-                request_timeout: None,
+                ..Limits::default()
             },
             api_key: None,
             sampling_defaults: SamplingParams::default(),

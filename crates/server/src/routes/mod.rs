@@ -103,3 +103,43 @@ pub(crate) async fn method_not_allowed(method: Method) -> ApiError {
 pub(crate) async fn not_found(uri: Uri) -> ApiError {
     ApiError::RouteNotFound(uri.path().to_owned())
 }
+
+/// Refuses with 413 at once a request whose `Content-Length` is over the body limit, before a
+/// byte of the body is read (the body limit alone would read up to the limit first).
+pub(crate) async fn refuse_announced_oversize(
+    State(state): State<AppState>,
+    request: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let limit = state.limits().max_body_bytes;
+    let announced = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    match announced {
+        Some(length) if length > limit as u64 => {
+            refuse(&state, &request, ApiError::BodyTooLarge { length, limit })
+        }
+        _ => next.run(request).await,
+    }
+}
+
+/// The response refusing `request` before its handler: on a generation endpoint it still gets
+/// its journey (and span), ended as failed with `error`.
+pub(crate) fn refuse(state: &AppState, request: &Request, error: ApiError) -> Response {
+    let Some(endpoint) = crate::endpoints::generation(request.uri().path()) else {
+        return error.into_response();
+    };
+    let id = state.new_id(endpoint.id_prefix);
+    let mut journey = Journey::arrived(
+        state,
+        request.headers(),
+        id.clone(),
+        monotonic_now(),
+        endpoint,
+    );
+    let trace_response = journey.trace_response();
+    journey.end(crate::journey::Outcome::Failed(&error));
+    with_ids(error.into_response(), &id, trace_response.as_deref())
+}

@@ -64,6 +64,9 @@ pub struct Options {
     pub fail_on_steps: Vec<u64>,
     /// Engine steps (from 1) on which the executor panics.
     pub panic_on_steps: Vec<u64>,
+    /// `Limits::http_idle_timeout` and `Limits::max_connections` (with `Running`).
+    pub http_idle_timeout: Duration,
+    pub max_connections: usize,
     /// The model's sampling defaults.
     pub sampling_defaults: wayfinder_core::SamplingParams,
     /// Journey tracing into an in-memory exporter, with these settings.
@@ -92,6 +95,8 @@ impl Default for Options {
             request_timeout: None,
             fail_on_steps: Vec::new(),
             panic_on_steps: Vec::new(),
+            http_idle_timeout: Duration::from_secs(60),
+            max_connections: 512,
             sampling_defaults: wayfinder_core::SamplingParams::default(),
             tracing: None,
             telemetry: None,
@@ -115,6 +120,8 @@ pub struct TestServer {
     /// engine child's pid.
     pub receiver: Option<Arc<wayfinder_testkit::OtlpReceiver>>,
     pub engine_pid: Option<u32>,
+    /// With `Options::engine_process`: the link's view of the child (its pid now, restarts).
+    pub remote: Option<Arc<wayfinder_ipc::RemoteStatus>>,
 }
 
 impl TestServer {
@@ -174,6 +181,7 @@ impl TestServer {
             journey,
             receiver: None,
             engine_pid: None,
+            remote: None,
         }
     }
 
@@ -242,7 +250,7 @@ impl TestServer {
                 wayfinder_ipc::SecretText::new(ENGINE_TOKEN),
             )
         };
-        let (engine, info, _status) =
+        let (engine, info, status) =
             tokio::task::spawn_blocking(move || wayfinder_ipc::connect(config))
                 .await
                 .expect("join")
@@ -256,6 +264,7 @@ impl TestServer {
             journey: None,
             receiver: Some(receiver),
             engine_pid: Some(info.pid),
+            remote: Some(status),
         }
     }
 
@@ -336,6 +345,8 @@ fn state_of(
             max_body_bytes: options.max_body_bytes,
             shutdown_timeout: options.shutdown_timeout,
             request_timeout: options.request_timeout,
+            http_idle_timeout: options.http_idle_timeout,
+            max_connections: options.max_connections,
         },
         api_key: options
             .api_key
@@ -547,7 +558,7 @@ pub struct Running {
 
 impl Running {
     pub async fn start(options: &Options) -> Self {
-        let server = TestServer::new(options);
+        let server = TestServer::start(options).await;
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (tx, rx) = oneshot::channel::<()>();
