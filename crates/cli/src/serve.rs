@@ -90,7 +90,13 @@ struct Engine {
 }
 
 pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
-    // An empty or blank key must not quietly turn auth off: refuse to start instead.
+    // An empty or blank key must not quietly turn auth off: refuse to start instead. (clap
+    // takes an empty WAYFINDER_API_KEY for an absent one, so that case is looked at here.)
+    let env_key_blank = std::env::var_os("WAYFINDER_API_KEY")
+        .is_some_and(|v| v.to_string_lossy().trim().is_empty());
+    if args.api_key.is_none() && env_key_blank {
+        anyhow::bail!("--api-key (or WAYFINDER_API_KEY): must not be empty or only whitespace");
+    }
     let api_key = args
         .api_key
         .as_deref()

@@ -120,4 +120,17 @@ async fn traced_serve(engine_process: bool) {
         "{log}"
     );
     assert!(log.contains("every span exported"), "{log}");
+    if engine_process {
+        // The engine child removed its socket on the way out.
+        let socket = std::env::temp_dir().join(format!("wayfinder-engine-{pid}.sock"));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while socket.exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} left behind",
+                socket.display()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }
