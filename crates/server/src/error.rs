@@ -39,6 +39,14 @@ pub enum ApiError {
     /// The prompt, with the tokens asked for, does not fit in the context.
     #[error("{0}")]
     ContextLength(String),
+    /// The request's headers are larger than the server takes.
+    #[error("the request's headers take {size} bytes; this server takes at most {limit}")]
+    HeadersTooLarge {
+        /// Their size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
     /// The body announced (`Content-Length`) is over the server's limit; refused before reading
     /// it.
     #[error("the request body of {length} bytes is over this server's limit of {limit} bytes")]
@@ -115,6 +123,7 @@ impl ApiError {
                 StatusCode::BAD_REQUEST
             }
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::ModelNotFound(_) | Self::RouteNotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
@@ -134,6 +143,7 @@ impl ApiError {
             | Self::Unsupported { .. }
             | Self::ContextLength(_)
             | Self::BodyTooLarge { .. }
+            | Self::HeadersTooLarge { .. }
             | Self::ModelNotFound(_)
             | Self::RouteNotFound(_)
             | Self::MethodNotAllowed(_)
@@ -159,6 +169,9 @@ impl ApiError {
             ),
             Self::Json(_) => ("invalid_request_error", None, Some("invalid_json")),
             Self::BodyTooLarge { .. } => ("invalid_request_error", None, Some("payload_too_large")),
+            Self::HeadersTooLarge { .. } => {
+                ("invalid_request_error", None, Some("headers_too_large"))
+            }
             Self::Invalid { param, .. } => ("invalid_request_error", param.clone(), None),
             Self::Unsupported { param, .. } => (
                 "invalid_request_error",

@@ -21,6 +21,9 @@ use tokio::sync::Semaphore;
 
 use crate::state::Limits;
 
+/// hyper's read buffer, which bounds a request's head: well above the router's header limit.
+const HTTP_BUFFER_BYTES: usize = 1 << 20;
+
 /// How long to wait after a failed `accept` (out of descriptors, say) before the next.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
@@ -35,8 +38,11 @@ pub(crate) async fn serve(
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let mut http = hyper::server::conn::http1::Builder::new();
+    // Headers up to hyper's buffer reach the router, which refuses those over its own limit
+    // with an OpenAI error body (hyper's own 431 has none).
     http.timer(TokioTimer::new())
-        .header_read_timeout(limits.http_idle_timeout);
+        .header_read_timeout(limits.http_idle_timeout)
+        .max_buf_size(HTTP_BUFFER_BYTES);
     tokio::pin!(shutdown);
     loop {
         let permit = tokio::select! {

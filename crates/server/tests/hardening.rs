@@ -217,6 +217,23 @@ mod connections {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn oversized_headers_get_431_with_an_error_body() {
+        let running = Running::start(&Options::default()).await;
+        let mut s = TcpStream::connect(running.addr).await.expect("connect");
+        let big = "y".repeat(100 << 10);
+        let head = format!("GET /health HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\n\r\n");
+        s.write_all(head.as_bytes()).await.expect("sent");
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("answered")
+            .expect("read");
+        let text = String::from_utf8_lossy(&buf[..n]);
+        assert!(text.starts_with("HTTP/1.1 431"), "{text}");
+        assert!(text.contains("headers_too_large"), "{text}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_announced_body_over_the_limit_is_413_at_once() {
         let running = Running::start(&Options::default()).await;
         let mut s = TcpStream::connect(running.addr).await.expect("connect");

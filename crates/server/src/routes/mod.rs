@@ -104,13 +104,30 @@ pub(crate) async fn not_found(uri: Uri) -> ApiError {
     ApiError::RouteNotFound(uri.path().to_owned())
 }
 
+/// The most header bytes (names and values) a request may carry; more get a 431 with an
+/// OpenAI error body. (hyper answers past its own, larger buffer with a bare 431.)
+pub(crate) const MAX_HEADER_BYTES: usize = 64 << 10;
+
 /// Refuses with 413 at once a request whose `Content-Length` is over the body limit, before a
-/// byte of the body is read (the body limit alone would read up to the limit first).
+/// byte of the body is read (the body limit alone would read up to the limit first); and with
+/// 431 one whose headers are over [`MAX_HEADER_BYTES`].
 pub(crate) async fn refuse_announced_oversize(
     State(state): State<AppState>,
     request: Request,
     next: axum::middleware::Next,
 ) -> Response {
+    let header_bytes: usize = request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum();
+    if header_bytes > MAX_HEADER_BYTES {
+        let error = ApiError::HeadersTooLarge {
+            size: header_bytes,
+            limit: MAX_HEADER_BYTES,
+        };
+        return refuse(&state, &request, error);
+    }
     let limit = state.limits().max_body_bytes;
     let announced = request
         .headers()
