@@ -231,7 +231,8 @@ impl Generation {
                 )));
             };
             if let RequestOutput::Finished(f) = &output {
-                self.journey.engine_finished(&f.timestamps);
+                self.journey
+                    .engine_finished(&f.timestamps, f.num_preemptions);
                 self.choices[i].engine_done = true;
             }
             if self.choices[i].finish.is_some() {
@@ -305,7 +306,7 @@ impl Generation {
     }
 
     fn on_token(&mut self, i: usize, token: &TokenOutput) -> Result<Option<Delta>, ApiError> {
-        self.journey.token();
+        self.journey.token(i);
         let tokenizer = self.state.tokenizer();
         let choice = &mut self.choices[i];
         let piece = choice.detok.push(tokenizer, token.token_id)?;

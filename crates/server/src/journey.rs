@@ -18,8 +18,11 @@ use wayfinder_core::{Carrier, RequestTimestamps};
 use wayfinder_trace::names::reason;
 use wayfinder_trace::{Latency, RequestParams, RequestSpan, TraceId, Usage};
 
+use std::sync::Arc;
+
 use crate::endpoints::Endpoint;
 use crate::error::ApiError;
+use crate::metrics::{EngineRecord, Metrics, RequestRecord};
 use crate::state::AppState;
 use crate::validation::ValidRequest;
 use crate::wire::UsageOut;
@@ -86,6 +89,10 @@ pub(crate) struct Journey {
     /// The span's trace id, kept for log lines written after the span ended.
     log: RequestLog,
     span: Option<RequestSpan>,
+    /// Where the request's end is counted.
+    metrics: Arc<Metrics>,
+    /// `gen_ai.operation.name` of its endpoint.
+    operation: &'static str,
 }
 
 /// The answer's counts and finish reasons, kept as the request runs.
@@ -96,6 +103,10 @@ struct Answer {
     completion_tokens: usize,
     /// One per choice, in the order the request's choices were handed off.
     finish_reasons: Vec<Option<&'static str>>,
+    /// When each choice's latest token came (for inter-token latency).
+    last_token: Vec<Option<f64>>,
+    /// Preemptions over the choices that finished in the engine.
+    preemptions: u64,
 }
 
 /// The engine's timestamps, over all of a request's choices.
@@ -154,6 +165,8 @@ impl Journey {
             ended: false,
             log: RequestLog(span.as_ref().map(RequestSpan::trace_id)),
             span,
+            metrics: Arc::clone(state.metrics()),
+            operation: endpoint.operation,
         }
     }
 
@@ -208,6 +221,8 @@ impl Journey {
             prompt_tokens,
             completion_tokens: 0,
             finish_reasons: vec![None; choices],
+            last_token: vec![None; choices],
+            preemptions: 0,
         });
         if let Some(s) = &mut self.span {
             s.handed_off();
@@ -227,10 +242,16 @@ impl Journey {
         }
     }
 
-    /// One of the choices produced a token.
-    pub(crate) fn token(&mut self) {
+    /// Choice `i` (in hand-off order) produced a token.
+    pub(crate) fn token(&mut self, i: usize) {
         if let Some(a) = &mut self.answer {
             a.completion_tokens += 1;
+            if let Some(last) = a.last_token.get_mut(i) {
+                let now = monotonic_now();
+                if let Some(before) = last.replace(now) {
+                    self.metrics.inter_token(now - before);
+                }
+            }
         }
     }
 
@@ -258,8 +279,12 @@ impl Journey {
         }
     }
 
-    /// One of the request's engine requests finished with these timestamps.
-    pub(crate) fn engine_finished(&mut self, t: &RequestTimestamps) {
+    /// One of the request's engine requests finished with these timestamps, after
+    /// `preemptions` preemptions.
+    pub(crate) fn engine_finished(&mut self, t: &RequestTimestamps, preemptions: u32) {
+        if let Some(a) = &mut self.answer {
+            a.preemptions += u64::from(preemptions);
+        }
         let e = &mut self.engine;
         e.queued = min(e.queued, Some(t.queued));
         e.first_scheduled = min(e.first_scheduled, t.first_scheduled);
@@ -305,6 +330,7 @@ impl Journey {
                 tracing::debug!(request_id = %self.id, reason = why, error = %message, "api.aborted");
             }
         }
+        self.count(outcome, now);
         let Some(mut span) = self.span.take() else {
             return;
         };
@@ -334,6 +360,44 @@ impl Journey {
             None => span.departed(),
             Some((why, error_type, message)) => span.aborted(why, &error_type, &message),
         }
+    }
+}
+
+impl Journey {
+    /// Counts the request's end in the metrics (once, from [`Journey::end`]).
+    fn count(&self, outcome: Outcome<'_>, now: f64) {
+        let (error_type, unfinished) = match outcome {
+            Outcome::Departed => (None, "abort"),
+            Outcome::Failed(e) => (Some(e.status().as_str().to_owned()), "error"),
+            Outcome::Disconnected => (Some("client_disconnect".to_owned()), "abort"),
+        };
+        let reasons: Vec<&'static str> = self.answer.as_ref().map_or_else(Vec::new, |a| {
+            a.finish_reasons
+                .iter()
+                .map(|r| r.unwrap_or(unfinished))
+                .collect()
+        });
+        let e = self.engine;
+        let engine = self.answer.as_ref().map(|a| EngineRecord {
+            prompt_tokens: a.prompt_tokens,
+            completion_tokens: a.completion_tokens,
+            finish_reasons: &reasons,
+            preemptions: a.preemptions,
+            queue: span_of(e.queued, e.first_scheduled),
+            prefill: span_of(e.first_scheduled, e.first_token),
+            decode: span_of(e.first_token, e.last_token),
+        });
+        self.metrics.request_ended(&RequestRecord {
+            operation: self.operation,
+            trace: self
+                .span
+                .as_ref()
+                .map(|s| (s.trace_id().to_string(), s.span_id_hex())),
+            error_type,
+            e2e: (now - self.arrival).max(0.0),
+            ttft: span_of(Some(self.arrival), self.first_output),
+            engine,
+        });
     }
 }
 

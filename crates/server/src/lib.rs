@@ -21,6 +21,8 @@
 //!   requests makes the engine's `llm_core` span its child.
 //! - `sse`: OpenAI's streaming framing; `routes`: the handlers (`routes/chat.rs`,
 //!   `routes/completions.rs`, and the small endpoints); `auth`: the bearer check.
+//! - `metrics`: `GET /metrics` (prometheus-client; exemplars pointing at `llm_request`),
+//!   recorded once per request by the journey's end.
 //! - `endpoints`: the generation endpoints' table (path, operation name, id prefix), written
 //!   once for the router, the handlers, auth and the journey.
 //! - [`error`]: [`ApiError`], the one error type, with the one mapping to HTTP and every
@@ -42,6 +44,7 @@ pub mod error;
 mod generation;
 mod journey;
 mod listen;
+mod metrics;
 mod routes;
 mod sse;
 pub mod state;
@@ -61,7 +64,7 @@ pub use state::{AppState, Limits, ServerParts};
 pub use validation::{MAX_CHOICES, MAX_N};
 
 /// The router: `/v1/chat/completions`, `/v1/completions`, `/v1/models` (behind the API key
-/// when one is set), `/health` and `/version`.
+/// when one is set), `/health`, `/metrics` and `/version`.
 pub fn app(state: AppState) -> Router {
     let v1 = Router::new()
         .route(endpoints::CHAT.path, post(routes::chat::handle))
@@ -76,6 +79,7 @@ pub fn app(state: AppState) -> Router {
         ));
     Router::new()
         .route("/health", get(routes::health))
+        .route("/metrics", get(routes::metrics))
         .route("/version", get(routes::version))
         .merge(v1)
         .fallback(routes::not_found)

@@ -16,6 +16,7 @@ use wayfinder_text::Tokenizer;
 use wayfinder_trace::Telemetry;
 
 use crate::error::ApiError;
+use crate::metrics::Metrics;
 
 /// Request and server limits.
 #[derive(Debug, Clone, PartialEq)]
@@ -98,6 +99,8 @@ struct Inner {
     next_id: AtomicU64,
     /// Whether a `traceparent` arriving with tracing off was already logged.
     warned_traceparent: AtomicBool,
+    /// `/metrics`.
+    metrics: Arc<Metrics>,
 }
 
 impl AppState {
@@ -106,6 +109,7 @@ impl AppState {
         let capacity = parts.limits.max_num_seqs + parts.limits.max_waiting_requests;
         let created = unix_now();
         let id_prefix = StdRng::from_os_rng().random::<u64>();
+        let metrics = Arc::new(Metrics::new(&parts.model_name));
         Self {
             inner: Arc::new(Inner {
                 parts,
@@ -116,6 +120,7 @@ impl AppState {
                 id_prefix,
                 next_id: AtomicU64::new(0),
                 warned_traceparent: AtomicBool::new(false),
+                metrics,
             }),
         }
     }
@@ -155,6 +160,10 @@ impl AppState {
     /// Journey tracing, when on.
     pub fn tracing(&self) -> Option<&Telemetry> {
         self.inner.parts.tracing.as_ref()
+    }
+    /// The metrics `/metrics` shows.
+    pub(crate) fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
     }
 
     /// Logs, once per server, that a request came with a `traceparent` while tracing is off.

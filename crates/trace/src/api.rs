@@ -158,6 +158,11 @@ impl RequestSpan {
         self.span.span_context().trace_id()
     }
 
+    /// The span id, as 16 hex digits.
+    pub fn span_id_hex(&self) -> String {
+        self.span.span_context().span_id().to_string()
+    }
+
     /// The `traceresponse` header's value (W3C Trace Context Level 2) naming this span:
     /// `00-<trace id>-<span id>-<flags>`.
     pub fn trace_response(&self) -> String {

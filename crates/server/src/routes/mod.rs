@@ -160,3 +160,26 @@ pub(crate) fn refuse(state: &AppState, request: &Request, error: ApiError) -> Re
     journey.end(crate::journey::Outcome::Failed(&error));
     with_ids(error.into_response(), &id, trace_response.as_deref())
 }
+
+/// `GET /metrics`: OpenMetrics (with exemplars) to a scraper that asks for it, else the
+/// Prometheus text format.
+pub(crate) async fn metrics(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    let openmetrics = headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/openmetrics-text"));
+    let engine = state.engine().stats().await.ok();
+    let spans = state
+        .tracing()
+        .map(|t| (t.stats(), t.config().max_queue_size));
+    let body = state.metrics().render(engine.as_ref(), spans, openmetrics);
+    let content_type = if openmetrics {
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    } else {
+        "text/plain; version=0.0.4; charset=utf-8"
+    };
+    ([(axum::http::header::CONTENT_TYPE, content_type)], body).into_response()
+}
