@@ -27,8 +27,8 @@ use tokio::sync::{mpsc as async_mpsc, oneshot};
 use crate::clock::monotonic_now;
 use crate::executor::{Batch, Executor, ExecutorError, Logits};
 use crate::journey::{
-    JourneyEvent, JourneyEventKind, JourneyFields, JourneyObserver, StepDetail, StepReport,
-    StepRequest,
+    JourneyEvent, JourneyEventKind, JourneyFields, JourneyMark, JourneyObserver, StepDetail,
+    StepReport, StepRequest,
 };
 use crate::output::{FinishedOutput, RequestOutput, TokenOutput, Usage};
 use crate::request::EngineRequest;
@@ -122,6 +122,8 @@ pub(crate) struct EngineLoop {
     scheduler: Scheduler,
     executor: Box<dyn Executor>,
     observer: Option<Box<dyn JourneyObserver>>,
+    /// Journey marks of the live requests that asked for them.
+    marks: HashMap<SeqId, Vec<JourneyMark>>,
     clients: HashMap<SeqId, Client>,
     /// Client request id → engine id, for abort by id and duplicate detection.
     ids: HashMap<String, SeqId>,
@@ -144,6 +146,7 @@ impl EngineLoop {
             scheduler,
             executor,
             observer,
+            marks: HashMap::new(),
             clients: HashMap::new(),
             ids: HashMap::new(),
             eos_token_ids: config.eos_token_ids,
@@ -226,6 +229,7 @@ impl EngineLoop {
                     let _ = catch_unwind(AssertUnwindSafe(|| {
                         journey(
                             &mut self.observer,
+                            &mut self.marks,
                             &self.scheduler,
                             s,
                             JourneyEventKind::Finished(FinishStatus::Error),
@@ -244,12 +248,14 @@ impl EngineLoop {
                     },
                     num_preemptions: 0,
                     error: Some(error.clone()),
+                    journey: Vec::new(),
                 },
             };
             let _ = client.tx.send(RequestOutput::Finished(finished));
         }
         self.scheduler =
             Scheduler::new(config).expect("the config was valid when the engine started");
+        self.marks.clear();
         self.batch = Batch::default();
     }
 
@@ -318,6 +324,7 @@ impl EngineLoop {
                 },
                 num_preemptions: 0,
                 error: Some(error),
+                journey: Vec::new(),
             };
             let _ = tx.send(RequestOutput::Finished(rejection));
             return;
@@ -333,12 +340,16 @@ impl EngineLoop {
                 .unwrap_or_else(|| self.seeds.random()),
         );
         let request_id = request.id().to_owned();
+        if request.wants_journey() {
+            self.marks.insert(seq, Vec::new());
+        }
         let client = Client { tx, rng };
         match self.scheduler.add(seq, request, now) {
             AddOutcome::Queued => {
                 let s = self.scheduler.get(seq).expect("just queued");
                 journey(
                     &mut self.observer,
+                    &mut self.marks,
                     &self.scheduler,
                     s,
                     JourneyEventKind::Queued,
@@ -351,6 +362,7 @@ impl EngineLoop {
             AddOutcome::Ignored(s) => {
                 journey(
                     &mut self.observer,
+                    &mut self.marks,
                     &self.scheduler,
                     &s,
                     JourneyEventKind::Queued,
@@ -520,6 +532,7 @@ impl EngineLoop {
             if seq.num_output_tokens() == 1 {
                 journey(
                     &mut self.observer,
+                    &mut self.marks,
                     &self.scheduler,
                     seq,
                     JourneyEventKind::FirstToken,
@@ -569,13 +582,14 @@ impl EngineLoop {
     }
 
     fn journey_transitions(&mut self, out: &SchedulerOutput, now: f64) {
-        if self.observer.is_none() {
+        if self.observer.is_none() && self.marks.is_empty() {
             return;
         }
         for p in &out.preempted {
             let seq = self.scheduler.get(p.id).expect("preempted request is live");
             journey(
                 &mut self.observer,
+                &mut self.marks,
                 &self.scheduler,
                 seq,
                 JourneyEventKind::Preempted(p.reason),
@@ -588,6 +602,7 @@ impl EngineLoop {
                 let seq = self.scheduler.get(s.id).expect("scheduled request is live");
                 journey(
                     &mut self.observer,
+                    &mut self.marks,
                     &self.scheduler,
                     seq,
                     JourneyEventKind::Scheduled(kind),
@@ -624,15 +639,16 @@ impl EngineLoop {
         let now = seq.timestamps().finished.unwrap_or_else(monotonic_now);
         journey(
             &mut self.observer,
+            &mut self.marks,
             &self.scheduler,
             seq,
             JourneyEventKind::Finished(status),
             seq.phase(),
             now,
         );
-        let _ = client.tx.send(RequestOutput::Finished(FinishedOutput::of(
-            seq, status, error,
-        )));
+        let mut finished = FinishedOutput::of(seq, status, error);
+        finished.journey = self.marks.remove(&seq.id()).unwrap_or_default();
+        let _ = client.tx.send(RequestOutput::Finished(finished));
     }
 
     fn abort_all(&mut self) {
@@ -659,12 +675,22 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 /// Tells the observer, if any, about `kind` for `seq`.
 fn journey(
     observer: &mut Option<Box<dyn JourneyObserver>>,
+    marks: &mut HashMap<SeqId, Vec<JourneyMark>>,
     scheduler: &Scheduler,
     seq: &Sequence,
     kind: JourneyEventKind,
     phase: Phase,
     now: f64,
 ) {
+    if let Some(m) = marks.get_mut(&seq.id()) {
+        m.push(JourneyMark {
+            kind,
+            ts: now,
+            step: scheduler.num_steps(),
+            prefill_done_tokens: seq.prefill_done_tokens(),
+            decode_done_tokens: seq.num_output_tokens(),
+        });
+    }
     let Some(observer) = observer.as_mut() else {
         return;
     };

@@ -16,6 +16,7 @@ use crate::sequence::{FinishStatus, Phase, SeqId, Sequence};
 
 /// Which journey event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum JourneyEventKind {
     /// The scheduler accepted the request.
     Queued,
@@ -40,6 +41,24 @@ impl JourneyEventKind {
             Self::Finished(_) => "FINISHED",
         }
     }
+}
+
+/// One journey event as a request that asked for its journey
+/// ([`crate::RequestBuilder::journey`]) gets it back in [`crate::FinishedOutput::journey`]:
+/// what the API process's journey history shows of the engine's side, in either engine mode.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct JourneyMark {
+    /// Which event (with its schedule kind, preemption reason or finish status).
+    pub kind: JourneyEventKind,
+    /// Engine monotonic clock, seconds.
+    pub ts: f64,
+    /// Scheduler steps begun so far.
+    pub step: u64,
+    /// Prompt tokens computed so far (high-water mark).
+    pub prefill_done_tokens: usize,
+    /// Output tokens so far.
+    pub decode_done_tokens: usize,
 }
 
 /// The fields every journey event carries.

@@ -44,10 +44,12 @@ pub use engine::{EngineCommand, EngineConfig, EngineError, EngineStats};
 pub use executor::{Batch, BatchSeq, Executor, ExecutorError, Logits};
 pub use handle::{EngineHandle, RequestStream};
 pub use journey::{
-    JourneyEvent, JourneyEventKind, JourneyFields, JourneyObserver, StepDetail, StepReport,
-    StepRequest,
+    JourneyEvent, JourneyEventKind, JourneyFields, JourneyMark, JourneyObserver, StepDetail,
+    StepReport, StepRequest,
 };
 pub use output::{FinishedOutput, RequestOutput, TokenOutput, Usage};
-pub use request::{Carrier, EngineRequest, InvalidRequest, SamplingParams, StopConditions};
+pub use request::{
+    Carrier, EngineRequest, InvalidRequest, RequestBuilder, SamplingParams, StopConditions,
+};
 pub use scheduler::{PreemptReason, ScheduleKind, SchedulerConfig, SchedulingPolicy};
 pub use sequence::{FinishStatus, Phase, RequestTimestamps, SeqId};

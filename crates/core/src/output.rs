@@ -5,6 +5,7 @@
 //! or more [`RequestOutput::Token`]s as they are sampled, then exactly one
 //! [`RequestOutput::Finished`], then the stream ends.
 
+use crate::journey::JourneyMark;
 use crate::sampling::TokenLogprobs;
 use crate::sequence::{FinishStatus, RequestTimestamps, Sequence};
 
@@ -42,6 +43,9 @@ pub struct FinishedOutput {
     pub num_preemptions: u32,
     /// Why, for `error` (and for rejections such as a duplicate request id).
     pub error: Option<String>,
+    /// Its journey marks in order, when it asked for them ([`crate::RequestBuilder::journey`]).
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub journey: Vec<JourneyMark>,
 }
 
 impl FinishedOutput {
@@ -55,6 +59,7 @@ impl FinishedOutput {
             timestamps: *seq.timestamps(),
             num_preemptions: seq.num_preemptions(),
             error,
+            journey: Vec::new(),
         }
     }
 }

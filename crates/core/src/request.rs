@@ -180,6 +180,7 @@ pub struct EngineRequest {
     priority: Priority,
     arrival_time: f64,
     carrier: Carrier,
+    journey: bool,
 }
 
 impl EngineRequest {
@@ -196,6 +197,7 @@ impl EngineRequest {
             priority: 0,
             arrival_time: None,
             carrier: Carrier::new(),
+            journey: false,
         }
     }
 
@@ -227,6 +229,10 @@ impl EngineRequest {
     pub fn carrier(&self) -> &Carrier {
         &self.carrier
     }
+    /// Whether its journey marks come back in its `Finished` output.
+    pub fn wants_journey(&self) -> bool {
+        self.journey
+    }
     /// Replaces the trace-context carrier (the API layer injects its span's context).
     pub fn set_carrier(&mut self, carrier: Carrier) {
         self.carrier = carrier;
@@ -249,6 +255,7 @@ pub struct RequestBuilder {
     priority: Priority,
     arrival_time: Option<f64>,
     carrier: Carrier,
+    journey: bool,
 }
 
 impl RequestBuilder {
@@ -282,6 +289,11 @@ impl RequestBuilder {
         self.carrier = carrier;
         self
     }
+    /// Asks for the request's journey marks in its `Finished` output (for a journey history).
+    pub fn journey(mut self, journey: bool) -> Self {
+        self.journey = journey;
+        self
+    }
 
     /// Checks every field and returns the engine request.
     pub fn build(self) -> Result<EngineRequest, InvalidRequest> {
@@ -313,6 +325,7 @@ impl RequestBuilder {
             priority: self.priority,
             arrival_time,
             carrier: self.carrier,
+            journey: self.journey,
         })
     }
 }

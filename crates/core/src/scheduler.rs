@@ -104,6 +104,7 @@ impl SchedulerConfig {
 
 /// Why a request was taken off the running set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum PreemptReason {
     /// Its KV blocks were needed by a request ahead of it.
     KvCacheFull,
@@ -134,6 +135,7 @@ pub struct Preemption {
 
 /// Whether a scheduled request entered the running set this step, and how.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum ScheduleKind {
     /// First time it runs.
     First,

@@ -614,3 +614,54 @@ fn a_token_id_outside_the_vocabulary_is_refused_and_the_engine_keeps_serving() {
     assert!(engine.is_running());
     engine.shutdown();
 }
+
+#[test]
+fn a_request_that_asks_gets_its_journey_marks_back_across_preemption() {
+    let setup = Setup {
+        num_blocks: 16,
+        block_size: 8,
+        budget: 64,
+        ..Setup::default()
+    };
+    // No observer: the marks do not depend on tracing.
+    let (engine, _) = setup.spawn(false);
+    let streams: Vec<_> = (0..6)
+        .map(|i| {
+            let request = EngineRequest::builder(format!("j{i}"), prompt(i, 20))
+                .sampling(SamplingParams::greedy())
+                .max_tokens(40)
+                .journey(i % 2 == 0)
+                .build()
+                .expect("valid");
+            engine.add_request(request).expect("add")
+        })
+        .collect();
+    let mut preempted = 0;
+    for (i, s) in streams.into_iter().enumerate() {
+        let (_, fin) = collect(s);
+        if i % 2 == 1 {
+            assert!(fin.journey.is_empty(), "not asked for");
+            continue;
+        }
+        let kinds: Vec<_> = fin.journey.iter().map(|m| m.kind).collect();
+        assert_eq!(kinds[0], JourneyEventKind::Queued);
+        assert_eq!(kinds[1], JourneyEventKind::Scheduled(ScheduleKind::First));
+        assert_eq!(
+            *kinds.last().expect("marks"),
+            JourneyEventKind::Finished(FinishStatus::Length)
+        );
+        let count = |k: JourneyEventKind| kinds.iter().filter(|&&x| x == k).count();
+        assert_eq!(count(JourneyEventKind::FirstToken), 1);
+        let n = fin.num_preemptions as usize;
+        assert_eq!(
+            count(JourneyEventKind::Preempted(PreemptReason::KvCacheFull)),
+            n
+        );
+        assert_eq!(count(JourneyEventKind::Scheduled(ScheduleKind::Resume)), n);
+        assert!(fin.journey.windows(2).all(|w| w[0].ts <= w[1].ts));
+        assert_eq!(fin.journey.last().map(|m| m.decode_done_tokens), Some(40));
+        preempted += n;
+    }
+    assert!(preempted > 0, "the small pool must preempt some of them");
+    engine.shutdown();
+}

@@ -498,6 +498,7 @@ impl From<&wayfinder_core::EngineRequest> for WireRequest {
             stop: r.stop().clone(),
             priority: r.priority(),
             carrier: r.carrier().clone(),
+            journey: r.wants_journey(),
         }
     }
 }

@@ -40,6 +40,9 @@ pub struct WireRequest {
     pub priority: i32,
     /// The W3C trace-context carrier (and the sampling decision).
     pub carrier: HashMap<String, String>,
+    /// Send the request's journey marks back with its `Finished` (for the API's history).
+    #[serde(default)]
+    pub journey: bool,
 }
 
 /// What the engine tells a client about itself.
@@ -217,6 +220,7 @@ mod tests {
                 },
                 priority: 0,
                 carrier: HashMap::from([("traceparent".into(), "00-ab-cd-01".into())]),
+                journey: false,
             },
         };
         writer.send(&add).await.expect("sent");

@@ -287,6 +287,7 @@ impl Client {
             .stop(request.stop)
             .priority(request.priority)
             .carrier(request.carrier)
+            .journey(request.journey)
             .arrival_time(monotonic_now())
             .build();
         let mut stream = match built
@@ -351,5 +352,6 @@ fn rejected(error: String) -> FinishedOutput {
         },
         num_preemptions: 0,
         error: Some(error),
+        journey: Vec::new(),
     }
 }

@@ -96,6 +96,7 @@ fn add(seq: u64, id: &str, prompt: Vec<u32>, max_tokens: u32) -> ToEngine {
             },
             priority: 0,
             carrier: HashMap::new(),
+            journey: false,
         },
     }
 }
