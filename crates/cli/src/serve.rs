@@ -49,6 +49,13 @@ pub(crate) struct Args {
     /// included, before it is closed.
     #[arg(long, default_value_t = 60.0, value_parser = crate::units::positive_seconds)]
     http_idle_timeout: f64,
+    /// Journeys kept in memory for `GET /journeys` (the last N requests); 0 keeps none.
+    #[arg(long, default_value_t = 1000)]
+    journey_history: usize,
+    /// Where `/journeys` links a trace id, with `{trace_id}` in it (e.g.
+    /// `http://localhost:16686/trace/{trace_id}` for Jaeger).
+    #[arg(long)]
+    trace_url_template: Option<String>,
     /// HTTP connections open at once; more wait until one closes.
     #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
     max_connections: u32,
@@ -140,6 +147,8 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
         api_key,
         sampling_defaults: sampling_defaults(&engine.model.generation),
         tracing: telemetry.clone(),
+        journey_history: args.journey_history,
+        trace_url_template: args.trace_url_template.clone(),
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -384,6 +384,9 @@ fn demo_state(telemetry: Option<Telemetry>) -> AppState {
         api_key: None,
         sampling_defaults: wayfinder_core::SamplingParams::default(),
         tracing: telemetry,
+        // The history is measured on its own (issue 18); here, tracing alone.
+        journey_history: 0,
+        trace_url_template: None,
     })
 }
 

@@ -231,8 +231,7 @@ impl Generation {
                 )));
             };
             if let RequestOutput::Finished(f) = &output {
-                self.journey
-                    .engine_finished(&f.timestamps, f.num_preemptions);
+                self.journey.engine_finished(i, f);
                 self.choices[i].engine_done = true;
             }
             if self.choices[i].finish.is_some() {

@@ -14,7 +14,7 @@
 
 use axum::http::HeaderMap;
 use wayfinder_core::clock::monotonic_now;
-use wayfinder_core::{Carrier, RequestTimestamps};
+use wayfinder_core::{Carrier, FinishedOutput};
 use wayfinder_trace::names::reason;
 use wayfinder_trace::{Latency, RequestParams, RequestSpan, TraceId, Usage};
 
@@ -22,6 +22,7 @@ use std::sync::Arc;
 
 use crate::endpoints::Endpoint;
 use crate::error::ApiError;
+use crate::history::{History, Record};
 use crate::metrics::{EngineRecord, Metrics, RequestRecord};
 use crate::state::AppState;
 use crate::validation::ValidRequest;
@@ -91,6 +92,8 @@ pub(crate) struct Journey {
     span: Option<RequestSpan>,
     /// Where the request's end is counted.
     metrics: Arc<Metrics>,
+    /// Its record for the journey history, when the history is on.
+    record: Option<(Arc<History>, Record)>,
     /// `gen_ai.operation.name` of its endpoint.
     operation: &'static str,
 }
@@ -156,6 +159,13 @@ impl Journey {
             }
         };
         tracing::debug!(request_id = %id, "api.arrived");
+        let history = state.history();
+        let record = history.is_on().then(|| {
+            let trace_id = span.as_ref().map(|s| s.trace_id().to_string());
+            let record = Record::arrived(&id, endpoint.operation, trace_id);
+            history.arrived(record.clone());
+            (Arc::clone(history), record)
+        });
         Self {
             id,
             arrival,
@@ -167,6 +177,7 @@ impl Journey {
             span,
             metrics: Arc::clone(state.metrics()),
             operation: endpoint.operation,
+            record,
         }
     }
 
@@ -227,6 +238,19 @@ impl Journey {
         if let Some(s) = &mut self.span {
             s.handed_off();
         }
+        let t = self.elapsed();
+        self.note(move |r| {
+            r.prompt_tokens = prompt_tokens;
+            r.event("handed_off", t, None);
+        });
+    }
+
+    /// Applies `f` to the history record, and to its in-flight copy.
+    fn note(&mut self, f: impl Fn(&mut Record)) {
+        if let Some((history, record)) = &mut self.record {
+            f(record);
+            history.update(&self.id, f);
+        }
     }
 
     /// Output came back from the engine core (only the first call counts).
@@ -240,6 +264,11 @@ impl Journey {
         if let Some(s) = &mut self.span {
             s.first_response();
         }
+        let t = now - self.arrival;
+        self.note(move |r| {
+            r.ttft_s = Some(t);
+            r.event("first_output", t, None);
+        });
     }
 
     /// Choice `i` (in hand-off order) produced a token.
@@ -279,12 +308,15 @@ impl Journey {
         }
     }
 
-    /// One of the request's engine requests finished with these timestamps, after
-    /// `preemptions` preemptions.
-    pub(crate) fn engine_finished(&mut self, t: &RequestTimestamps, preemptions: u32) {
+    /// Choice `i`'s engine request finished: its timestamps, preemptions and journey marks.
+    pub(crate) fn engine_finished(&mut self, i: usize, f: &FinishedOutput) {
         if let Some(a) = &mut self.answer {
-            a.preemptions += u64::from(preemptions);
+            a.preemptions += u64::from(f.num_preemptions);
         }
+        if let Some((_, record)) = &mut self.record {
+            record.engine_marks(i, &f.journey, self.arrival);
+        }
+        let t = &f.timestamps;
         let e = &mut self.engine;
         e.queued = min(e.queued, Some(t.queued));
         e.first_scheduled = min(e.first_scheduled, t.first_scheduled);
@@ -331,6 +363,7 @@ impl Journey {
             }
         }
         self.count(outcome, now);
+        self.file(outcome, now);
         let Some(mut span) = self.span.take() else {
             return;
         };
@@ -364,6 +397,42 @@ impl Journey {
 }
 
 impl Journey {
+    /// Files the request's record in the history (once, from [`Journey::end`]).
+    fn file(&mut self, outcome: Outcome<'_>, now: f64) {
+        let Some((history, mut r)) = self.record.take() else {
+            return;
+        };
+        let t = now - self.arrival;
+        let (status, name, detail) = match outcome {
+            Outcome::Departed => ("departed", "departed", None),
+            Outcome::Failed(e) => ("failed", "aborted", Some(e.journey_reason().to_owned())),
+            Outcome::Disconnected => (
+                "disconnected",
+                "aborted",
+                Some(reason::CLIENT_DISCONNECT.to_owned()),
+            ),
+        };
+        r.status = status;
+        if let Outcome::Failed(e) = outcome {
+            r.error = Some(e.to_string());
+        }
+        r.event(name, t, detail);
+        r.e2e_s = Some(t);
+        let e = self.engine;
+        r.queue_s = span_of(e.queued, e.first_scheduled);
+        if let Some(a) = &self.answer {
+            r.completion_tokens = a.completion_tokens;
+            r.preemptions = a.preemptions;
+            r.finish_reasons = a
+                .finish_reasons
+                .iter()
+                .map(|x| x.unwrap_or("abort"))
+                .collect();
+        }
+        r.events.sort_by(|a, b| a.t.total_cmp(&b.t));
+        history.ended(r);
+    }
+
     /// Counts the request's end in the metrics (once, from [`Journey::end`]).
     fn count(&self, outcome: Outcome<'_>, now: f64) {
         let (error_type, unfinished) = match outcome {

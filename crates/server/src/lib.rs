@@ -42,6 +42,7 @@ mod auth;
 mod endpoints;
 pub mod error;
 mod generation;
+mod history;
 mod journey;
 mod listen;
 mod metrics;
@@ -73,6 +74,7 @@ pub fn app(state: AppState) -> Router {
             post(routes::completions::handle),
         )
         .route("/v1/models", get(routes::models))
+        .route("/journeys/api", get(routes::journeys_api))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_key,
@@ -80,6 +82,7 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/health", get(routes::health))
         .route("/metrics", get(routes::metrics))
+        .route("/journeys", get(routes::journeys_page))
         .route("/version", get(routes::version))
         .merge(v1)
         .fallback(routes::not_found)

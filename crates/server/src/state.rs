@@ -16,6 +16,7 @@ use wayfinder_text::Tokenizer;
 use wayfinder_trace::Telemetry;
 
 use crate::error::ApiError;
+use crate::history::History;
 use crate::metrics::Metrics;
 
 /// Request and server limits.
@@ -78,6 +79,10 @@ pub struct ServerParts {
     /// Journey tracing (`--enable-journey-tracing`); `None` when off: no span is made and no
     /// per-request tracing state exists.
     pub tracing: Option<Telemetry>,
+    /// Journeys kept for `/journeys` (`--journey-history`); 0 keeps none.
+    pub journey_history: usize,
+    /// `--trace-url-template`, e.g. `http://localhost:16686/trace/{trace_id}`.
+    pub trace_url_template: Option<String>,
 }
 
 /// Shared by every handler; cheap to clone.
@@ -101,6 +106,8 @@ struct Inner {
     warned_traceparent: AtomicBool,
     /// `/metrics`.
     metrics: Arc<Metrics>,
+    /// `/journeys`.
+    history: Arc<History>,
 }
 
 impl AppState {
@@ -110,6 +117,7 @@ impl AppState {
         let created = unix_now();
         let id_prefix = StdRng::from_os_rng().random::<u64>();
         let metrics = Arc::new(Metrics::new(&parts.model_name));
+        let history = Arc::new(History::new(parts.journey_history));
         Self {
             inner: Arc::new(Inner {
                 parts,
@@ -121,6 +129,7 @@ impl AppState {
                 next_id: AtomicU64::new(0),
                 warned_traceparent: AtomicBool::new(false),
                 metrics,
+                history,
             }),
         }
     }
@@ -164,6 +173,14 @@ impl AppState {
     /// The metrics `/metrics` shows.
     pub(crate) fn metrics(&self) -> &Arc<Metrics> {
         &self.inner.metrics
+    }
+    /// The journey history `/journeys` shows.
+    pub(crate) fn history(&self) -> &Arc<History> {
+        &self.inner.history
+    }
+    /// `--trace-url-template`: where the journey page links a trace id (`{trace_id}` in it).
+    pub(crate) fn trace_url_template(&self) -> Option<&str> {
+        self.inner.parts.trace_url_template.as_deref()
     }
 
     /// Logs, once per server, that a request came with a `traceparent` while tracing is off.

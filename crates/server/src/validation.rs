@@ -464,6 +464,7 @@ fn build(
                     ignore_eos: fields.ignore_eos.unwrap_or(false),
                 })
                 .arrival_time(arrival)
+                .journey(state.history().is_on())
                 .build()?;
             choices.push(ChoiceSpec {
                 index: index as u32,

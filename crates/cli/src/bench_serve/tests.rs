@@ -109,6 +109,8 @@ impl Wayfinder {
             api_key: None,
             sampling_defaults: SamplingParams::default(),
             tracing: None,
+            journey_history: 0,
+            trace_url_template: None,
         });
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("an address"));

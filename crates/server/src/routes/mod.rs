@@ -183,3 +183,27 @@ pub(crate) async fn metrics(
     };
     ([(axum::http::header::CONTENT_TYPE, content_type)], body).into_response()
 }
+
+/// `GET /journeys/api`: the journey history as JSON (`limit`, `status`, `min_e2e`).
+pub(crate) async fn journeys_api(State(state): State<AppState>, uri: Uri) -> Response {
+    let query = crate::history::Query::parse(uri.query().unwrap_or(""));
+    let history = state.history();
+    let (in_flight, recent) = history.snapshot(&query);
+    Json(json!({
+        "enabled": history.is_on(),
+        "trace_url_template": state.trace_url_template(),
+        "in_flight": in_flight,
+        "recent": recent,
+    }))
+    .into_response()
+}
+
+/// `GET /journeys`: the journey viewer, one page with its script inline (no CDN); it reads
+/// `/journeys/api`.
+pub(crate) async fn journeys_page() -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        include_str!("../journeys.html"),
+    )
+        .into_response()
+}

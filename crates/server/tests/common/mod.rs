@@ -67,6 +67,9 @@ pub struct Options {
     /// `Limits::http_idle_timeout` and `Limits::max_connections` (with `Running`).
     pub http_idle_timeout: Duration,
     pub max_connections: usize,
+    /// `--journey-history` and `--trace-url-template`.
+    pub journey_history: usize,
+    pub trace_url_template: Option<String>,
     /// The model's sampling defaults.
     pub sampling_defaults: wayfinder_core::SamplingParams,
     /// Journey tracing into an in-memory exporter, with these settings.
@@ -97,6 +100,8 @@ impl Default for Options {
             panic_on_steps: Vec::new(),
             http_idle_timeout: Duration::from_secs(60),
             max_connections: 512,
+            journey_history: 1000,
+            trace_url_template: None,
             sampling_defaults: wayfinder_core::SamplingParams::default(),
             tracing: None,
             telemetry: None,
@@ -354,6 +359,8 @@ fn state_of(
             .map(|k| wayfinder_ipc::Secret::new(k).expect("a usable test key")),
         sampling_defaults: options.sampling_defaults.clone(),
         tracing: telemetry,
+        journey_history: options.journey_history,
+        trace_url_template: options.trace_url_template.clone(),
     })
 }
 
