@@ -1,18 +1,17 @@
 //! Who may use an engine core, and what one client can do to another (issue 17): spoken in the
 //! raw protocol, as a hostile peer would.
 
+mod support;
+
 use std::collections::HashMap;
 use std::time::Duration;
 
+use support::TestEngine;
 use tokio::io::{ReadHalf, WriteHalf};
-use wayfinder_core::testing::{TestExecutor, TestExecutorConfig};
-use wayfinder_core::{
-    EngineConfig, EngineHandle, FinishStatus, RequestOutput, SamplingParams, SchedulerConfig,
-    StopConditions,
-};
+use wayfinder_core::{EngineHandle, FinishStatus, RequestOutput, SamplingParams, StopConditions};
 use wayfinder_ipc::addr::Stream;
 use wayfinder_ipc::protocol::{FromEngine, Reader, ToEngine, WireRequest, Writer};
-use wayfinder_ipc::{Access, EngineAddr, EngineInfo, PROTOCOL_VERSION, Secret};
+use wayfinder_ipc::{Access, EngineAddr, PROTOCOL_VERSION, Secret};
 
 const TOKEN: &str = "the right token";
 const VOCAB: usize = 128;
@@ -21,33 +20,12 @@ type Conn = (Reader<ReadHalf<Stream>>, Writer<WriteHalf<Stream>>);
 
 /// An engine served on a fresh Unix socket with `access`; its address.
 async fn engine(dir: &std::path::Path, max_requests: usize) -> (EngineHandle, EngineAddr) {
-    let executor = TestExecutor::new(TestExecutorConfig {
+    let (engine, info) = TestEngine {
         vocab_size: VOCAB,
-        num_slots: 64 * 16,
-        step_delay: Duration::from_millis(2),
-        ..TestExecutorConfig::default()
-    });
-    let engine = EngineHandle::spawn(
-        EngineConfig {
-            scheduler: SchedulerConfig {
-                max_num_seqs: 8,
-                max_model_len: 1024,
-                num_blocks: 64,
-                ..SchedulerConfig::default()
-            },
-            eos_token_ids: Vec::new(),
-            seed: Some(1),
-        },
-        Box::new(executor),
-        None,
-    )
-    .expect("engine");
-    let info = EngineInfo {
-        pid: std::process::id(),
-        max_model_len: 1024,
         num_blocks: 64,
-        block_size: 16,
-    };
+        step_delay: Duration::from_millis(2),
+    }
+    .spawn();
     let addr = EngineAddr::Unix(dir.join("e.sock"));
     let listener = addr.listen().await.expect("listen");
     let access = Access {

@@ -3,13 +3,15 @@
 //! free the child's blocks, a killed child ends the requests in flight cleanly and comes back,
 //! and a peer of another protocol version is refused.
 
+mod support;
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use wayfinder_core::testing::{TestExecutor, TestExecutorConfig};
+use support::TestEngine;
 use wayfinder_core::{
-    EngineConfig, EngineHandle, EngineRequest, EngineStats, FinishStatus, RequestOutput,
-    SamplingParams, SchedulerConfig, StopConditions,
+    EngineHandle, EngineRequest, EngineStats, FinishStatus, RequestOutput, SamplingParams,
+    StopConditions,
 };
 use wayfinder_ipc::protocol::{FromEngine, Reader, ToEngine, Writer};
 use wayfinder_ipc::{
@@ -18,39 +20,14 @@ use wayfinder_ipc::{
 
 const CHILD_ENV: &str = "WAYFINDER_IPC_TEST_ENGINE";
 const NUM_BLOCKS: usize = 64;
-const BLOCK_SIZE: usize = 16;
 
 fn local_engine() -> (EngineHandle, EngineInfo) {
-    let executor = TestExecutor::new(TestExecutorConfig {
+    TestEngine {
         vocab_size: 512,
-        num_slots: NUM_BLOCKS * BLOCK_SIZE,
-        step_delay: Duration::from_millis(5),
-        ..TestExecutorConfig::default()
-    });
-    let engine = EngineHandle::spawn(
-        EngineConfig {
-            scheduler: SchedulerConfig {
-                max_num_seqs: 8,
-                max_num_batched_tokens: 256,
-                max_model_len: NUM_BLOCKS * BLOCK_SIZE,
-                block_size: BLOCK_SIZE,
-                num_blocks: NUM_BLOCKS,
-                ..SchedulerConfig::default()
-            },
-            eos_token_ids: Vec::new(),
-            seed: Some(1),
-        },
-        Box::new(executor),
-        None,
-    )
-    .expect("engine");
-    let info = EngineInfo {
-        pid: std::process::id(),
-        max_model_len: NUM_BLOCKS * BLOCK_SIZE,
         num_blocks: NUM_BLOCKS,
-        block_size: BLOCK_SIZE,
-    };
-    (engine, info)
+        step_delay: Duration::from_millis(5),
+    }
+    .spawn()
 }
 
 /// The engine-core child: serves a test-executor engine at `$WAYFINDER_IPC_TEST_ENGINE` until

@@ -1,12 +1,14 @@
 //! Property tests of the engine protocol's edge: arbitrary bytes never panic the frame decoder,
 //! and whatever a peer without the token sends never reaches the engine.
 
+mod support;
+
 use std::time::Duration;
 
 use proptest::prelude::*;
+use support::TestEngine;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use wayfinder_core::testing::{TestExecutor, TestExecutorConfig};
-use wayfinder_core::{EngineConfig, EngineHandle, SchedulerConfig};
+use wayfinder_core::EngineHandle;
 use wayfinder_ipc::protocol::{FromEngine, Reader, ToEngine};
 use wayfinder_ipc::{Access, EngineAddr, EngineInfo, Secret};
 
@@ -61,32 +63,12 @@ proptest! {
 }
 
 fn engine() -> (EngineHandle, EngineInfo) {
-    let executor = TestExecutor::new(TestExecutorConfig {
+    TestEngine {
         vocab_size: 64,
-        num_slots: 16 * 16,
-        ..TestExecutorConfig::default()
-    });
-    let engine = EngineHandle::spawn(
-        EngineConfig {
-            scheduler: SchedulerConfig {
-                max_model_len: 256,
-                num_blocks: 16,
-                ..SchedulerConfig::default()
-            },
-            eos_token_ids: Vec::new(),
-            seed: Some(1),
-        },
-        Box::new(executor),
-        None,
-    )
-    .expect("engine");
-    let info = EngineInfo {
-        pid: 0,
-        max_model_len: 256,
         num_blocks: 16,
-        block_size: 16,
-    };
-    (engine, info)
+        step_delay: std::time::Duration::ZERO,
+    }
+    .spawn()
 }
 
 proptest! {

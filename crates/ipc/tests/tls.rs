@@ -2,16 +2,15 @@
 //! a plain-TCP peer gets nothing; with a client CA, only peers holding a certificate it signed
 //! get in.
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use support::TestEngine;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use wayfinder_core::testing::{TestExecutor, TestExecutorConfig};
-use wayfinder_core::{
-    EngineConfig, EngineHandle, EngineRequest, FinishStatus, RequestOutput, SamplingParams,
-    SchedulerConfig,
-};
+use wayfinder_core::{EngineHandle, EngineRequest, FinishStatus, RequestOutput, SamplingParams};
 use wayfinder_ipc::{
     Access, ClientTls, EngineAddr, EngineInfo, RemoteConfig, Secret, SecretText, ServerTls,
 };
@@ -67,32 +66,12 @@ fn pki(dir: &Path) -> Pki {
 }
 
 fn engine() -> (EngineHandle, EngineInfo) {
-    let executor = TestExecutor::new(TestExecutorConfig {
+    TestEngine {
         vocab_size: 64,
-        num_slots: 16 * 16,
-        ..TestExecutorConfig::default()
-    });
-    let engine = EngineHandle::spawn(
-        EngineConfig {
-            scheduler: SchedulerConfig {
-                max_model_len: 256,
-                num_blocks: 16,
-                ..SchedulerConfig::default()
-            },
-            eos_token_ids: Vec::new(),
-            seed: Some(1),
-        },
-        Box::new(executor),
-        None,
-    )
-    .expect("engine");
-    let info = EngineInfo {
-        pid: std::process::id(),
-        max_model_len: 256,
         num_blocks: 16,
-        block_size: 16,
-    };
-    (engine, info)
+        step_delay: std::time::Duration::ZERO,
+    }
+    .spawn()
 }
 
 /// Serves the engine with TLS on a free localhost port, on a runtime of its own thread.

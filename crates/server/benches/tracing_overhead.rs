@@ -1,5 +1,5 @@
 //! What journey tracing costs: throughput and CPU per request with tracing off, sampled at
-//! 10 % and at 100 %, exporting over OTLP/gRPC to a real receiver in a child process (so its
+//! 10 % and at 100 %, with the journey history alone (`history`) and with both (`all`), exporting over OTLP/gRPC to a real receiver in a child process (so its
 //! CPU is not counted), with the deterministic test executor (where the API and engine code is
 //! nearly all there is, so the tracing cost stands out) and with the demo model.
 //!
@@ -128,24 +128,41 @@ enum Workload {
 struct Mode {
     name: &'static str,
     rate: Option<f64>,
+    /// `--journey-history` (0: off).
+    history: usize,
 }
 
-const MODES: [Mode; 4] = [
+/// The modes; `/metrics` is recorded in every one (it cannot be turned off).
+const MODES: [Mode; 6] = [
     Mode {
         name: "off",
         rate: None,
+        history: 0,
     },
     Mode {
         name: "0%",
         rate: Some(0.0),
+        history: 0,
     },
     Mode {
         name: "10%",
         rate: Some(0.1),
+        history: 0,
     },
     Mode {
         name: "100%",
         rate: Some(1.0),
+        history: 0,
+    },
+    Mode {
+        name: "history",
+        rate: None,
+        history: 1000,
+    },
+    Mode {
+        name: "all",
+        rate: Some(1.0),
+        history: 1000,
     },
 ];
 
@@ -258,11 +275,12 @@ async fn run_once(n: usize, mode: Mode, target: (&str, &str), workload: Workload
                 max_waiting_requests: n,
                 num_blocks: 1024,
                 telemetry: telemetry.clone(),
+                journey_history: mode.history,
                 ..common::Options::default()
             })
             .state
         }
-        Workload::Demo => demo_state(telemetry.clone()),
+        Workload::Demo => demo_state(telemetry.clone(), mode.history),
     };
     let model = state.model_name().to_owned();
     let body = json!({
@@ -335,7 +353,7 @@ async fn run_once(n: usize, mode: Mode, target: (&str, &str), workload: Workload
 }
 
 /// The demo model (or `--model PATH`) behind an [`AppState`].
-fn demo_state(telemetry: Option<Telemetry>) -> AppState {
+fn demo_state(telemetry: Option<Telemetry>, history: usize) -> AppState {
     let dir = flag("--model").map_or_else(
         || {
             wayfinder_model::synth::demo::ensure_demo(&wayfinder_model::synth::demo::cache_root())
@@ -384,8 +402,7 @@ fn demo_state(telemetry: Option<Telemetry>) -> AppState {
         api_key: None,
         sampling_defaults: wayfinder_core::SamplingParams::default(),
         tracing: telemetry,
-        // The history is measured on its own (issue 18); here, tracing alone.
-        journey_history: 0,
+        journey_history: history,
         trace_url_template: None,
     })
 }

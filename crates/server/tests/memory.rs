@@ -9,17 +9,6 @@ use serde_json::json;
 
 use common::{MODEL, Options, TestServer};
 
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_largest_stop_list_on_many_choices_stays_within_a_bound() {
     let server = TestServer::new(&Options {
@@ -39,10 +28,10 @@ async fn the_largest_stop_list_on_many_choices_stays_within_a_bound() {
         server.post("/v1/completions", &body).await.status,
         StatusCode::OK
     );
-    let before = rss_kib();
+    let before = common::rss_kib();
     let replies =
         futures_util::future::join_all((0..4).map(|_| server.post("/v1/completions", &body))).await;
-    let after = rss_kib();
+    let after = common::rss_kib();
     for r in &replies {
         assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     }

@@ -23,17 +23,6 @@ fn engine_child() {
     common::engine_child_main();
 }
 
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 /// One client's request, chosen at random; returns the status it got.
 async fn one_request(client: &reqwest::Client, addr: SocketAddr, rng: &mut StdRng) -> u16 {
     let kind = rng.random_range(0..10);
@@ -107,7 +96,7 @@ async fn a_soak_with_disconnects_overload_bad_input_and_a_dying_engine() {
         ..Options::default()
     })
     .await;
-    let rss_before = rss_kib();
+    let rss_before = common::rss_kib();
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()
@@ -171,7 +160,7 @@ async fn a_soak_with_disconnects_overload_bad_input_and_a_dying_engine() {
     }
     let stats = running.server.wait_idle().await;
     assert_eq!(stats.num_free_blocks, stats.num_total_blocks);
-    let growth_mib = rss_kib().saturating_sub(rss_before) / 1024;
+    let growth_mib = common::rss_kib().saturating_sub(rss_before) / 1024;
     assert!(growth_mib < 256, "RSS grew by {growth_mib} MiB");
     // A request that needs most of the pool (29 of 32 blocks) is served.
     let prompt: Vec<u32> = (0..400).map(|i| 40 + (i % 60)).collect();

@@ -638,3 +638,15 @@ impl std::io::Write for CapturedLogs {
         Ok(())
     }
 }
+
+/// This process's resident memory, in KiB (0 where `/proc` has no answer).
+pub fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
