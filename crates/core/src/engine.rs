@@ -7,9 +7,9 @@
 //!
 //! Every request ends with exactly one [`RequestOutput::Finished`] on its stream and exactly one
 //! FINISHED journey event: when it stops or hits its length, when it is aborted (by
-//! [`EngineHandle::abort`], by dropping its stream, or by shutdown), when its prompt can never
+//! [`crate::EngineHandle::abort`], by dropping its stream, or by shutdown), when its prompt can never
 //! fit, when it holds a token id outside the model's vocabulary, when the executor fails, and
-//! when the loop panics: [`EngineLoop::recover`] then ends every live request with `error`,
+//! when the loop panics: `EngineLoop::recover` then ends every live request with `error`,
 //! starts a fresh scheduler (the executor is kept: its KV contents belong to no one any more)
 //! and the loop goes on; the handle reports the engine unhealthy meanwhile.
 
@@ -68,7 +68,7 @@ pub struct EngineStats {
     pub num_steps: u64,
 }
 
-/// What an [`EngineHandle`] asks of its engine.
+/// What an [`crate::EngineHandle`] asks of its engine.
 #[derive(Debug)]
 pub enum EngineCommand {
     /// Run a request; send its outputs (tokens, then one `Finished`) on `tx`. Dropping `tx`

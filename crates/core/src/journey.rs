@@ -8,7 +8,9 @@
 //!
 //! The OpenTelemetry observer (in `wayfinder-trace`) makes the `llm_core` span from the carrier
 //! at QUEUED and ends it at FINISHED. With no observer the engine builds no events and keeps no
-//! carrier: there is no per-request tracing state at all.
+//! carrier: there is no per-request tracing state at all — except, for a request that asked
+//! for them, its [`JourneyMark`]s, which the API's journey history gets back with the
+//! request's `Finished` output.
 
 use crate::request::Carrier;
 use crate::scheduler::{PreemptReason, ScheduleKind};

@@ -22,7 +22,8 @@
 //! - `sse`: OpenAI's streaming framing; `routes`: the handlers (`routes/chat.rs`,
 //!   `routes/completions.rs`, and the small endpoints); `auth`: the bearer check.
 //! - `metrics`: `GET /metrics` (prometheus-client; exemplars pointing at `llm_request`),
-//!   recorded once per request by the journey's end.
+//!   recorded once per request by the journey's end; `history`: the journey history behind
+//!   `GET /journeys/api` and the page `GET /journeys` (`journeys.html`, embedded).
 //! - `endpoints`: the generation endpoints' table (path, operation name, id prefix), written
 //!   once for the router, the handlers, auth and the journey.
 //! - [`error`]: [`ApiError`], the one error type, with the one mapping to HTTP and every

@@ -1,5 +1,5 @@
 //! The OpenAI wire format: request and response DTOs, exactly as they travel. No logic here;
-//! [`crate::validation`] turns requests into engine requests.
+//! `validation.rs` turns requests into engine requests.
 //!
 //! Unknown request fields are ignored (serde's default). Fields the server refuses when set
 //! (`tools`, `response_format`, …) are kept as raw JSON so that validation can name them.
