@@ -129,12 +129,25 @@ async fn journeys_with_the_engines_events_with_an_engine_process() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_history_is_bounded_and_lists_requests_in_flight() {
-    let server = TestServer::new(&Options {
-        journey_history: 20,
-        step_delay: Duration::from_millis(2),
-        ..Options::default()
-    });
+async fn the_history_is_bounded_and_lists_requests_in_flight_in_process() {
+    bounded_and_in_flight(Mode::InProcess).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_history_is_bounded_and_lists_requests_in_flight_with_an_engine_process() {
+    bounded_and_in_flight(Mode::EngineProcess).await;
+}
+
+async fn bounded_and_in_flight(mode: Mode) {
+    let server = server(
+        mode,
+        Options {
+            journey_history: 20,
+            step_delay: Duration::from_millis(2),
+            ..Options::default()
+        },
+    )
+    .await;
     for i in 0..120 {
         server
             .post(
