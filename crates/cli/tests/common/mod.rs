@@ -32,11 +32,15 @@ pub(crate) fn serve_ready_line(command: &mut Command) -> (Server, String) {
     let (tx, rx) = mpsc::channel::<Result<String, String>>();
     std::thread::spawn(move || {
         let mut all = String::new();
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+        let mut lines = BufReader::new(stderr).lines().map_while(Result::ok);
+        for line in lines.by_ref() {
             all.push_str(&line);
             all.push('\n');
             if line.contains("serving the OpenAI API") {
                 let _ = tx.send(Ok(line));
+                // Keep reading: a closed pipe would make the server's (and its engine
+                // child's) later log writes fail.
+                lines.for_each(drop);
                 return;
             }
         }
