@@ -14,6 +14,7 @@
 //! before it ends, and nothing waits after the response.
 
 use std::pin::Pin;
+use std::sync::Arc;
 
 use futures_util::stream::{self, SelectAll, Stream, StreamExt};
 use tokio::sync::OwnedSemaphorePermit;
@@ -99,8 +100,9 @@ struct Choice {
     /// The engine's `Finished` for this choice came back (its timestamps are in the journey).
     engine_done: bool,
     text_len: usize,
-    /// With `echo`, until the prompt is sent: its text, ids and the logprobs come so far.
-    echo: Option<Echo>,
+    /// With `echo`, until the prompt is sent: its text, ids and the logprobs come so far
+    /// (shared with the blocking job that decodes it).
+    echo: Option<Arc<Echo>>,
 }
 
 /// An echoed prompt waiting to be sent: once its logprobs are all in when they were asked
@@ -127,10 +129,12 @@ impl Generation {
         let mut outputs = SelectAll::new();
         for (i, mut spec) in valid.choices.into_iter().enumerate() {
             let detok = IncrementalDetokenizer::new(spec.request.prompt(), true);
-            let echo = spec.echo.map(|text| Echo {
-                text,
-                prompt: spec.request.prompt().to_vec(),
-                logprobs: Vec::new(),
+            let echo = spec.echo.map(|text| {
+                Arc::new(Echo {
+                    text,
+                    prompt: spec.request.prompt().to_vec(),
+                    logprobs: Vec::new(),
+                })
             });
             let engine_id = spec.request.id().to_owned();
             // Each engine request carries the context; the last takes the original.
@@ -239,16 +243,17 @@ impl Generation {
                 continue;
             }
             let delta = match output {
-                RequestOutput::PromptLogprobs(entries) => Ok(self.on_prompt_logprobs(i, entries)),
-                RequestOutput::Token(token) => {
-                    let echo = self.echo(i);
-                    self.on_token(i, &token).map(|d| join(echo, d))
-                }
-                RequestOutput::Finished(f) => {
-                    let echo = self.echo(i);
-                    self.on_finished(i, f.status, f.error.as_deref())
-                        .map(|d| join(echo, d))
-                }
+                RequestOutput::PromptLogprobs(entries) => self.on_prompt_logprobs(i, entries).await,
+                RequestOutput::Token(token) => match self.echo(i).await {
+                    Ok(echo) => self.on_token(i, &token).map(|d| join(echo, d)),
+                    Err(e) => Err(e),
+                },
+                RequestOutput::Finished(f) => match self.echo(i).await {
+                    Ok(echo) => self
+                        .on_finished(i, f.status, f.error.as_deref())
+                        .map(|d| join(echo, d)),
+                    Err(e) => Err(e),
+                },
             };
             match delta {
                 Ok(Some(d)) => return Some(Ok(d)),
@@ -259,49 +264,47 @@ impl Generation {
     }
 
     /// Keeps the prompt's logprobs; once all are in, the echo is due.
-    fn on_prompt_logprobs(&mut self, i: usize, entries: Vec<TokenLogprobs>) -> Option<Delta> {
-        let echo = self.choices[i].echo.as_mut()?;
+    async fn on_prompt_logprobs(
+        &mut self,
+        i: usize,
+        entries: Vec<TokenLogprobs>,
+    ) -> Result<Option<Delta>, ApiError> {
+        let Some(echo) = self.choices[i].echo.as_mut().and_then(Arc::get_mut) else {
+            return Ok(None);
+        };
         echo.logprobs.extend(entries);
         if echo.logprobs.len() + 1 >= echo.prompt.len() {
-            self.echo(i)
+            self.echo(i).await
         } else {
-            None
+            Ok(None)
         }
     }
 
     /// The echoed prompt, if it is still to be sent: its text, and its tokens when logprobs
-    /// were asked for (the first without a logprob, as nothing predicts it).
-    fn echo(&mut self, i: usize) -> Option<Delta> {
-        let echo = self.choices[i].echo.take()?;
-        let mut tokens = Vec::new();
-        if self.logprobs {
-            let tokenizer = self.state.tokenizer();
-            let mut detok = IncrementalDetokenizer::new(&[], false);
-            let mut offset = 0;
-            for (k, &id) in echo.prompt.iter().enumerate() {
-                let lp = k.checked_sub(1).and_then(|k| echo.logprobs.get(k));
-                tokens.push(TokenInfo {
-                    text: token_text(self, id),
-                    logprob: lp.map(|lp| lp.logprob),
-                    top: lp.map_or_else(Vec::new, |lp| {
-                        lp.top
-                            .iter()
-                            .map(|&(t, p)| (token_text(self, t), p))
-                            .collect()
-                    }),
-                    offset,
-                });
-                offset += detok.push(tokenizer, id).map_or(0, |piece| piece.len());
-            }
-        }
+    /// were asked for (the first without a logprob, as nothing predicts it). Decoding every
+    /// prompt token (and its alternatives) is CPU work in proportion to the prompt, so it runs
+    /// on the blocking pool like the prompt's tokenizing did.
+    async fn echo(&mut self, i: usize) -> Result<Option<Delta>, ApiError> {
+        let Some(echo) = self.choices[i].echo.take() else {
+            return Ok(None);
+        };
+        let tokens = if self.logprobs {
+            let state = self.state.clone();
+            let echo = Arc::clone(&echo);
+            self.state
+                .run_cpu(move || Ok(echo_tokens(&state, &echo)))
+                .await?
+        } else {
+            Vec::new()
+        };
         let choice = &mut self.choices[i];
         choice.text_len = echo.text.len();
-        Some(Delta {
+        Ok(Some(Delta {
             index: choice.index,
-            text: echo.text,
+            text: echo.text.clone(),
             tokens,
             finish_reason: None,
-        })
+        }))
     }
 
     fn on_token(&mut self, i: usize, token: &TokenOutput) -> Result<Option<Delta>, ApiError> {
@@ -417,6 +420,28 @@ fn join(first: Option<Delta>, then: Option<Delta>) -> Option<Delta> {
         }
         (a, b) => a.or(b),
     }
+}
+
+/// An echoed prompt's tokens with their logprobs and text offsets.
+fn echo_tokens(state: &AppState, echo: &Echo) -> Vec<TokenInfo> {
+    let tokenizer = state.tokenizer();
+    let text = |id: u32| tokenizer.decode(&[id], false).unwrap_or_default();
+    let mut detok = IncrementalDetokenizer::new(&[], false);
+    let mut offset = 0;
+    let mut tokens = Vec::with_capacity(echo.prompt.len());
+    for (k, &id) in echo.prompt.iter().enumerate() {
+        let lp = k.checked_sub(1).and_then(|k| echo.logprobs.get(k));
+        tokens.push(TokenInfo {
+            text: text(id),
+            logprob: lp.map(|lp| lp.logprob),
+            top: lp.map_or_else(Vec::new, |lp| {
+                lp.top.iter().map(|&(t, p)| (text(t), p)).collect()
+            }),
+            offset,
+        });
+        offset += detok.push(tokenizer, id).map_or(0, |piece| piece.len());
+    }
+    tokens
 }
 
 /// The text of one token as logprobs show it.
