@@ -79,6 +79,8 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
                 max_model_len,
                 block_size: BLOCK_SIZE,
                 num_blocks,
+                // It measures computing, as llama-bench does: nothing is reused.
+                enable_prefix_caching: false,
                 ..SchedulerConfig::default()
             },
             eos_token_ids: model.text.eos_token_ids,

@@ -48,6 +48,13 @@ pub(crate) struct EngineArgs {
     /// Weight dtype: auto, f32, bf16 or f16.
     #[arg(long, default_value = "auto")]
     pub(crate) dtype: String,
+    /// Reuse the KV of prompt prefixes already computed (automatic prefix caching; the
+    /// default).
+    #[arg(long, overrides_with = "no_enable_prefix_caching")]
+    pub(crate) enable_prefix_caching: bool,
+    /// Compute every prompt from its first token.
+    #[arg(long, overrides_with = "enable_prefix_caching")]
+    pub(crate) no_enable_prefix_caching: bool,
 }
 
 /// A running local engine and what it was built from.
@@ -130,6 +137,7 @@ impl EngineArgs {
                     max_model_len,
                     block_size: self.block_size,
                     num_blocks,
+                    enable_prefix_caching: self.prefix_caching(),
                     ..SchedulerConfig::default()
                 },
                 eos_token_ids: model.text.eos_token_ids.clone(),
@@ -146,6 +154,11 @@ impl EngineArgs {
             kv_bytes,
             dtype,
         })
+    }
+
+    /// Whether the prefix cache is on: unless the last of the pair of flags turned it off.
+    pub(crate) fn prefix_caching(&self) -> bool {
+        !self.no_enable_prefix_caching
     }
 
     /// Only the text side of the model, for an API process whose engine runs elsewhere.
@@ -181,6 +194,9 @@ impl EngineArgs {
             flag("num-kv-blocks", n.to_string());
         }
         flag("dtype", self.dtype.clone());
+        if !self.prefix_caching() {
+            args.push("--no-enable-prefix-caching".into());
+        }
         args
     }
 }
@@ -225,5 +241,16 @@ mod tests {
                 .count(),
             0
         );
+    }
+
+    #[test]
+    fn prefix_caching_is_on_unless_the_last_flag_says_off_and_the_child_is_told() {
+        let with = |flags: &[&str]| parse(flags.iter().map(OsString::from));
+        assert!(with(&[]).prefix_caching());
+        assert!(!with(&["--no-enable-prefix-caching"]).prefix_caching());
+        assert!(with(&["--no-enable-prefix-caching", "--enable-prefix-caching"]).prefix_caching());
+        assert!(!with(&["--enable-prefix-caching", "--no-enable-prefix-caching"]).prefix_caching());
+        assert!(!parse(with(&["--no-enable-prefix-caching"]).to_args()).prefix_caching());
+        assert!(parse(with(&[]).to_args()).prefix_caching());
     }
 }

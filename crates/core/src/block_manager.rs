@@ -1,23 +1,43 @@
-//! The paged KV cache's block manager: which fixed-size blocks of KV slots each sequence owns.
+//! The paged KV cache's block manager: which fixed-size blocks of KV slots each sequence holds,
+//! and the prefix cache — full blocks kept, findable by content, after their owners are gone.
 //!
 //! The KV cache is `num_blocks` blocks of `block_size` token slots each. A sequence's keys and
 //! values live in the blocks of its *block table*, in order: token `i` of the sequence is in slot
 //! `i % block_size` of block `table[i / block_size]`. The executor reads and writes KV through
 //! these tables; this structure only does the bookkeeping.
 //!
+//! # Prefix caching
+//! Once a table's block is full and its KV computed, [`BlockManager::cache_blocks`] enters it
+//! in the cache index under its chained content hash ([`crate::block_hash`]), keeping a copy of
+//! its tokens and its parent's hash. [`BlockManager::find_cached_prefix`] finds the longest run
+//! of a new sequence's leading blocks in the index (checking each one's tokens and parent, so a
+//! hash collision can only miss), and [`BlockManager::allocate_with_prefix`] puts them at the
+//! head of its table. A block is shared by reference count; it is written only while exactly
+//! one table holds it and it is not yet cached (a sequence writes at positions past its
+//! computed tokens, and a cached block is full and computed). When its last holder frees it, a
+//! cached block joins the *evictable* list (least recently freed first out; a table's blocks
+//! are freed tail first, so shared heads outlive private tails) and stays findable until an
+//! allocation finds no uncached free block and evicts it.
+//!
 //! # Invariants
 //! After every public call:
-//! 1. every block id in `0..num_blocks` is either on the free list or in exactly one block table,
-//!    never both and never twice — so `free + used == total`;
-//! 2. a table holding `n` tokens has exactly `ceil(n / block_size)` blocks;
-//! 3. calls are all-or-nothing: one that returns an error changes nothing.
+//! 1. every block id in `0..num_blocks` is in exactly one of: the free stack (no holder, not
+//!    cached), the evictable list (no holder, cached), or one or more block tables — its
+//!    reference count being the number of tables holding it, and no table holding it twice;
+//! 2. the index maps a hash to a block exactly when that block is cached under that hash, and a
+//!    cached block's hash is the hash of its parent's hash and its stored tokens;
+//! 3. a table holding `n` tokens has exactly `ceil(n / block_size)` blocks;
+//! 4. calls are all-or-nothing: one that returns an error changes nothing.
 //!
-//! Every verb costs O(blocks touched) plus one hash lookup: the free list is a stack, tables are
-//! vectors, and nothing scans the pool. [`BlockManager::check_invariants`] verifies 1 and 2 in
-//! O(num_blocks) for tests.
+//! Every verb costs O(blocks touched) plus hash-map and ordered-map operations: the free list is
+//! a stack, the evictable list a `BTreeMap` by release tick, tables are vectors, and nothing
+//! scans the pool. [`BlockManager::check_invariants`] verifies 1–3 in O(num_blocks) for tests.
+
+use std::collections::BTreeMap;
 
 use rustc_hash::FxHashMap as HashMap;
 
+use crate::block_hash::{BlockHash, BlockHasher};
 use crate::sequence::SeqId;
 
 /// Index of a block in the KV cache.
@@ -43,25 +63,44 @@ pub enum BlockError {
     /// `append_slots` on a sequence without a table.
     #[error("sequence {0:?} has no block table")]
     NotAllocated(SeqId),
+    /// A prefix given to `allocate_with_prefix` holds a block that is not cached (or twice).
+    #[error("block {0} is not a cached block of this prefix")]
+    NotCached(BlockId),
 }
 
-/// A broken invariant (1 or 2 of the module docs), found by
-/// [`BlockManager::check_invariants`].
+/// A broken invariant (1–3 of the module docs), found by [`BlockManager::check_invariants`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InvariantViolation {
     /// A block id past the pool.
     #[error("block {0} out of range")]
     OutOfRange(BlockId),
-    /// A block on the free list and in a table, or twice in either.
+    /// A block in two places of free stack, evictable list and tables, or twice in one.
     #[error("block {block} owned twice ({first} and {second})")]
     OwnedTwice {
         /// The block.
         block: BlockId,
-        /// Where it was found first: `free list` or `a table`.
+        /// Where it was found first: `free list`, `evictable list` or `a table`.
         first: &'static str,
         /// Where it was found again.
         second: &'static str,
     },
+    /// A block's reference count differs from the tables holding it.
+    #[error("block {block} has reference count {count} but {holders} holders")]
+    RefCount {
+        /// The block.
+        block: BlockId,
+        /// Its count.
+        count: u32,
+        /// Tables holding it.
+        holders: u32,
+    },
+    /// The index and the blocks' cached state disagree, or the free stack holds a cached block
+    /// or the evictable list an uncached one.
+    #[error("block {0}'s cache entry is inconsistent")]
+    CacheEntry(BlockId),
+    /// A cached block whose hash is not that of its parent and tokens.
+    #[error("block {0}'s hash does not match its tokens")]
+    HashMismatch(BlockId),
     /// A table whose block count does not fit its token count.
     #[error("{seq:?} holds {tokens} tokens in {blocks} blocks")]
     TableSize {
@@ -72,10 +111,10 @@ pub enum InvariantViolation {
         /// Its blocks.
         blocks: usize,
     },
-    /// Free and used blocks do not add up to the pool.
+    /// Free, evictable and held blocks do not add up to the pool.
     #[error("free {free} + used {used} != total {total}")]
     Miscount {
-        /// Blocks on the free list.
+        /// Blocks on the free stack and the evictable list.
         free: usize,
         /// Blocks in tables.
         used: usize,
@@ -84,24 +123,60 @@ pub enum InvariantViolation {
     },
 }
 
+/// What [`BlockManager::find_cached_prefix`] and [`BlockManager::cache_blocks`] need of a
+/// sequence: its tokens and the chained hashes of its full blocks.
+#[derive(Debug, Clone, Copy)]
+pub struct PrefixKey<'a> {
+    /// The parent of its first block ([`BlockHasher::root`]).
+    pub root: BlockHash,
+    /// Hashes of its leading full blocks, in order (may cover fewer blocks than `tokens` fill).
+    pub hashes: &'a [BlockHash],
+    /// Its tokens.
+    pub tokens: &'a [u32],
+}
+
 #[derive(Debug, Default)]
 struct BlockTable {
     blocks: Vec<BlockId>,
     num_tokens: usize,
+    /// Leading blocks already cached or offered to the cache: [`BlockManager::cache_blocks`]
+    /// goes on from here.
+    num_cache_checked: usize,
 }
 
-/// Owns the free list and every sequence's block table. See the module docs for the invariants.
+/// A cached block's identity: its hash, its parent's, and its release tick while evictable.
+#[derive(Debug, Clone, Copy)]
+struct CacheEntry {
+    hash: BlockHash,
+    parent: BlockHash,
+    /// Set while the block is on the evictable list: its key there.
+    evictable_at: Option<u64>,
+}
+
+/// Owns the free stack, the prefix cache and every sequence's block table. See the module docs
+/// for the invariants.
 #[derive(Debug)]
 pub struct BlockManager {
     block_size: usize,
     num_blocks: usize,
-    /// Free blocks; a stack, so the most recently freed block is reused first.
+    /// Uncached blocks with no holder; a stack, so the most recently freed is reused first.
     free: Vec<BlockId>,
+    /// Cached blocks with no holder, by release tick: the first is evicted first.
+    evictable: BTreeMap<u64, BlockId>,
+    next_tick: u64,
+    /// Per block: how many tables hold it.
+    refs: Vec<u32>,
+    /// Per block: its cache entry while cached.
+    entries: Vec<Option<CacheEntry>>,
+    /// Per block: its tokens while cached (`block_size` each; allocated on first use).
+    cached_tokens: Vec<u32>,
+    index: HashMap<BlockHash, BlockId>,
+    hasher: BlockHasher,
     tables: HashMap<SeqId, BlockTable>,
 }
 
 impl BlockManager {
-    /// A pool of `num_blocks` blocks of `block_size` slots, all free.
+    /// A pool of `num_blocks` blocks of `block_size` slots, all free, with an empty cache.
     ///
     /// # Panics
     /// If `block_size` is 0 or `num_blocks` does not fit a [`BlockId`].
@@ -116,6 +191,13 @@ impl BlockManager {
             num_blocks,
             // Reversed so that block 0 is handed out first.
             free: (0..num_blocks as BlockId).rev().collect(),
+            evictable: BTreeMap::new(),
+            next_tick: 0,
+            refs: vec![0; num_blocks],
+            entries: vec![None; num_blocks],
+            cached_tokens: Vec::new(),
+            index: HashMap::default(),
+            hasher: BlockHasher::new(),
             tables: HashMap::default(),
         }
     }
@@ -128,36 +210,94 @@ impl BlockManager {
     pub fn num_total_blocks(&self) -> usize {
         self.num_blocks
     }
-    /// Blocks on the free list.
+    /// Blocks an allocation can take: free ones and evictable cached ones.
     pub fn num_free_blocks(&self) -> usize {
-        self.free.len()
+        self.free.len() + self.evictable.len()
     }
-    /// Blocks owned by some sequence.
+    /// Blocks held by some sequence.
     pub fn num_used_blocks(&self) -> usize {
-        self.num_blocks - self.free.len()
+        self.num_blocks - self.num_free_blocks()
+    }
+    /// Blocks in the prefix cache (held or evictable).
+    pub fn num_cached_blocks(&self) -> usize {
+        self.index.len()
     }
     /// Blocks needed to hold `num_tokens` tokens.
     pub fn blocks_for(&self, num_tokens: usize) -> usize {
         num_tokens.div_ceil(self.block_size)
     }
+    /// The hasher whose [`BlockHash`]es this cache is keyed by.
+    pub fn hasher(&self) -> &BlockHasher {
+        &self.hasher
+    }
 
     /// Whether a new table for `num_tokens` tokens would fit now.
     pub fn can_allocate(&self, num_tokens: usize) -> bool {
-        self.blocks_for(num_tokens) <= self.free.len()
+        self.can_allocate_with_prefix(&[], num_tokens)
     }
 
     /// Gives `seq` a new table holding `num_tokens` slots; returns its blocks.
     pub fn allocate(&mut self, seq: SeqId, num_tokens: usize) -> Result<&[BlockId], BlockError> {
+        self.allocate_with_prefix(seq, &[], num_tokens)
+    }
+
+    /// The longest run of `key`'s leading full blocks found in the cache, at most `max_blocks`:
+    /// the blocks to pass to [`BlockManager::allocate_with_prefix`]. Each found block's stored
+    /// tokens and parent are compared with `key`'s, so a hash collision is a miss.
+    pub fn find_cached_prefix(&self, key: PrefixKey<'_>, max_blocks: usize) -> Vec<BlockId> {
+        let bs = self.block_size;
+        let mut found = Vec::new();
+        let mut parent = key.root;
+        for (i, hash) in key.hashes.iter().take(max_blocks).enumerate() {
+            let Some(&b) = self.index.get(hash) else {
+                break;
+            };
+            let Some(tokens) = key.tokens.get(i * bs..(i + 1) * bs) else {
+                break;
+            };
+            let same = self.entries[b as usize].is_some_and(|e| e.parent == parent)
+                && self.stored_tokens(b) == tokens;
+            if !same {
+                break;
+            }
+            found.push(b);
+            parent = *hash;
+        }
+        found
+    }
+
+    /// Whether [`BlockManager::allocate_with_prefix`] of `prefix` and `num_new_tokens` would
+    /// succeed now.
+    pub fn can_allocate_with_prefix(&self, prefix: &[BlockId], num_new_tokens: usize) -> bool {
+        self.check_prefix_allocation(prefix, num_new_tokens).is_ok()
+    }
+
+    /// Gives `seq` a new table: the cached blocks `prefix` (from
+    /// [`BlockManager::find_cached_prefix`], shared, their KV already computed) followed by new
+    /// blocks for `num_new_tokens` more slots. Returns the whole table.
+    pub fn allocate_with_prefix(
+        &mut self,
+        seq: SeqId,
+        prefix: &[BlockId],
+        num_new_tokens: usize,
+    ) -> Result<&[BlockId], BlockError> {
         if self.tables.contains_key(&seq) {
             return Err(BlockError::AlreadyAllocated(seq));
         }
-        let needed = self.blocks_for(num_tokens);
-        self.check_free(needed)?;
-        let blocks = self.take_free(needed).collect();
-        let table = self
-            .tables
-            .entry(seq)
-            .or_insert(BlockTable { blocks, num_tokens });
+        let needed = self.check_prefix_allocation(prefix, num_new_tokens)?;
+        // Take the prefix first, so that evictions for the new blocks cannot reach it.
+        for &b in prefix {
+            self.hold(b);
+        }
+        let mut blocks = prefix.to_vec();
+        for _ in 0..needed {
+            blocks.push(self.take_block());
+        }
+        let table = self.tables.entry(seq).or_insert(BlockTable {
+            blocks,
+            num_tokens: prefix.len() * self.block_size + num_new_tokens,
+            num_cache_checked: prefix.len(),
+        });
         Ok(&table.blocks)
     }
 
@@ -171,7 +311,7 @@ impl BlockManager {
     /// Whether `seq`'s table could grow by `num_new_tokens` slots now.
     pub fn can_append_slots(&self, seq: SeqId, num_new_tokens: usize) -> bool {
         self.tables.contains_key(&seq)
-            && self.blocks_needed_to_append(seq, num_new_tokens) <= self.free.len()
+            && self.blocks_needed_to_append(seq, num_new_tokens) <= self.num_free_blocks()
     }
 
     /// Grows `seq`'s table by `num_new_tokens` slots; returns the blocks added (often none).
@@ -180,32 +320,76 @@ impl BlockManager {
         seq: SeqId,
         num_new_tokens: usize,
     ) -> Result<&[BlockId], BlockError> {
-        let Some(table) = self.tables.get_mut(&seq) else {
+        let Some(table) = self.tables.get(&seq) else {
             return Err(BlockError::NotAllocated(seq));
         };
-        let needed =
-            (table.num_tokens + num_new_tokens).div_ceil(self.block_size) - table.blocks.len();
-        if needed > self.free.len() {
-            return Err(BlockError::OutOfBlocks {
-                needed,
-                free: self.free.len(),
-            });
-        }
+        let needed = self.blocks_for(table.num_tokens + num_new_tokens) - table.blocks.len();
+        self.check_free(needed)?;
+        let new: Vec<BlockId> = (0..needed).map(|_| self.take_block()).collect();
+        let table = self.tables.get_mut(&seq).expect("checked above");
         let start = table.blocks.len();
-        let at = self.free.len() - needed;
-        table.blocks.extend(self.free.drain(at..).rev());
+        table.blocks.extend(new);
         table.num_tokens += num_new_tokens;
         Ok(&table.blocks[start..])
     }
 
-    /// Returns all of `seq`'s blocks to the free list; returns how many (0 if it had none).
+    /// Enters `seq`'s full blocks whose KV is computed (its first `num_computed_tokens` tokens)
+    /// into the cache, where no block with the same hash is cached yet (a duplicate stays
+    /// private and is freed as usual). `key` is `seq`'s; blocks beyond `key.hashes` are left
+    /// for a later call. Returns how many blocks were entered.
+    pub fn cache_blocks(
+        &mut self,
+        seq: SeqId,
+        key: PrefixKey<'_>,
+        num_computed_tokens: usize,
+    ) -> usize {
+        let bs = self.block_size;
+        let Some(table) = self.tables.get_mut(&seq) else {
+            return 0;
+        };
+        let full = (num_computed_tokens.min(table.num_tokens) / bs)
+            .min(key.hashes.len())
+            .min(key.tokens.len() / bs);
+        if full <= table.num_cache_checked {
+            return 0;
+        }
+        let (from, blocks) = (table.num_cache_checked, table.blocks[..full].to_vec());
+        table.num_cache_checked = full;
+        if self.cached_tokens.is_empty() {
+            self.cached_tokens = vec![0; self.num_blocks * bs];
+        }
+        let mut entered = 0;
+        for (i, &b) in blocks.iter().enumerate().skip(from) {
+            let hash = key.hashes[i];
+            if self.entries[b as usize].is_some() || self.index.contains_key(&hash) {
+                continue;
+            }
+            let parent = if i == 0 { key.root } else { key.hashes[i - 1] };
+            self.index.insert(hash, b);
+            self.entries[b as usize] = Some(CacheEntry {
+                hash,
+                parent,
+                evictable_at: None,
+            });
+            let at = b as usize * bs;
+            self.cached_tokens[at..at + bs].copy_from_slice(&key.tokens[i * bs..(i + 1) * bs]);
+            entered += 1;
+        }
+        entered
+    }
+
+    /// Releases all of `seq`'s blocks: cached ones stay findable on the evictable list (tail
+    /// first, so that a shared head outlives a private tail), others go back to the free stack.
+    /// Returns how many blocks its table held (0 if it had none).
     pub fn free(&mut self, seq: SeqId) -> usize {
         let Some(table) = self.tables.remove(&seq) else {
             return 0;
         };
         let n = table.blocks.len();
         // Pushed in reverse, so that the next allocation gets them back in the same order.
-        self.free.extend(table.blocks.into_iter().rev());
+        for &b in table.blocks.iter().rev() {
+            self.release(b);
+        }
         n
     }
 
@@ -219,11 +403,25 @@ impl BlockManager {
         self.tables.get(&seq).map_or(0, |t| t.num_tokens)
     }
 
-    /// Checks invariants 1 and 2 of the module docs; O(num_blocks).
+    /// The tokens a cached block holds, if it is cached.
+    pub fn cached_block_tokens(&self, block: BlockId) -> Option<&[u32]> {
+        self.entries
+            .get(block as usize)?
+            .as_ref()
+            .map(|_| self.stored_tokens(block))
+    }
+
+    /// How many tables hold `block`.
+    pub fn ref_count(&self, block: BlockId) -> u32 {
+        self.refs.get(block as usize).copied().unwrap_or(0)
+    }
+
+    /// Checks invariants 1–3 of the module docs; O(num_blocks).
     pub fn check_invariants(&self) -> Result<(), InvariantViolation> {
-        let mut owner: Vec<Option<&'static str>> = vec![None; self.num_blocks];
+        let n = self.num_blocks;
+        let mut place: Vec<Option<&'static str>> = vec![None; n];
         let mut claim = |b: BlockId, who: &'static str| -> Result<(), InvariantViolation> {
-            let slot = owner
+            let slot = place
                 .get_mut(b as usize)
                 .ok_or(InvariantViolation::OutOfRange(b))?;
             if let Some(first) = *slot {
@@ -238,8 +436,17 @@ impl BlockManager {
         };
         for &b in &self.free {
             claim(b, "free list")?;
+            if self.entries[b as usize].is_some() {
+                return Err(InvariantViolation::CacheEntry(b));
+            }
         }
-        let mut used = 0;
+        for (&tick, &b) in &self.evictable {
+            claim(b, "evictable list")?;
+            if self.entries[b as usize].and_then(|e| e.evictable_at) != Some(tick) {
+                return Err(InvariantViolation::CacheEntry(b));
+            }
+        }
+        let mut holders = vec![0u32; n];
         for (seq, table) in &self.tables {
             if table.blocks.len() != self.blocks_for(table.num_tokens) {
                 return Err(InvariantViolation::TableSize {
@@ -248,159 +455,171 @@ impl BlockManager {
                     blocks: table.blocks.len(),
                 });
             }
-            used += table.blocks.len();
+            let mut sorted = table.blocks.clone();
+            sorted.sort_unstable();
+            if let Some(w) = sorted.windows(2).find(|w| w[0] == w[1]) {
+                return Err(InvariantViolation::OwnedTwice {
+                    block: w[0],
+                    first: "a table",
+                    second: "the same table",
+                });
+            }
             for &b in &table.blocks {
-                claim(b, "a table")?;
+                *holders
+                    .get_mut(b as usize)
+                    .ok_or(InvariantViolation::OutOfRange(b))? += 1;
             }
         }
-        if used + self.free.len() != self.num_blocks {
+        let mut used = 0;
+        for (b, &count) in holders.iter().enumerate() {
+            let block = b as BlockId;
+            if count > 0 {
+                used += 1;
+                if let Some(first) = place[b] {
+                    return Err(InvariantViolation::OwnedTwice {
+                        block,
+                        first,
+                        second: "a table",
+                    });
+                }
+                if self.entries[b].is_some_and(|e| e.evictable_at.is_some()) {
+                    return Err(InvariantViolation::CacheEntry(block));
+                }
+            }
+            if self.refs[b] != count {
+                return Err(InvariantViolation::RefCount {
+                    block,
+                    count: self.refs[b],
+                    holders: count,
+                });
+            }
+            if let Some(e) = self.entries[b] {
+                if self.index.get(&e.hash) != Some(&block) {
+                    return Err(InvariantViolation::CacheEntry(block));
+                }
+                if self.hasher.hash(e.parent, self.stored_tokens(block)) != e.hash {
+                    return Err(InvariantViolation::HashMismatch(block));
+                }
+            }
+        }
+        if let Some((_, &b)) = self
+            .index
+            .iter()
+            .find(|(h, b)| self.entries[**b as usize].map(|e| e.hash) != Some(**h))
+        {
+            return Err(InvariantViolation::CacheEntry(b));
+        }
+        let free = self.num_free_blocks();
+        if used + free != n {
             return Err(InvariantViolation::Miscount {
-                free: self.free.len(),
+                free,
                 used,
-                total: self.num_blocks,
+                total: n,
             });
         }
         Ok(())
     }
 
-    /// Pops `n` blocks off the free stack, in pop order. The caller checked there are enough.
-    fn take_free(&mut self, n: usize) -> impl Iterator<Item = BlockId> + '_ {
-        let at = self.free.len() - n;
-        self.free.drain(at..).rev()
+    /// The blocks a table of `prefix` and `num_new_tokens` more slots needs beyond `prefix`,
+    /// or why it cannot be had.
+    fn check_prefix_allocation(
+        &self,
+        prefix: &[BlockId],
+        num_new_tokens: usize,
+    ) -> Result<usize, BlockError> {
+        let mut sorted = prefix.to_vec();
+        sorted.sort_unstable();
+        if let Some(w) = sorted.windows(2).find(|w| w[0] == w[1]) {
+            return Err(BlockError::NotCached(w[0]));
+        }
+        if let Some(&b) = prefix
+            .iter()
+            .find(|&&b| self.entries.get(b as usize).is_none_or(Option::is_none))
+        {
+            return Err(BlockError::NotCached(b));
+        }
+        // Evictable blocks of the prefix are taken off the list, not allocated.
+        let revived = prefix
+            .iter()
+            .filter(|&&b| self.refs[b as usize] == 0)
+            .count();
+        let needed =
+            self.blocks_for(prefix.len() * self.block_size + num_new_tokens) - prefix.len();
+        let free = self.num_free_blocks() - revived;
+        if needed > free {
+            return Err(BlockError::OutOfBlocks { needed, free });
+        }
+        Ok(needed)
     }
 
     fn check_free(&self, needed: usize) -> Result<(), BlockError> {
-        if needed > self.free.len() {
+        if needed > self.num_free_blocks() {
             return Err(BlockError::OutOfBlocks {
                 needed,
-                free: self.free.len(),
+                free: self.num_free_blocks(),
             });
         }
         Ok(())
+    }
+
+    /// A block for a table: a free one, else the least recently released cached one, evicted.
+    /// The caller checked that one is there.
+    fn take_block(&mut self) -> BlockId {
+        let b = match self.free.pop() {
+            Some(b) => b,
+            None => {
+                let (_, b) = self
+                    .evictable
+                    .pop_first()
+                    .expect("the caller checked for a free block");
+                let entry = self.entries[b as usize]
+                    .take()
+                    .expect("evictable is cached");
+                self.index.remove(&entry.hash);
+                b
+            }
+        };
+        self.refs[b as usize] = 1;
+        b
+    }
+
+    /// One more table holds cached block `b`.
+    fn hold(&mut self, b: BlockId) {
+        let i = b as usize;
+        if self.refs[i] == 0 {
+            let tick = self.entries[i]
+                .as_mut()
+                .and_then(|e| e.evictable_at.take())
+                .expect("an unheld cached block is evictable");
+            self.evictable.remove(&tick);
+        }
+        self.refs[i] += 1;
+    }
+
+    /// One table fewer holds `b`; at none it is evictable (cached) or free.
+    fn release(&mut self, b: BlockId) {
+        let i = b as usize;
+        self.refs[i] -= 1;
+        if self.refs[i] > 0 {
+            return;
+        }
+        match self.entries[i].as_mut() {
+            Some(entry) => {
+                let tick = self.next_tick;
+                self.next_tick += 1;
+                entry.evictable_at = Some(tick);
+                self.evictable.insert(tick, b);
+            }
+            None => self.free.push(b),
+        }
+    }
+
+    fn stored_tokens(&self, b: BlockId) -> &[u32] {
+        let at = b as usize * self.block_size;
+        &self.cached_tokens[at..at + self.block_size]
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use rand::rngs::StdRng;
-    use rand::{Rng, SeedableRng};
-
-    use super::*;
-
-    fn seq(n: u64) -> SeqId {
-        SeqId(n)
-    }
-
-    #[test]
-    fn can_allocate_counts_whole_blocks() {
-        let bm = BlockManager::new(4, 16);
-        assert!(bm.can_allocate(0));
-        assert!(bm.can_allocate(64));
-        assert!(!bm.can_allocate(65));
-        assert_eq!(bm.blocks_for(17), 2);
-    }
-
-    #[test]
-    fn allocate_takes_blocks_and_is_all_or_nothing() {
-        let mut bm = BlockManager::new(4, 16);
-        assert_eq!(bm.allocate(seq(1), 17).expect("fits"), &[0, 1]);
-        assert_eq!(bm.num_free_blocks(), 2);
-        assert_eq!(bm.num_slots(seq(1)), 17);
-        assert_eq!(
-            bm.allocate(seq(1), 1),
-            Err(BlockError::AlreadyAllocated(seq(1)))
-        );
-        assert_eq!(
-            bm.allocate(seq(2), 33),
-            Err(BlockError::OutOfBlocks { needed: 3, free: 2 })
-        );
-        assert_eq!(bm.num_free_blocks(), 2, "a failed allocate changes nothing");
-        assert_eq!(bm.block_table(seq(2)), None);
-        bm.check_invariants().expect("invariants");
-    }
-
-    #[test]
-    fn append_slots_fills_the_last_block_before_taking_another() {
-        let mut bm = BlockManager::new(3, 4);
-        bm.allocate(seq(7), 3).expect("fits");
-        assert!(bm.append_slots(seq(7), 1).expect("fits").is_empty());
-        assert_eq!(bm.block_table(seq(7)), Some(&[0][..]));
-        assert_eq!(bm.blocks_needed_to_append(seq(7), 5), 2);
-        assert_eq!(bm.append_slots(seq(7), 5).expect("fits"), &[1, 2]);
-        assert_eq!(bm.num_slots(seq(7)), 9);
-        assert!(!bm.can_append_slots(seq(7), 4));
-        assert_eq!(
-            bm.append_slots(seq(7), 4),
-            Err(BlockError::OutOfBlocks { needed: 1, free: 0 })
-        );
-        assert_eq!(bm.num_slots(seq(7)), 9, "a failed append changes nothing");
-        assert_eq!(
-            bm.append_slots(seq(8), 1),
-            Err(BlockError::NotAllocated(seq(8)))
-        );
-        bm.check_invariants().expect("invariants");
-    }
-
-    #[test]
-    fn free_returns_every_block_and_they_are_reused() {
-        let mut bm = BlockManager::new(4, 2);
-        bm.allocate(seq(1), 4).expect("fits");
-        bm.allocate(seq(2), 2).expect("fits");
-        assert_eq!(bm.free(seq(1)), 2);
-        assert_eq!(bm.free(seq(1)), 0, "double free is a no-op");
-        assert_eq!(bm.num_free_blocks(), 3);
-        assert_eq!(bm.block_table(seq(1)), None);
-        // The most recently freed blocks come back first.
-        assert_eq!(bm.allocate(seq(3), 4).expect("fits"), &[0, 1]);
-        bm.check_invariants().expect("invariants");
-    }
-
-    #[test]
-    fn randomised_operations_keep_the_invariants() {
-        for seed in 0..20 {
-            let mut rng = StdRng::seed_from_u64(seed);
-            let total = rng.random_range(1..64);
-            let mut bm = BlockManager::new(total, rng.random_range(1..9));
-            let mut live: Vec<SeqId> = Vec::new();
-            for op in 0..2_000u64 {
-                let free_before = bm.num_free_blocks();
-                match rng.random_range(0..4) {
-                    0 => {
-                        let tokens = rng.random_range(0..80);
-                        let fits = bm.can_allocate(tokens);
-                        let id = seq(op);
-                        assert_eq!(bm.allocate(id, tokens).is_ok(), fits);
-                        if fits {
-                            live.push(id);
-                        } else {
-                            assert_eq!(bm.num_free_blocks(), free_before);
-                        }
-                    }
-                    1 | 2 if !live.is_empty() => {
-                        let id = live[rng.random_range(0..live.len())];
-                        let n = rng.random_range(0..20);
-                        let fits = bm.can_append_slots(id, n);
-                        let before = bm.num_slots(id);
-                        assert_eq!(bm.append_slots(id, n).is_ok(), fits);
-                        let expect = if fits { before + n } else { before };
-                        assert_eq!(bm.num_slots(id), expect);
-                    }
-                    _ if !live.is_empty() => {
-                        let id = live.swap_remove(rng.random_range(0..live.len()));
-                        let held = bm.block_table(id).map_or(0, <[_]>::len);
-                        assert_eq!(bm.free(id), held);
-                        assert_eq!(bm.num_free_blocks(), free_before + held);
-                    }
-                    _ => {}
-                }
-                if let Err(e) = bm.check_invariants() {
-                    panic!("seed {seed}, op {op}: {e}");
-                }
-            }
-            for id in live {
-                bm.free(id);
-            }
-            assert_eq!(bm.num_free_blocks(), total);
-        }
-    }
-}
+#[path = "block_manager_tests.rs"]
+mod tests;

@@ -249,6 +249,7 @@ impl EngineLoop {
                     num_preemptions: 0,
                     error: Some(error.clone()),
                     journey: Vec::new(),
+                    prefix_cache_queries: 0,
                 },
             };
             let _ = client.tx.send(RequestOutput::Finished(finished));
@@ -314,7 +315,7 @@ impl EngineLoop {
                 status: FinishStatus::Error,
                 usage: Usage {
                     prompt_tokens: request.prompt().len(),
-                    completion_tokens: 0,
+                    ..Usage::default()
                 },
                 timestamps: RequestTimestamps {
                     arrival: request.arrival_time(),
@@ -325,6 +326,7 @@ impl EngineLoop {
                 num_preemptions: 0,
                 error: Some(error),
                 journey: Vec::new(),
+                prefix_cache_queries: 0,
             };
             let _ = tx.send(RequestOutput::Finished(rejection));
             return;

@@ -82,6 +82,9 @@ pub struct JourneyFields {
     pub decode_max_tokens: usize,
     /// Preemptions so far (`num_preemptions`).
     pub num_preemptions: u32,
+    /// Prompt tokens the prefix cache supplied at the first scheduling
+    /// (`prefix_cache.hit_tokens`, which the contract puts on SCHEDULED(FIRST) only).
+    pub prefix_cache_hit_tokens: usize,
 }
 
 impl JourneyFields {
@@ -97,6 +100,7 @@ impl JourneyFields {
             decode_done_tokens: seq.num_output_tokens(),
             decode_max_tokens: seq.max_output_tokens(max_model_len),
             num_preemptions: seq.num_preemptions(),
+            prefix_cache_hit_tokens: seq.num_cached_tokens(),
         }
     }
 

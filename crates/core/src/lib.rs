@@ -7,7 +7,8 @@
 //! - [`request`]: validated [`EngineRequest`]s — prompt, sampling, stop conditions, priority,
 //!   arrival time and the opaque trace-context carrier.
 //! - [`sequence`]: a request inside the engine, its state machine and finish statuses.
-//! - [`block_manager`]: the paged KV cache's block bookkeeping.
+//! - [`block_manager`]: the paged KV cache's block bookkeeping and its prefix cache, keyed by
+//!   [`block_hash`]'s chained content hashes.
 //! - [`scheduler`]: continuous batching with one token budget per step, chunked prefill,
 //!   preemption by recompute, FCFS and priority policies. Pure and synchronous.
 //! - [`executor`]: the [`Executor`] trait and the flattened [`Batch`] it runs.
@@ -26,6 +27,7 @@
 //!     ─▶ RequestOutput on the request's stream ─▶ free what finished }
 //! ```
 
+pub mod block_hash;
 pub mod block_manager;
 pub mod clock;
 pub mod engine;

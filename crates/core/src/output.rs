@@ -17,6 +17,10 @@ pub struct Usage {
     pub prompt_tokens: usize,
     /// Generated tokens.
     pub completion_tokens: usize,
+    /// Prompt tokens whose KV came from the prefix cache (OpenAI's
+    /// `prompt_tokens_details.cached_tokens`).
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub cached_tokens: usize,
 }
 
 /// One sampled token.
@@ -46,6 +50,10 @@ pub struct FinishedOutput {
     /// Its journey marks in order, when it asked for them ([`crate::RequestBuilder::journey`]).
     #[cfg_attr(feature = "serde", serde(default))]
     pub journey: Vec<JourneyMark>,
+    /// Prompt tokens looked up in the prefix cache (0 when the cache is off or the request was
+    /// never scheduled); `usage.cached_tokens` of them were found.
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub prefix_cache_queries: usize,
 }
 
 impl FinishedOutput {
@@ -55,11 +63,13 @@ impl FinishedOutput {
             usage: Usage {
                 prompt_tokens: seq.num_prompt_tokens(),
                 completion_tokens: seq.num_output_tokens(),
+                cached_tokens: seq.num_cached_tokens(),
             },
             timestamps: *seq.timestamps(),
             num_preemptions: seq.num_preemptions(),
             error,
             journey: Vec::new(),
+            prefix_cache_queries: seq.num_prefix_cache_queries(),
         }
     }
 }

@@ -19,6 +19,13 @@
 //!    arrivals (under the priority policy: within each priority level). The head of the queue
 //!    blocks the rest (no overtaking), so that the order is fair.
 //!
+//! With the prefix cache on (`enable_prefix_caching`), a request being admitted — new or
+//! resumed — first takes the longest run of its leading full blocks that the cache holds
+//! ([`BlockManager::find_cached_prefix`]), up to all but its last known token (and none whose
+//! prompt logprob is owed): those tokens count as computed and only the rest is scheduled. After
+//! each step [`Scheduler::commit`] enters the blocks it completed into the cache, so a finished,
+//! aborted or preempted request leaves its full blocks findable until evicted.
+//!
 //! The scheduler is pure and synchronous: time comes in as an argument, and everything it decides
 //! comes out in a [`SchedulerOutput`]. The caller runs the batch, then calls
 //! [`Scheduler::commit`], samples, and calls [`Scheduler::append_token`] / [`Scheduler::finish`].
@@ -27,7 +34,8 @@ use std::collections::BTreeMap;
 
 use rustc_hash::FxHashMap as HashMap;
 
-use crate::block_manager::{BlockManager, DEFAULT_BLOCK_SIZE};
+use crate::block_hash::BlockHash;
+use crate::block_manager::{BlockId, BlockManager, DEFAULT_BLOCK_SIZE, PrefixKey};
 use crate::request::{EngineRequest, Priority};
 use crate::sequence::{FinishStatus, Phase, RequestStatus, SeqId, Sequence};
 
@@ -56,6 +64,8 @@ pub struct SchedulerConfig {
     pub num_blocks: usize,
     /// Admission order.
     pub policy: SchedulingPolicy,
+    /// Reuse the KV of cached prompt prefixes (on by default, as in vLLM).
+    pub enable_prefix_caching: bool,
 }
 
 impl Default for SchedulerConfig {
@@ -67,6 +77,7 @@ impl Default for SchedulerConfig {
             block_size: DEFAULT_BLOCK_SIZE,
             num_blocks: 2048,
             policy: SchedulingPolicy::Fcfs,
+            enable_prefix_caching: true,
         }
     }
 }
@@ -206,14 +217,18 @@ pub struct Scheduler {
     running: Vec<SeqId>,
     steps: u64,
     arrivals: u64,
+    /// The parent hash of every sequence's first block.
+    cache_root: BlockHash,
 }
 
 impl Scheduler {
     /// A scheduler with an empty KV pool sized by `config`.
     pub fn new(config: SchedulerConfig) -> Result<Self, ConfigError> {
         config.validate()?;
+        let blocks = BlockManager::new(config.num_blocks, config.block_size);
         Ok(Self {
-            blocks: BlockManager::new(config.num_blocks, config.block_size),
+            cache_root: blocks.hasher().root(None),
+            blocks,
             config,
             seqs: HashMap::default(),
             waiting: BTreeMap::new(),
@@ -298,11 +313,24 @@ impl Scheduler {
         out
     }
 
-    /// Records that the step planned in `out` was computed.
+    /// Records that the step planned in `out` was computed, and enters the blocks it
+    /// completed into the prefix cache.
     pub fn commit(&mut self, out: &SchedulerOutput) {
         for s in &out.scheduled {
-            if let Some(seq) = self.seqs.get_mut(&s.id) {
-                seq.advance(s.num_new_tokens);
+            let Some(seq) = self.seqs.get_mut(&s.id) else {
+                continue;
+            };
+            seq.advance(s.num_new_tokens);
+            if self.config.enable_prefix_caching {
+                let bs = self.blocks.block_size();
+                let hasher = self.blocks.hasher();
+                hasher.extend(&mut seq.block_hashes, self.cache_root, &seq.tokens, bs);
+                let key = PrefixKey {
+                    root: self.cache_root,
+                    hashes: &seq.block_hashes,
+                    tokens: &seq.tokens,
+                };
+                self.blocks.cache_blocks(s.id, key, seq.num_computed_tokens);
             }
         }
     }
@@ -385,6 +413,29 @@ impl Scheduler {
         out.preempted.push(Preemption { id, reason, phase });
     }
 
+    /// What admitting waiting request `id` with `budget` left takes: its cached leading blocks
+    /// (none with the cache off) and the tokens to compute after them this step.
+    fn admission(&mut self, id: SeqId, budget: usize) -> (Vec<BlockId>, usize) {
+        let bs = self.blocks.block_size();
+        let seq = self.seqs.get_mut(&id).expect("waiting request is live");
+        let hits = if self.config.enable_prefix_caching {
+            let hasher = self.blocks.hasher();
+            hasher.extend(&mut seq.block_hashes, self.cache_root, &seq.tokens, bs);
+            let key = PrefixKey {
+                root: self.cache_root,
+                hashes: &seq.block_hashes,
+                tokens: &seq.tokens,
+            };
+            self.blocks
+                .find_cached_prefix(key, seq.max_cache_hit_tokens() / bs)
+        } else {
+            Vec::new()
+        };
+        let pending = seq.tokens.len() - hits.len() * bs;
+        let n = pending.min(budget).min(seq.max_step_tokens());
+        (hits, n)
+    }
+
     fn preempt_for_priority(&mut self, out: &mut SchedulerOutput) {
         while let Some((key, &head)) = self.waiting.first_key_value() {
             let Some(victim) = self.victim_index() else {
@@ -394,11 +445,9 @@ impl Scheduler {
             if key.priority >= victim_priority {
                 return;
             }
-            let head_tokens = self.seqs[&head]
-                .num_pending_tokens()
-                .min(self.config.max_num_batched_tokens);
+            let (hits, head_tokens) = self.admission(head, self.config.max_num_batched_tokens);
             let admissible = self.running.len() < self.config.max_num_seqs
-                && self.blocks.can_allocate(head_tokens);
+                && self.blocks.can_allocate_with_prefix(&hits, head_tokens);
             if admissible {
                 return;
             }
@@ -452,15 +501,26 @@ impl Scheduler {
             let Some((_, &id)) = self.waiting.first_key_value() else {
                 return;
             };
-            let n = self.seqs[&id].step_tokens(*budget);
-            if !self.blocks.can_allocate(n) {
+            let (hits, n) = self.admission(id, *budget);
+            if !self.blocks.can_allocate_with_prefix(&hits, n) {
                 return;
             }
             self.waiting.pop_first();
             self.blocks
-                .allocate(id, n)
-                .expect("checked by can_allocate");
+                .allocate_with_prefix(id, &hits, n)
+                .expect("checked by can_allocate_with_prefix");
+            let cached = hits.len() * self.blocks.block_size();
             let seq = self.seqs.get_mut(&id).expect("waiting request is live");
+            if self.config.enable_prefix_caching {
+                // A request that could use nothing (it owes every prompt logprob) looked up
+                // nothing.
+                let queried = if seq.max_cache_hit_tokens() == 0 {
+                    0
+                } else {
+                    seq.num_prompt_tokens()
+                };
+                seq.start_from_cache(queried, cached);
+            }
             let kind = match seq.status {
                 RequestStatus::Preempted => ScheduleKind::Resume,
                 _ => ScheduleKind::First,

@@ -11,6 +11,8 @@ fn config(num_blocks: usize, block_size: usize, budget: usize, max_seqs: usize) 
         block_size,
         num_blocks,
         policy: SchedulingPolicy::Fcfs,
+        // These tests count blocks and tokens of identical prompts: the cache is tested apart.
+        enable_prefix_caching: false,
     }
 }
 
@@ -99,12 +101,16 @@ fn long_prompt_is_prefilled_in_chunks_then_decoded() {
 
 #[test]
 fn budget_and_max_num_seqs_are_never_exceeded() {
-    for seed in 0..10 {
+    // Odd seeds run with the prefix cache, which the identical prompts here hit all the time.
+    for seed in 0..20 {
         let mut rng = StdRng::seed_from_u64(seed);
         let budget = rng.random_range(8..100);
         let max_seqs = rng.random_range(1..12);
-        let mut s =
-            Scheduler::new(config(rng.random_range(16..64), 8, budget, max_seqs)).expect("config");
+        let mut s = Scheduler::new(SchedulerConfig {
+            enable_prefix_caching: seed % 2 == 1,
+            ..config(rng.random_range(16..64), 8, budget, max_seqs)
+        })
+        .expect("config");
         let max_prompt = s.config().max_model_len - 1;
         let mut next_id = 0;
         let mut finished = 0;
@@ -331,4 +337,91 @@ fn step_numbers_count_steps_begun() {
     assert_eq!(step(&mut s).0.step, 1);
     assert_eq!(step(&mut s).0.step, 2);
     assert_eq!(s.num_steps(), 2);
+}
+
+fn cached_config(num_blocks: usize, block_size: usize, budget: usize) -> SchedulerConfig {
+    SchedulerConfig {
+        enable_prefix_caching: true,
+        ..config(num_blocks, block_size, budget, 8)
+    }
+}
+
+fn add_tokens(s: &mut Scheduler, id: u64, prompt: Vec<u32>, max_tokens: u32) {
+    let request = EngineRequest::builder(id.to_string(), prompt)
+        .max_tokens(max_tokens)
+        .build()
+        .expect("valid request");
+    assert!(matches!(s.add(SeqId(id), request, 0.0), AddOutcome::Queued));
+}
+
+#[test]
+fn a_shared_prefix_is_scheduled_without_its_cached_blocks() {
+    let mut s = Scheduler::new(cached_config(16, 4, 64)).expect("valid");
+    let system: Vec<u32> = (10..22).collect();
+    add_tokens(&mut s, 1, system.clone(), 2);
+    while s.has_work() {
+        step(&mut s);
+    }
+    // 12 prompt tokens and 1 computed output: 3 full blocks cached, all evictable.
+    assert_eq!(s.block_manager().num_cached_blocks(), 3);
+    assert_eq!(s.block_manager().num_used_blocks(), 0);
+    let mut prompt = system.clone();
+    prompt.extend([40, 41]);
+    add_tokens(&mut s, 2, prompt, 1);
+    // The same prompt again: all but its last token may come from the cache, so two blocks.
+    add_tokens(&mut s, 3, system, 1);
+    let out = s.schedule(0.0);
+    assert_eq!(tokens_of(&out, 2), Some(2), "14 tokens, 12 of them cached");
+    assert_eq!(
+        tokens_of(&out, 3),
+        Some(4),
+        "8 of 12 cached: the last block is recomputed"
+    );
+    assert_eq!(s.get(SeqId(2)).expect("live").num_cached_tokens(), 12);
+    let shared = s.block_manager().block_table(SeqId(2)).expect("running")[..2].to_vec();
+    assert_eq!(
+        &s.block_manager().block_table(SeqId(3)).expect("running")[..2],
+        &shared[..]
+    );
+    assert_eq!(s.block_manager().ref_count(shared[0]), 2);
+    s.commit(&out);
+    s.block_manager().check_invariants().expect("invariants");
+}
+
+#[test]
+fn a_preempted_request_takes_its_cached_blocks_back_when_it_resumes() {
+    // 10 blocks of 4: two requests growing to 24 tokens each cannot both fit.
+    let mut s = Scheduler::new(cached_config(10, 4, 64)).expect("valid");
+    add_tokens(&mut s, 1, (0..8).collect(), 16);
+    add_tokens(&mut s, 2, (100..108).collect(), 16);
+    let mut resumed_with = None;
+    for _ in 0..200 {
+        if !s.has_work() {
+            break;
+        }
+        let out = s.schedule(0.0);
+        if let Some(r) = out
+            .scheduled
+            .iter()
+            .find(|r| r.transition == Some(ScheduleKind::Resume))
+        {
+            let seq = s.get(r.id).expect("live");
+            resumed_with = Some((
+                seq.num_computed_tokens(),
+                r.num_new_tokens,
+                seq.tokens().len(),
+            ));
+        }
+        s.commit(&out);
+        for sched in &out.scheduled {
+            if s.get(sched.id).expect("live").num_pending_tokens() == 0 {
+                s.append_token(sched.id, 7, &[], 0.0);
+            }
+        }
+        s.block_manager().check_invariants().expect("invariants");
+    }
+    assert!(!s.has_work());
+    let (cached, computed, total) = resumed_with.expect("a preemption and a resume");
+    assert!(cached > 0, "the resumed request found its own blocks");
+    assert_eq!(cached + computed, total);
 }

@@ -10,9 +10,11 @@
 //! ```
 //! A request whose prompt can never fit goes straight from WAITING to FINISHED(`ignored`).
 //!
-//! Preemption is by recompute: a preempted sequence loses its KV blocks and, when resumed,
-//! prefills its prompt *and* the tokens it had generated, then continues decoding.
+//! Preemption is by recompute: a preempted sequence gives up its KV blocks and, when resumed,
+//! prefills its prompt *and* the tokens it had generated, then continues decoding — except for
+//! the leading full blocks still in the prefix cache, which it takes back without computing.
 
+use crate::block_hash::BlockHash;
 use crate::request::{Carrier, EngineRequest, Priority, SamplingParams, StopConditions};
 
 /// The most tokens of a request that still owes prompt logprobs computed in one step (each
@@ -113,7 +115,7 @@ pub struct Sequence {
     id: SeqId,
     request_id: String,
     /// Prompt followed by output tokens.
-    tokens: Vec<u32>,
+    pub(crate) tokens: Vec<u32>,
     num_prompt_tokens: usize,
     sampling: SamplingParams,
     stop: StopConditions,
@@ -131,6 +133,11 @@ pub struct Sequence {
     /// Admission order into the scheduler; "latest arrival" means the largest.
     pub(crate) arrival_order: u64,
     pub(crate) times: RequestTimestamps,
+    /// Chained content hashes of its full blocks so far (kept by the scheduler when the prefix
+    /// cache is on).
+    pub(crate) block_hashes: Vec<BlockHash>,
+    /// Prompt tokens looked up in the prefix cache and found there when first scheduled.
+    prefix_cache_lookup: Option<(usize, usize)>,
 }
 
 impl Sequence {
@@ -159,6 +166,8 @@ impl Sequence {
                 queued: now,
                 ..RequestTimestamps::default()
             },
+            block_hashes: Vec::new(),
+            prefix_cache_lookup: None,
         }
     }
 
@@ -203,6 +212,28 @@ impl Sequence {
         self.num_pending_tokens()
             .min(budget)
             .min(self.max_step_tokens())
+    }
+    /// Prompt tokens the prefix cache supplied when it was first scheduled (0 when none, or
+    /// before then).
+    pub fn num_cached_tokens(&self) -> usize {
+        self.prefix_cache_lookup.map_or(0, |(_, hit)| hit)
+    }
+    /// Prompt tokens looked up in the prefix cache when it was first scheduled (0 when the
+    /// cache is off, or the request could not use it).
+    pub fn num_prefix_cache_queries(&self) -> usize {
+        self.prefix_cache_lookup.map_or(0, |(queried, _)| queried)
+    }
+    /// The most leading tokens whose KV may come from the prefix cache: all but the last
+    /// known token (whose logits give the next), and none whose prompt logprob is still owed.
+    pub fn max_cache_hit_tokens(&self) -> usize {
+        let known = self.tokens.len().saturating_sub(1);
+        if self.sampling.prompt_logprobs.is_some() {
+            // Row `p` gives token `p + 1`'s logprob: rows from `prompt_logprobs_next - 1` on
+            // must be computed.
+            known.min(self.prompt_logprobs_next - 1)
+        } else {
+            known
+        }
     }
     /// Prompt tokens computed so far, as a high-water mark that survives preemption.
     pub fn prefill_done_tokens(&self) -> usize {
@@ -297,6 +328,15 @@ impl Sequence {
             RequestStatus::Finished(_) if self.num_computed_tokens > 0 => Phase::Prefill,
             _ => Phase::Waiting,
         }
+    }
+
+    /// Records that its first `cached` tokens' KV came from the prefix cache as it was
+    /// scheduled, after a lookup of `queried` tokens; the first lookup is what it reports.
+    pub(crate) fn start_from_cache(&mut self, queried: usize, cached: usize) {
+        debug_assert!(self.num_computed_tokens == 0 && cached <= self.max_cache_hit_tokens());
+        self.prefix_cache_lookup
+            .get_or_insert((queried, cached.min(self.num_prompt_tokens)));
+        self.advance(cached);
     }
 
     /// Records that `n` more tokens were computed in a step.

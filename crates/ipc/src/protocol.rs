@@ -14,7 +14,7 @@ use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 use wayfinder_core::{EngineStats, RequestOutput, SamplingParams, StopConditions};
 
 /// The protocol's version; a peer with another one is refused.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// The largest frame (a prompt of a few million tokens).
 pub const MAX_FRAME_BYTES: usize = 64 << 20;

@@ -353,5 +353,6 @@ fn rejected(error: String) -> FinishedOutput {
         num_preemptions: 0,
         error: Some(error),
         journey: Vec::new(),
+        prefix_cache_queries: 0,
     }
 }

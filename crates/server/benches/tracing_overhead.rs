@@ -545,6 +545,7 @@ fn span_work(n: usize, protocol: &str, endpoint: &str) {
                     decode_done_tokens: k,
                     decode_max_tokens: 16,
                     num_preemptions: 0,
+                    prefix_cache_hit_tokens: 0,
                 },
             });
             if k == 2 {

@@ -168,7 +168,7 @@ impl Generation {
                 echo,
             });
         }
-        journey.handed_off(&valid.model, valid.prompt_tokens, choices.len());
+        journey.handed_off(&valid.model, valid.prompt_tokens, choices.len(), valid.n);
         let deadline = state.limits().request_timeout.map(|limit| {
             // Counted from the request's arrival, which parsing and validation came after.
             let spent = std::time::Duration::from_secs_f64(journey.elapsed());

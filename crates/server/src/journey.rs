@@ -26,7 +26,7 @@ use crate::history::{History, Record};
 use crate::metrics::{EngineRecord, Metrics, RequestRecord};
 use crate::state::AppState;
 use crate::validation::ValidRequest;
-use crate::wire::UsageOut;
+use crate::wire::{PromptTokensDetails, UsageOut};
 
 /// The `tracing` span that the log lines of a traced request sit in, so that they carry its
 /// request and trace ids (nothing for an untraced request).
@@ -110,6 +110,23 @@ struct Answer {
     last_token: Vec<Option<f64>>,
     /// Preemptions over the choices that finished in the engine.
     preemptions: u64,
+    /// Choices per prompt (a request's choices come prompt by prompt).
+    per_prompt: usize,
+    /// Each choice's prompt tokens found in the prefix cache.
+    cached: Vec<usize>,
+    /// Prompt tokens looked up in the prefix cache, over the choices.
+    cache_queries: usize,
+}
+
+impl Answer {
+    /// Prompt tokens read from the prefix cache, each distinct prompt once (the most any of
+    /// its choices found), as `usage` reports them.
+    fn cached_once(&self) -> usize {
+        self.cached
+            .chunks(self.per_prompt.max(1))
+            .map(|c| c.iter().copied().max().unwrap_or(0))
+            .sum()
+    }
 }
 
 /// The engine's timestamps, over all of a request's choices.
@@ -223,9 +240,16 @@ impl Journey {
         self.span.as_ref().map(RequestSpan::carrier)
     }
 
-    /// The request's `choices` engine requests for `model`, with `prompt_tokens` in all, were
-    /// handed to the engine core.
-    pub(crate) fn handed_off(&mut self, model: &str, prompt_tokens: usize, choices: usize) {
+    /// The request's `choices` engine requests for `model`, `per_prompt` of them for each
+    /// prompt, with `prompt_tokens` in all (each distinct prompt once), were handed to the
+    /// engine core.
+    pub(crate) fn handed_off(
+        &mut self,
+        model: &str,
+        prompt_tokens: usize,
+        choices: usize,
+        per_prompt: usize,
+    ) {
         tracing::debug!(request_id = %self.id, "api.handed_off");
         self.answer = Some(Answer {
             model: model.to_owned(),
@@ -234,6 +258,9 @@ impl Journey {
             finish_reasons: vec![None; choices],
             last_token: vec![None; choices],
             preemptions: 0,
+            per_prompt,
+            cached: vec![0; choices],
+            cache_queries: 0,
         });
         if let Some(s) = &mut self.span {
             s.handed_off();
@@ -297,14 +324,15 @@ impl Journey {
 
     /// Token counts so far.
     pub(crate) fn usage(&self) -> UsageOut {
-        let (prompt_tokens, completion_tokens) = self
-            .answer
-            .as_ref()
-            .map_or((0, 0), |a| (a.prompt_tokens, a.completion_tokens));
+        let (prompt_tokens, completion_tokens, cached_tokens) =
+            self.answer.as_ref().map_or((0, 0, 0), |a| {
+                (a.prompt_tokens, a.completion_tokens, a.cached_once())
+            });
         UsageOut {
             prompt_tokens,
             completion_tokens,
             total_tokens: prompt_tokens + completion_tokens,
+            prompt_tokens_details: PromptTokensDetails { cached_tokens },
         }
     }
 
@@ -312,6 +340,10 @@ impl Journey {
     pub(crate) fn engine_finished(&mut self, i: usize, f: &FinishedOutput) {
         if let Some(a) = &mut self.answer {
             a.preemptions += u64::from(f.num_preemptions);
+            if let Some(c) = a.cached.get_mut(i) {
+                *c = f.usage.cached_tokens;
+            }
+            a.cache_queries += f.prefix_cache_queries;
         }
         if let Some((_, record)) = &mut self.record {
             record.engine_marks(i, &f.journey, self.arrival);
@@ -371,8 +403,8 @@ impl Journey {
             span.set_usage(&Usage {
                 prompt_tokens: a.prompt_tokens,
                 completion_tokens: a.completion_tokens,
-                // No prefix cache yet: nothing is read from it.
-                cached_prompt_tokens: 0,
+                // The contract sums it over the choices.
+                cached_prompt_tokens: a.cached.iter().sum(),
             });
             let reasons: Vec<&'static str> = a
                 .finish_reasons
@@ -422,6 +454,7 @@ impl Journey {
         r.queue_s = span_of(e.queued, e.first_scheduled);
         if let Some(a) = &self.answer {
             r.completion_tokens = a.completion_tokens;
+            r.cached_tokens = a.cached_once();
             r.preemptions = a.preemptions;
             r.finish_reasons = a
                 .finish_reasons
@@ -452,6 +485,8 @@ impl Journey {
             completion_tokens: a.completion_tokens,
             finish_reasons: &reasons,
             preemptions: a.preemptions,
+            prefix_cache_queries: a.cache_queries,
+            prefix_cache_hits: a.cached.iter().sum(),
             queue: span_of(e.queued, e.first_scheduled),
             prefill: span_of(e.first_scheduled, e.first_token),
             decode: span_of(e.first_token, e.last_token),

@@ -15,8 +15,8 @@
 //! without exemplars and `# EOF`, counters' `TYPE`/`HELP` named with their `_total` suffix.
 //!
 //! Counted on the API side from each engine request's end, preemptions of a request still
-//! running show once it finishes. The prefix-cache counters stay at 0 until the engine has a
-//! prefix cache.
+//! running show once it finishes, and so do its prefix-cache lookups (made when it was first
+//! scheduled).
 
 use std::borrow::Cow;
 use std::sync::Mutex;
@@ -84,6 +84,9 @@ pub(crate) struct EngineRecord<'a> {
     /// One per choice: `stop`, `length`, `abort` or `error`.
     pub(crate) finish_reasons: &'a [&'static str],
     pub(crate) preemptions: u64,
+    /// Prompt tokens looked up in the prefix cache and found there, over the choices.
+    pub(crate) prefix_cache_queries: usize,
+    pub(crate) prefix_cache_hits: usize,
     pub(crate) queue: Option<f64>,
     pub(crate) prefill: Option<f64>,
     pub(crate) decode: Option<f64>,
@@ -98,6 +101,8 @@ pub(crate) struct Metrics {
     waiting: Gauge,
     kv_usage: Gauge<f64, AtomicU64>,
     preemptions: Counter,
+    prefix_cache_queries: Counter,
+    prefix_cache_hits: Counter,
     prompt_tokens: Counter,
     generation_tokens: Counter,
     success: Family<Labels, Counter>,
@@ -130,6 +135,8 @@ impl Metrics {
             waiting: Gauge::default(),
             kv_usage: Gauge::default(),
             preemptions: Counter::default(),
+            prefix_cache_queries: Counter::default(),
+            prefix_cache_hits: Counter::default(),
             prompt_tokens: Counter::default(),
             generation_tokens: Counter::default(),
             success: Family::default(),
@@ -183,16 +190,15 @@ impl Metrics {
             "Tokens generated",
             self.generation_tokens.clone(),
         );
-        // No prefix cache yet: registered so that dashboards find them, and 0.
         r.register(
             w("prefix_cache_queries"),
             "Prompt tokens looked up in the prefix cache",
-            Counter::<u64>::default(),
+            self.prefix_cache_queries.clone(),
         );
         r.register(
             w("prefix_cache_hits"),
             "Prompt tokens found in the prefix cache",
-            Counter::<u64>::default(),
+            self.prefix_cache_hits.clone(),
         );
         r.register(
             w("request_success"),
@@ -322,6 +328,9 @@ impl Metrics {
         self.prompt_tokens.inc_by(e.prompt_tokens as u64);
         self.generation_tokens.inc_by(e.completion_tokens as u64);
         self.preemptions.inc_by(e.preemptions);
+        self.prefix_cache_queries
+            .inc_by(e.prefix_cache_queries as u64);
+        self.prefix_cache_hits.inc_by(e.prefix_cache_hits as u64);
         self.request_prompt_tokens.observe(e.prompt_tokens as f64);
         self.request_generation_tokens
             .observe(e.completion_tokens as f64);

@@ -157,6 +157,17 @@ pub struct UsageOut {
     pub completion_tokens: usize,
     /// Their sum.
     pub total_tokens: usize,
+    /// What OpenAI details of the prompt tokens.
+    #[serde(default)]
+    pub prompt_tokens_details: PromptTokensDetails,
+}
+
+/// `usage.prompt_tokens_details`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PromptTokensDetails {
+    /// Prompt tokens whose KV came from the prefix cache (each distinct prompt once: for `n`
+    /// choices of one prompt, the most any of them found).
+    pub cached_tokens: usize,
 }
 
 /// A chat response message, or a streamed delta of one.

@@ -129,6 +129,8 @@ pub mod attr {
     pub const NUM_PREEMPTIONS: &str = "num_preemptions";
     /// `FIRST` or `RESUME`, on `journey.SCHEDULED`.
     pub const SCHEDULE_KIND: &str = "schedule.kind";
+    /// Prompt tokens the prefix cache supplied, on `journey.SCHEDULED` with kind `FIRST`.
+    pub const PREFIX_CACHE_HIT_TOKENS: &str = "prefix_cache.hit_tokens";
     /// `kv_cache_full` or `priority`, on `journey.PREEMPTED`.
     pub const PREEMPT_REASON: &str = "preempt.reason";
     /// `stopped`, `length`, `aborted`, `ignored` or `error`, on `journey.FINISHED`.

@@ -14,7 +14,7 @@ use opentelemetry_sdk::trace::{SdkTracer, Span};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use wayfinder_core::{
-    JourneyEvent, JourneyEventKind, JourneyObserver, SeqId, StepDetail, StepReport,
+    JourneyEvent, JourneyEventKind, JourneyObserver, ScheduleKind, SeqId, StepDetail, StepReport,
 };
 
 use crate::carrier;
@@ -97,7 +97,7 @@ fn event_name(kind: JourneyEventKind) -> &'static str {
 
 fn event_attributes(event: &JourneyEvent<'_>) -> Vec<KeyValue> {
     let f = &event.fields;
-    let mut attrs = Vec::with_capacity(11);
+    let mut attrs = Vec::with_capacity(12);
     attrs.extend([
         KeyValue::new(attr::EVENT_TYPE, event.kind.as_str()),
         KeyValue::new(attr::TS_MONOTONIC, f.ts_monotonic),
@@ -113,6 +113,12 @@ fn event_attributes(event: &JourneyEvent<'_>) -> Vec<KeyValue> {
     match event.kind {
         JourneyEventKind::Scheduled(kind) => {
             attrs.push(KeyValue::new(attr::SCHEDULE_KIND, kind.as_str()));
+            if kind == ScheduleKind::First {
+                attrs.push(KeyValue::new(
+                    attr::PREFIX_CACHE_HIT_TOKENS,
+                    f.prefix_cache_hit_tokens as i64,
+                ));
+            }
         }
         JourneyEventKind::Preempted(reason) => {
             attrs.push(KeyValue::new(attr::PREEMPT_REASON, reason.as_str()));
