@@ -672,7 +672,7 @@ async fn numbers_are_recorded_exactly_as_the_client_sent_them(mode: Mode) {
     // Parsed as f32 these read 0.009999999776482582 and 0.10000000149011612.
     assert_eq!(float(request, attr::TEMPERATURE), 0.01);
     assert_eq!(float(request, attr::TOP_P), 0.1);
-    // No prefix cache yet: present, and 0.
+    // The server's first request finds nothing cached: present, and 0.
     assert_eq!(int(request, attr::CACHE_READ_INPUT_TOKENS), 0);
 }
 
