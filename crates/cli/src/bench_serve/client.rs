@@ -9,7 +9,8 @@
 //!   latency: request start → last content chunk.
 //! - Output tokens: `usage.completion_tokens` of the stream (`stream_options.include_usage`);
 //!   else `max_tokens` when the finish reason is `length`; else the number of content chunks.
-//!   Input tokens: `usage.prompt_tokens`, else the prompt's word count.
+//!   Input tokens: `usage.prompt_tokens`, else the prompt's word count; cached input tokens:
+//!   `usage.prompt_tokens_details.cached_tokens`, where the server reports it.
 //! - Every way a request can go wrong is a [`Failure`] with a [`FailureKind`], never a panic: a
 //!   refused connection, a timeout, a non-2xx status, a chunk that is not a JSON object with
 //!   `choices` or `usage`, an `error` object in the stream, a stream that ends without
@@ -54,6 +55,8 @@ pub(super) struct Success {
     pub(super) latency: f64,
     pub(super) prompt_tokens: u64,
     pub(super) output_tokens: u64,
+    /// `usage.prompt_tokens_details.cached_tokens`, when the server reports it.
+    pub(super) cached_tokens: Option<u64>,
 }
 
 /// Why a request failed.
@@ -262,6 +265,7 @@ pub(super) struct StreamReader {
     content_chunks: u64,
     prompt_tokens: Option<u64>,
     completion_tokens: Option<u64>,
+    cached_tokens: Option<u64>,
     finish_reason: Option<String>,
     done: bool,
 }
@@ -278,6 +282,7 @@ impl StreamReader {
             content_chunks: 0,
             prompt_tokens: None,
             completion_tokens: None,
+            cached_tokens: None,
             finish_reason: None,
             done: false,
         }
@@ -317,6 +322,8 @@ impl StreamReader {
             }
             self.prompt_tokens = count("prompt_tokens").or(self.prompt_tokens);
             self.completion_tokens = count("completion_tokens").or(self.completion_tokens);
+            let cached = usage["prompt_tokens_details"]["cached_tokens"].as_u64();
+            self.cached_tokens = cached.or(self.cached_tokens);
         }
         let choices = match chunk.get("choices") {
             Some(Value::Array(choices)) => choices.as_slice(),
@@ -372,6 +379,7 @@ impl StreamReader {
                 .completion_tokens
                 .or(by_length.then_some(self.max_tokens))
                 .unwrap_or(self.content_chunks),
+            cached_tokens: self.cached_tokens,
         })
     }
 }

@@ -76,6 +76,14 @@ pub(crate) struct Args {
     /// Prompt length, in random common words (about one token each).
     #[arg(long, default_value_t = 128)]
     input_len: usize,
+    /// Words of one shared prefix (a system prompt; the system message on the chat endpoint)
+    /// put before the prompts of --shared-prefix-ratio of the requests, to measure a prefix
+    /// cache.
+    #[arg(long, default_value_t = 0)]
+    shared_prefix_len: usize,
+    /// The share of requests, from 0 to 1, whose prompt starts with the shared prefix.
+    #[arg(long, default_value_t = 1.0, value_parser = parse_ratio)]
+    shared_prefix_ratio: f64,
     /// Output tokens per request (`max_tokens`, with `ignore_eos` for servers that accept it).
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
     output_len: u64,
@@ -108,6 +116,13 @@ fn parse_rate(s: &str) -> Result<f64, String> {
         _ => Err(format!(
             "{s:?} is not a positive number of requests per second or `inf`"
         )),
+    }
+}
+
+fn parse_ratio(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err(format!("{s:?} is not a share from 0 to 1")),
     }
 }
 
@@ -180,6 +195,8 @@ async fn bench(args: &Args, progress: &ProgressBar) -> anyhow::Result<Run> {
         model,
         num_prompts: args.num_prompts,
         input_len: args.input_len,
+        shared_prefix_len: args.shared_prefix_len,
+        shared_prefix_ratio: args.shared_prefix_ratio,
         output_len: args.output_len,
         request_rate: args.request_rate,
         seed: args.seed,

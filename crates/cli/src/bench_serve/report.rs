@@ -33,9 +33,24 @@ pub(super) fn text(
         "Request rate (req/s):",
         rate(workload.request_rate),
     );
+    if workload.shared_prefix_len > 0 {
+        let share = workload.shared_prefix_ratio;
+        line(
+            &mut out,
+            "Shared prefix (words):",
+            format!(
+                "{} on {:.0}% of requests",
+                workload.shared_prefix_len,
+                share * 100.0
+            ),
+        );
+    }
     let d = summary.duration_s;
     line(&mut out, "Benchmark duration (s):", format!("{d:.2}"));
     line(&mut out, "Total input tokens:", summary.total_input_tokens);
+    if let Some(cached) = summary.total_cached_input_tokens {
+        line(&mut out, "  of them cached:", cached);
+    }
     line(
         &mut out,
         "Total generated tokens:",
@@ -132,6 +147,7 @@ pub(super) fn json(
                     "itl_s": s.itl,
                     "prompt_tokens": s.prompt_tokens,
                     "output_tokens": s.output_tokens,
+                    "cached_tokens": s.cached_tokens,
                 }),
                 Err(f) => json!({
                     "ok": false,
@@ -154,6 +170,8 @@ pub(super) fn json(
             "request_rate": rate(workload.request_rate),
             "max_concurrency": max_concurrency,
             "input_len": workload.input_len,
+            "shared_prefix_len": workload.shared_prefix_len,
+            "shared_prefix_ratio": workload.shared_prefix_ratio,
             "output_len": workload.output_len,
             "seed": workload.seed,
             "traceparent": workload.traceparent,
@@ -180,6 +198,8 @@ mod tests {
             model: "m".into(),
             num_prompts: 2,
             input_len: 3,
+            shared_prefix_len: 0,
+            shared_prefix_ratio: 1.0,
             output_len: 2,
             request_rate: f64::INFINITY,
             seed: 0,
@@ -197,6 +217,7 @@ mod tests {
                     latency: 0.03,
                     prompt_tokens: 3,
                     output_tokens: 2,
+                    cached_tokens: None,
                 }),
                 sent_at: 0.0,
                 trace_id: Some("ab".repeat(16)),

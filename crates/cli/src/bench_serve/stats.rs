@@ -70,6 +70,8 @@ pub(super) struct Summary {
     pub(super) failures: BTreeMap<String, usize>,
     pub(super) duration_s: f64,
     pub(super) total_input_tokens: u64,
+    /// Input tokens the server said it read from its prefix cache (`None` when it said nothing).
+    pub(super) total_cached_input_tokens: Option<u64>,
     pub(super) total_output_tokens: u64,
     pub(super) request_throughput: f64,
     pub(super) output_throughput: f64,
@@ -92,6 +94,10 @@ impl Summary {
             *failures.entry(failure.kind.to_string()).or_insert(0) += 1;
         }
         let input: u64 = ok.iter().map(|s| s.prompt_tokens).sum();
+        let cached = ok
+            .iter()
+            .filter_map(|s| s.cached_tokens)
+            .fold(None, |sum, c| Some(sum.unwrap_or(0) + c));
         let output: u64 = ok.iter().map(|s| s.output_tokens).sum();
         let collect = |f: fn(&Success) -> Option<f64>| ok.iter().filter_map(|s| f(s)).collect();
         let ttfts: Vec<f64> = collect(|s| Some(s.ttft));
@@ -104,6 +110,7 @@ impl Summary {
             failures,
             duration_s: duration,
             total_input_tokens: input,
+            total_cached_input_tokens: cached,
             total_output_tokens: output,
             request_throughput: per_second(ok.len() as f64, duration),
             output_throughput: per_second(output as f64, duration),
@@ -162,6 +169,7 @@ mod tests {
                 latency,
                 prompt_tokens: 10,
                 output_tokens,
+                cached_tokens: Some(output_tokens / 5),
             }),
             sent_at: 0.0,
             trace_id: None,
@@ -203,6 +211,7 @@ mod tests {
         assert_eq!(s.failures["HTTP 500"], 2);
         assert_eq!(s.failures["stream ended without [DONE]"], 1);
         assert_eq!((s.total_input_tokens, s.total_output_tokens), (30, 17));
+        assert_eq!(s.total_cached_input_tokens, Some(3), "1 + 2 + 0");
         assert!(close(s.request_throughput, 1.5));
         assert!(close(s.output_throughput, 8.5));
         assert!(close(s.total_token_throughput, 23.5));

@@ -37,6 +37,8 @@ fn args(base_url: &str) -> Args {
         request_rate: f64::INFINITY,
         max_concurrency: None,
         input_len: 16,
+        shared_prefix_len: 0,
+        shared_prefix_ratio: 1.0,
         output_len: 8,
         seed: 0,
         traceparent: false,

@@ -3,7 +3,10 @@
 //!
 //! The server's tokenizer is unknown to the client, so a prompt of `--input-len` is that many
 //! random common English words (about one token each for the usual BPE vocabularies); the
-//! server's `usage.prompt_tokens` gives the real count. Everything drawn here comes from one
+//! server's `usage.prompt_tokens` gives the real count. With `--shared-prefix-len N`, one
+//! N-word prefix (a system prompt: the system message on the chat endpoint) comes before the
+//! prompts of `--shared-prefix-ratio` of the requests, as chat traffic repeats its system
+//! prompt, so that a server's prefix cache is measured. Everything drawn here comes from one
 //! RNG seeded by `--seed`, so a run's prompts and arrival times can be repeated exactly — except
 //! trace ids, which are fresh per run so that two runs never share a trace.
 
@@ -45,6 +48,10 @@ pub(super) struct Workload {
     pub(super) model: String,
     pub(super) num_prompts: usize,
     pub(super) input_len: usize,
+    /// Words of the shared prefix (0 for none).
+    pub(super) shared_prefix_len: usize,
+    /// The share of requests that start with it.
+    pub(super) shared_prefix_ratio: f64,
     pub(super) output_len: u64,
     /// Requests per second; infinite sends everything at once.
     pub(super) request_rate: f64,
@@ -62,25 +69,36 @@ impl Workload {
             .map(|_| random_words(&mut rng, self.input_len))
             .collect();
         let arrivals = arrival_offsets(&mut rng, self.num_prompts, self.request_rate);
+        // Its own stream, so that the prompts and arrivals of a seed stay those without it.
+        let mut prefix_rng = StdRng::seed_from_u64(self.seed ^ 0x5eed_0f_5a_4ed);
+        let prefix = random_words(&mut prefix_rng, self.shared_prefix_len);
         let mut trace_rng = StdRng::from_os_rng();
         prompts
             .into_iter()
             .zip(arrivals)
-            .map(|(prompt, arrival)| PlannedRequest {
-                body: self.body(&prompt),
-                nominal_input: self.input_len as u64,
-                max_tokens: self.output_len,
-                arrival,
-                traceparent: self
-                    .traceparent
-                    .then(|| Traceparent::random(&mut trace_rng)),
+            .map(|(prompt, arrival)| {
+                let shared = self.shared_prefix_len > 0
+                    && prefix_rng.random::<f64>() < self.shared_prefix_ratio;
+                let prefix = shared.then_some(prefix.as_str());
+                PlannedRequest {
+                    body: self.body(prefix, &prompt),
+                    nominal_input: (self.input_len
+                        + if shared { self.shared_prefix_len } else { 0 })
+                        as u64,
+                    max_tokens: self.output_len,
+                    arrival,
+                    traceparent: self
+                        .traceparent
+                        .then(|| Traceparent::random(&mut trace_rng)),
+                }
             })
             .collect()
     }
 
-    /// The streaming request body of `prompt`, as `vllm bench serve` sends it: greedy,
-    /// `max_tokens` = output length, `ignore_eos`, usage in the last chunk.
-    pub(super) fn body(&self, prompt: &str) -> Value {
+    /// The streaming request body of `prompt` after the shared `prefix`, if any, as
+    /// `vllm bench serve` sends it: greedy, `max_tokens` = output length, `ignore_eos`, usage
+    /// in the last chunk.
+    pub(super) fn body(&self, prefix: Option<&str>, prompt: &str) -> Value {
         let mut body = json!({
             "model": self.model,
             "max_tokens": self.output_len,
@@ -89,9 +107,18 @@ impl Workload {
             "stream": true,
             "stream_options": { "include_usage": true },
         });
-        match self.endpoint {
-            Endpoint::Completions => body["prompt"] = json!(prompt),
-            Endpoint::Chat => body["messages"] = json!([{ "role": "user", "content": prompt }]),
+        match (self.endpoint, prefix) {
+            (Endpoint::Completions, None) => body["prompt"] = json!(prompt),
+            (Endpoint::Completions, Some(p)) => body["prompt"] = json!(format!("{p} {prompt}")),
+            (Endpoint::Chat, None) => {
+                body["messages"] = json!([{ "role": "user", "content": prompt }]);
+            }
+            (Endpoint::Chat, Some(p)) => {
+                body["messages"] = json!([
+                    { "role": "system", "content": p },
+                    { "role": "user", "content": prompt },
+                ]);
+            }
         }
         if let Value::Object(fields) = &mut body {
             fields.extend(self.extra_body.clone());
@@ -166,6 +193,8 @@ mod tests {
             model: "m".into(),
             num_prompts: 50,
             input_len: 12,
+            shared_prefix_len: 0,
+            shared_prefix_ratio: 1.0,
             output_len: 7,
             request_rate: 4.0,
             seed: 3,
@@ -221,7 +250,7 @@ mod tests {
             .as_object()
             .cloned()
             .expect("an object");
-        let body = w.body("hello there");
+        let body = w.body(None, "hello there");
         assert_eq!(body["messages"][0]["content"], "hello there");
         assert_eq!(body["messages"][0]["role"], "user");
         assert_eq!(body["max_tokens"], 7);
@@ -231,6 +260,50 @@ mod tests {
         assert_eq!(body["min_tokens"], 7);
         assert_eq!(body["temperature"], 0.5);
         assert!(body.get("prompt").is_none());
+    }
+
+    #[test]
+    fn a_shared_prefix_starts_the_given_share_of_prompts_and_changes_nothing_else() {
+        let plain = workload(Endpoint::Completions).requests();
+        let mut w = workload(Endpoint::Completions);
+        w.shared_prefix_len = 30;
+        w.shared_prefix_ratio = 0.5;
+        let shared = w.requests();
+        let mut prefixes = std::collections::HashSet::new();
+        let mut with = 0;
+        for (p, s) in plain.iter().zip(&shared) {
+            assert_eq!(p.arrival, s.arrival);
+            let (p_text, s_text) = (
+                p.body["prompt"].as_str().expect("text"),
+                s.body["prompt"].as_str().expect("text"),
+            );
+            assert!(s_text.ends_with(p_text), "the prompt itself is unchanged");
+            if s_text.len() > p_text.len() {
+                with += 1;
+                assert_eq!(s.nominal_input, 42);
+                let words: Vec<&str> = s_text.split(' ').collect();
+                prefixes.insert(words[..30].join(" "));
+            } else {
+                assert_eq!(s.nominal_input, 12);
+            }
+        }
+        assert_eq!(prefixes.len(), 1, "one prefix for all");
+        assert!(
+            (10..=40).contains(&with),
+            "about half of 50 share it: {with}"
+        );
+        // On the chat endpoint the prefix is the system message.
+        let mut w = workload(Endpoint::Chat);
+        w.shared_prefix_len = 5;
+        let first = &w.requests()[0].body;
+        assert_eq!(first["messages"][0]["role"], "system");
+        assert_eq!(
+            first["messages"][0]["content"]
+                .as_str()
+                .map(|p| p.split(' ').count()),
+            Some(5)
+        );
+        assert_eq!(first["messages"][1]["role"], "user");
     }
 
     #[test]
