@@ -1,7 +1,9 @@
 //! The README's real-model command, end to end: `wayfinder serve` on the real SmolLM2 Q4_1 GGUF
 //! (`scripts/fetch-smollm2.sh`) with `--served-model-name`, in process and with the engine in
 //! its own process, answers a completion and a chat request over HTTP with the file's own
-//! tokenizer and chat template.
+//! tokenizer and chat template. The prefix cache is on in process (the default) and off in the
+//! engine process (`--no-enable-prefix-caching`, handed to the child): a repeated chat request
+//! reads its prompt from the cache, or not, and answers the same.
 
 mod common;
 
@@ -35,7 +37,7 @@ async fn serves_the_real_model(engine_process: bool) {
         "128",
     ]);
     if engine_process {
-        command.arg("--engine-process");
+        command.args(["--engine-process", "--no-enable-prefix-caching"]);
     }
     let (_server, line) = serve_ready_line(&mut command);
     assert!(line.contains("Q4_1"), "the weights stay Q4_1: {line}");
@@ -62,11 +64,12 @@ async fn serves_the_real_model(engine_process: bool) {
     let text = completion["choices"][0]["text"].as_str().expect("text");
     assert!(text.contains("Paris"), "{completion}");
 
+    let chat_body = json!({"model": "smollm2", "temperature": 0, "max_tokens": 24,
+               "messages": [{"role": "user", "content": "What is the capital of France?"}]});
     let chat = post(
         &client,
         format!("{base}/v1/chat/completions"),
-        json!({"model": "smollm2", "temperature": 0, "max_tokens": 24,
-               "messages": [{"role": "user", "content": "What is the capital of France?"}]}),
+        chat_body.clone(),
     )
     .await;
     let answer = chat["choices"][0]["message"]["content"]
@@ -76,6 +79,21 @@ async fn serves_the_real_model(engine_process: bool) {
     // The template's end token ended it, and was not shown.
     assert_eq!(chat["choices"][0]["finish_reason"], "stop", "{chat}");
     assert!(!answer.contains("<|im_end|>"), "{answer}");
+
+    let again = post(&client, format!("{base}/v1/chat/completions"), chat_body).await;
+    assert_eq!(
+        again["choices"][0]["message"],
+        chat["choices"][0]["message"]
+    );
+    let prompt = again["usage"]["prompt_tokens"].as_u64().expect("usage");
+    let cached = again["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64();
+    let expect = if engine_process {
+        0
+    } else {
+        (prompt - 1) / 16 * 16
+    };
+    assert!(prompt > 16, "{again}");
+    assert_eq!(cached, Some(expect), "{again}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
