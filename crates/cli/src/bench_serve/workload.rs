@@ -8,7 +8,8 @@
 //! prompts of `--shared-prefix-ratio` of the requests, as chat traffic repeats its system
 //! prompt, so that a server's prefix cache is measured. Everything drawn here comes from one
 //! RNG seeded by `--seed`, so a run's prompts and arrival times can be repeated exactly — except
-//! trace ids, which are fresh per run so that two runs never share a trace.
+//! trace ids, which are fresh per run so that two runs never share a trace, and the shared
+//! prefix, which is the same for every seed.
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -25,6 +26,9 @@ const WORDS: [&str; 64] = [
     "head", "eye", "face", "name", "place", "work", "life", "year", "hour", "night", "morning",
     "answer", "question", "number", "story", "music", "garden", "window", "journey",
 ];
+
+/// Seeds the shared prefix's words.
+const SHARED_PREFIX_SEED: u64 = 0x5eed_0f5a_4ed;
 
 /// One benchmark request, ready to send.
 #[derive(Debug, Clone)]
@@ -69,9 +73,15 @@ impl Workload {
             .map(|_| random_words(&mut rng, self.input_len))
             .collect();
         let arrivals = arrival_offsets(&mut rng, self.num_prompts, self.request_rate);
-        // Its own stream, so that the prompts and arrivals of a seed stay those without it.
-        let mut prefix_rng = StdRng::seed_from_u64(self.seed ^ 0x5eed_0f_5a_4ed);
-        let prefix = random_words(&mut prefix_rng, self.shared_prefix_len);
+        // The prefix is the same whatever the seed, as one deployment's system prompt is the
+        // same for all its traffic (so runs of several seeds share it); which requests carry it
+        // comes from the seed, on a stream of its own so that the prompts and arrivals of a
+        // seed stay those without a prefix.
+        let prefix = random_words(
+            &mut StdRng::seed_from_u64(SHARED_PREFIX_SEED),
+            self.shared_prefix_len,
+        );
+        let mut prefix_rng = StdRng::seed_from_u64(self.seed ^ SHARED_PREFIX_SEED);
         let mut trace_rng = StdRng::from_os_rng();
         prompts
             .into_iter()
@@ -288,6 +298,17 @@ mod tests {
             }
         }
         assert_eq!(prefixes.len(), 1, "one prefix for all");
+        w.seed += 1;
+        let other_seed = w.requests();
+        let text = |r: &PlannedRequest| r.body["prompt"].as_str().expect("text").to_owned();
+        let with_prefix = other_seed
+            .iter()
+            .map(text)
+            .find(|t| t.split(' ').count() == 42);
+        assert!(
+            with_prefix.is_some_and(|t| prefixes.iter().all(|p| t.starts_with(p.as_str()))),
+            "another seed, the same prefix"
+        );
         assert!(
             (10..=40).contains(&with),
             "about half of 50 share it: {with}"
