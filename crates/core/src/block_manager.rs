@@ -31,7 +31,8 @@
 //!
 //! Every verb costs O(blocks touched) plus hash-map and ordered-map operations: the free list is
 //! a stack, the evictable list a `BTreeMap` by release tick, tables are vectors, and nothing
-//! scans the pool. [`BlockManager::check_invariants`] verifies 1–3 in O(num_blocks) for tests.
+//! scans the pool. [`BlockManager::check_invariants`] (in `block_manager_invariants.rs`)
+//! verifies 1–3 in O(num_blocks) for tests.
 
 use std::collections::BTreeMap;
 
@@ -66,61 +67,6 @@ pub enum BlockError {
     /// A prefix given to `allocate_with_prefix` holds a block that is not cached (or twice).
     #[error("block {0} is not a cached block of this prefix")]
     NotCached(BlockId),
-}
-
-/// A broken invariant (1–3 of the module docs), found by [`BlockManager::check_invariants`].
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum InvariantViolation {
-    /// A block id past the pool.
-    #[error("block {0} out of range")]
-    OutOfRange(BlockId),
-    /// A block in two places of free stack, evictable list and tables, or twice in one.
-    #[error("block {block} owned twice ({first} and {second})")]
-    OwnedTwice {
-        /// The block.
-        block: BlockId,
-        /// Where it was found first: `free list`, `evictable list` or `a table`.
-        first: &'static str,
-        /// Where it was found again.
-        second: &'static str,
-    },
-    /// A block's reference count differs from the tables holding it.
-    #[error("block {block} has reference count {count} but {holders} holders")]
-    RefCount {
-        /// The block.
-        block: BlockId,
-        /// Its count.
-        count: u32,
-        /// Tables holding it.
-        holders: u32,
-    },
-    /// The index and the blocks' cached state disagree, or the free stack holds a cached block
-    /// or the evictable list an uncached one.
-    #[error("block {0}'s cache entry is inconsistent")]
-    CacheEntry(BlockId),
-    /// A cached block whose hash is not that of its parent and tokens.
-    #[error("block {0}'s hash does not match its tokens")]
-    HashMismatch(BlockId),
-    /// A table whose block count does not fit its token count.
-    #[error("{seq:?} holds {tokens} tokens in {blocks} blocks")]
-    TableSize {
-        /// The sequence.
-        seq: SeqId,
-        /// Its tokens.
-        tokens: usize,
-        /// Its blocks.
-        blocks: usize,
-    },
-    /// Free, evictable and held blocks do not add up to the pool.
-    #[error("free {free} + used {used} != total {total}")]
-    Miscount {
-        /// Blocks on the free stack and the evictable list.
-        free: usize,
-        /// Blocks in tables.
-        used: usize,
-        /// Blocks in the pool.
-        total: usize,
-    },
 }
 
 /// What [`BlockManager::find_cached_prefix`] and [`BlockManager::cache_blocks`] need of a
@@ -416,110 +362,6 @@ impl BlockManager {
         self.refs.get(block as usize).copied().unwrap_or(0)
     }
 
-    /// Checks invariants 1–3 of the module docs; O(num_blocks).
-    pub fn check_invariants(&self) -> Result<(), InvariantViolation> {
-        let n = self.num_blocks;
-        let mut place: Vec<Option<&'static str>> = vec![None; n];
-        let mut claim = |b: BlockId, who: &'static str| -> Result<(), InvariantViolation> {
-            let slot = place
-                .get_mut(b as usize)
-                .ok_or(InvariantViolation::OutOfRange(b))?;
-            if let Some(first) = *slot {
-                return Err(InvariantViolation::OwnedTwice {
-                    block: b,
-                    first,
-                    second: who,
-                });
-            }
-            *slot = Some(who);
-            Ok(())
-        };
-        for &b in &self.free {
-            claim(b, "free list")?;
-            if self.entries[b as usize].is_some() {
-                return Err(InvariantViolation::CacheEntry(b));
-            }
-        }
-        for (&tick, &b) in &self.evictable {
-            claim(b, "evictable list")?;
-            if self.entries[b as usize].and_then(|e| e.evictable_at) != Some(tick) {
-                return Err(InvariantViolation::CacheEntry(b));
-            }
-        }
-        let mut holders = vec![0u32; n];
-        for (seq, table) in &self.tables {
-            if table.blocks.len() != self.blocks_for(table.num_tokens) {
-                return Err(InvariantViolation::TableSize {
-                    seq: *seq,
-                    tokens: table.num_tokens,
-                    blocks: table.blocks.len(),
-                });
-            }
-            let mut sorted = table.blocks.clone();
-            sorted.sort_unstable();
-            if let Some(w) = sorted.windows(2).find(|w| w[0] == w[1]) {
-                return Err(InvariantViolation::OwnedTwice {
-                    block: w[0],
-                    first: "a table",
-                    second: "the same table",
-                });
-            }
-            for &b in &table.blocks {
-                *holders
-                    .get_mut(b as usize)
-                    .ok_or(InvariantViolation::OutOfRange(b))? += 1;
-            }
-        }
-        let mut used = 0;
-        for (b, &count) in holders.iter().enumerate() {
-            let block = b as BlockId;
-            if count > 0 {
-                used += 1;
-                if let Some(first) = place[b] {
-                    return Err(InvariantViolation::OwnedTwice {
-                        block,
-                        first,
-                        second: "a table",
-                    });
-                }
-                if self.entries[b].is_some_and(|e| e.evictable_at.is_some()) {
-                    return Err(InvariantViolation::CacheEntry(block));
-                }
-            }
-            if self.refs[b] != count {
-                return Err(InvariantViolation::RefCount {
-                    block,
-                    count: self.refs[b],
-                    holders: count,
-                });
-            }
-            if let Some(e) = self.entries[b] {
-                if self.index.get(&e.hash) != Some(&block) {
-                    return Err(InvariantViolation::CacheEntry(block));
-                }
-                if self.hasher.hash(e.parent, self.stored_tokens(block)) != e.hash {
-                    return Err(InvariantViolation::HashMismatch(block));
-                }
-            }
-        }
-        if let Some((_, &b)) = self
-            .index
-            .iter()
-            .find(|(h, b)| self.entries[**b as usize].map(|e| e.hash) != Some(**h))
-        {
-            return Err(InvariantViolation::CacheEntry(b));
-        }
-        let free = self.num_free_blocks();
-        if used + free != n {
-            return Err(InvariantViolation::Miscount {
-                free,
-                used,
-                total: n,
-            });
-        }
-        Ok(())
-    }
-
     /// The blocks a table of `prefix` and `num_new_tokens` more slots needs beyond `prefix`,
     /// or why it cannot be had.
     fn check_prefix_allocation(
@@ -619,6 +461,10 @@ impl BlockManager {
         &self.cached_tokens[at..at + self.block_size]
     }
 }
+
+#[path = "block_manager_invariants.rs"]
+mod invariants;
+pub use invariants::InvariantViolation;
 
 #[cfg(test)]
 #[path = "block_manager_tests.rs"]

@@ -181,7 +181,11 @@ pub struct EngineRequest {
     arrival_time: f64,
     carrier: Carrier,
     journey: bool,
+    cache_salt: Option<String>,
 }
+
+/// The longest [`RequestBuilder::cache_salt`], in bytes.
+pub const MAX_CACHE_SALT_BYTES: usize = 256;
 
 impl EngineRequest {
     /// Starts a request with the given id and prompt token ids; see [`RequestBuilder`].
@@ -198,6 +202,7 @@ impl EngineRequest {
             arrival_time: None,
             carrier: Carrier::new(),
             journey: false,
+            cache_salt: None,
         }
     }
 
@@ -233,6 +238,10 @@ impl EngineRequest {
     pub fn wants_journey(&self) -> bool {
         self.journey
     }
+    /// Its prefix-cache salt: it shares cached blocks only with requests of the same salt.
+    pub fn cache_salt(&self) -> Option<&str> {
+        self.cache_salt.as_deref()
+    }
     /// Replaces the trace-context carrier (the API layer injects its span's context).
     pub fn set_carrier(&mut self, carrier: Carrier) {
         self.carrier = carrier;
@@ -256,6 +265,7 @@ pub struct RequestBuilder {
     arrival_time: Option<f64>,
     carrier: Carrier,
     journey: bool,
+    cache_salt: Option<String>,
 }
 
 impl RequestBuilder {
@@ -295,6 +305,15 @@ impl RequestBuilder {
         self
     }
 
+    /// Salts the request's prefix-cache keys (vLLM's `cache_salt`): it then reads and leaves
+    /// cached blocks only among requests with the same salt, so that tenants given different
+    /// salts cannot learn from timing whether another's prompt was cached. Non-empty, at most
+    /// [`MAX_CACHE_SALT_BYTES`].
+    pub fn cache_salt(mut self, salt: Option<String>) -> Self {
+        self.cache_salt = salt;
+        self
+    }
+
     /// Checks every field and returns the engine request.
     pub fn build(self) -> Result<EngineRequest, InvalidRequest> {
         if self.id.is_empty() {
@@ -310,6 +329,14 @@ impl RequestBuilder {
             ));
         }
         self.sampling.validate()?;
+        if let Some(salt) = &self.cache_salt
+            && (salt.is_empty() || salt.len() > MAX_CACHE_SALT_BYTES)
+        {
+            return Err(InvalidRequest::new(
+                "cache_salt",
+                format!("must be a non-empty string of at most {MAX_CACHE_SALT_BYTES} bytes"),
+            ));
+        }
         let arrival_time = match self.arrival_time {
             Some(t) if !t.is_finite() => {
                 return Err(InvalidRequest::new("arrival_time", "must be finite"));
@@ -326,6 +353,7 @@ impl RequestBuilder {
             arrival_time,
             carrier: self.carrier,
             journey: self.journey,
+            cache_salt: self.cache_salt,
         })
     }
 }

@@ -34,7 +34,6 @@ use std::collections::BTreeMap;
 
 use rustc_hash::FxHashMap as HashMap;
 
-use crate::block_hash::BlockHash;
 use crate::block_manager::{BlockId, BlockManager, DEFAULT_BLOCK_SIZE, PrefixKey};
 use crate::request::{EngineRequest, Priority};
 use crate::sequence::{FinishStatus, Phase, RequestStatus, SeqId, Sequence};
@@ -217,18 +216,14 @@ pub struct Scheduler {
     running: Vec<SeqId>,
     steps: u64,
     arrivals: u64,
-    /// The parent hash of every sequence's first block.
-    cache_root: BlockHash,
 }
 
 impl Scheduler {
     /// A scheduler with an empty KV pool sized by `config`.
     pub fn new(config: SchedulerConfig) -> Result<Self, ConfigError> {
         config.validate()?;
-        let blocks = BlockManager::new(config.num_blocks, config.block_size);
         Ok(Self {
-            cache_root: blocks.hasher().root(None),
-            blocks,
+            blocks: BlockManager::new(config.num_blocks, config.block_size),
             config,
             seqs: HashMap::default(),
             waiting: BTreeMap::new(),
@@ -274,7 +269,9 @@ impl Scheduler {
     /// Accepts a request at time `now`.
     pub fn add(&mut self, id: SeqId, request: EngineRequest, now: f64) -> AddOutcome {
         self.arrivals += 1;
+        let root = self.blocks.hasher().root(request.cache_salt());
         let mut seq = Sequence::new(id, request, self.arrivals, now);
+        seq.cache_root = root;
         // A prompt needs its own slots plus room for one generated token, unless it asks for
         // none (a prompt-logprobs request).
         let output_room = usize::from(seq.stop().max_tokens > 0);
@@ -324,9 +321,9 @@ impl Scheduler {
             if self.config.enable_prefix_caching {
                 let bs = self.blocks.block_size();
                 let hasher = self.blocks.hasher();
-                hasher.extend(&mut seq.block_hashes, self.cache_root, &seq.tokens, bs);
+                hasher.extend(&mut seq.block_hashes, seq.cache_root, &seq.tokens, bs);
                 let key = PrefixKey {
-                    root: self.cache_root,
+                    root: seq.cache_root,
                     hashes: &seq.block_hashes,
                     tokens: &seq.tokens,
                 };
@@ -420,9 +417,9 @@ impl Scheduler {
         let seq = self.seqs.get_mut(&id).expect("waiting request is live");
         let hits = if self.config.enable_prefix_caching {
             let hasher = self.blocks.hasher();
-            hasher.extend(&mut seq.block_hashes, self.cache_root, &seq.tokens, bs);
+            hasher.extend(&mut seq.block_hashes, seq.cache_root, &seq.tokens, bs);
             let key = PrefixKey {
-                root: self.cache_root,
+                root: seq.cache_root,
                 hashes: &seq.block_hashes,
                 tokens: &seq.tokens,
             };

@@ -134,8 +134,9 @@ pub struct Sequence {
     pub(crate) arrival_order: u64,
     pub(crate) times: RequestTimestamps,
     /// Chained content hashes of its full blocks so far (kept by the scheduler when the prefix
-    /// cache is on).
+    /// cache is on), from `cache_root` (which its cache salt chose).
     pub(crate) block_hashes: Vec<BlockHash>,
+    pub(crate) cache_root: BlockHash,
     /// Prompt tokens looked up in the prefix cache and found there when first scheduled.
     prefix_cache_lookup: Option<(usize, usize)>,
 }
@@ -167,6 +168,7 @@ impl Sequence {
                 ..RequestTimestamps::default()
             },
             block_hashes: Vec::new(),
+            cache_root: BlockHash(0),
             prefix_cache_lookup: None,
         }
     }

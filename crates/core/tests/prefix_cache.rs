@@ -277,3 +277,43 @@ fn a_pool_full_of_cached_blocks_still_admits_new_requests() {
     }
     engine.shutdown();
 }
+
+#[test]
+fn a_cache_salt_shares_cached_blocks_only_among_requests_with_the_same_salt() {
+    let setup = Setup {
+        num_blocks: 64,
+        budget: 512,
+        caching: true,
+        step_delay: Duration::ZERO,
+    };
+    let (engine, _) = setup.spawn();
+    let prompt = tokens(9, 50);
+    let run = |id: &str, salt: Option<&str>| {
+        let request = EngineRequest::builder(id, prompt.clone())
+            .sampling(SamplingParams::greedy())
+            .max_tokens(2)
+            .cache_salt(salt.map(str::to_owned))
+            .build()
+            .expect("valid");
+        collect(engine.add_request(request).expect("add"))
+            .1
+            .usage
+            .cached_tokens
+    };
+    assert_eq!(run("plain", None), 0);
+    assert_eq!(run("tenant-1", Some("t1")), 0, "another salt finds nothing");
+    assert_eq!(
+        run("tenant-1-again", Some("t1")),
+        48,
+        "the same salt finds its own"
+    );
+    assert_eq!(run("plain-again", None), 48);
+    assert_eq!(run("tenant-2", Some("t2")), 0);
+    engine.shutdown();
+    for bad in [String::new(), "x".repeat(257)] {
+        let built = EngineRequest::builder("r", vec![1])
+            .cache_salt(Some(bad))
+            .build();
+        assert!(built.is_err_and(|e| e.to_string().contains("cache_salt")));
+    }
+}

@@ -383,7 +383,7 @@ impl<'a> Supervisor<'a> {
                     None | Some(EngineCommand::Shutdown) => return SessionEnd::Shutdown,
                     Some(EngineCommand::Add { seq, request, tx }) => {
                         outputs.insert(seq.0, tx);
-                        ToEngine::Add { seq: seq.0, request: WireRequest::from(&*request) }
+                        ToEngine::Add { seq: seq.0, request: Box::new(WireRequest::from(&*request)) }
                     }
                     Some(EngineCommand::Abort(seq)) => {
                         outputs.remove(&seq.0);
@@ -499,6 +499,7 @@ impl From<&wayfinder_core::EngineRequest> for WireRequest {
             priority: r.priority(),
             carrier: r.carrier().clone(),
             journey: r.wants_journey(),
+            cache_salt: r.cache_salt().map(str::to_owned),
         }
     }
 }

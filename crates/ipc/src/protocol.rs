@@ -43,6 +43,9 @@ pub struct WireRequest {
     /// Send the request's journey marks back with its `Finished` (for the API's history).
     #[serde(default)]
     pub journey: bool,
+    /// Its prefix-cache salt.
+    #[serde(default)]
+    pub cache_salt: Option<String>,
 }
 
 /// What the engine tells a client about itself.
@@ -72,8 +75,8 @@ pub enum ToEngine {
     Add {
         /// The client's number for it, unique on this connection.
         seq: u64,
-        /// The request.
-        request: WireRequest,
+        /// The request (boxed: it is by far the largest message).
+        request: Box<WireRequest>,
     },
     /// Aborts request `seq` (its stream was dropped).
     Abort {
@@ -210,7 +213,7 @@ mod tests {
         let mut reader = Reader::new(b);
         let add = ToEngine::Add {
             seq: 7,
-            request: WireRequest {
+            request: Box::new(WireRequest {
                 id: "cmpl-1-0".into(),
                 prompt: vec![1, 2, 3],
                 sampling: SamplingParams::default(),
@@ -221,7 +224,8 @@ mod tests {
                 priority: 0,
                 carrier: HashMap::from([("traceparent".into(), "00-ab-cd-01".into())]),
                 journey: false,
-            },
+                cache_salt: None,
+            }),
         };
         writer.send(&add).await.expect("sent");
         writer.send(&ToEngine::Ping { tag: 3 }).await.expect("sent");

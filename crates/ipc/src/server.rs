@@ -228,7 +228,7 @@ impl Client {
         live: &mut Live,
     ) {
         match message {
-            ToEngine::Add { seq, request } => self.add(seq, request, out, done, live),
+            ToEngine::Add { seq, request } => self.add(seq, *request, out, done, live),
             ToEngine::Abort { seq } => live.remove(seq),
             ToEngine::AbortById { id } => {
                 if live.ids.contains_key(&id) {
@@ -288,6 +288,7 @@ impl Client {
             .priority(request.priority)
             .carrier(request.carrier)
             .journey(request.journey)
+            .cache_salt(request.cache_salt)
             .arrival_time(monotonic_now())
             .build();
         let mut stream = match built

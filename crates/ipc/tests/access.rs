@@ -64,7 +64,7 @@ async fn connect(addr: &EngineAddr) -> Conn {
 fn add(seq: u64, id: &str, prompt: Vec<u32>, max_tokens: u32) -> ToEngine {
     ToEngine::Add {
         seq,
-        request: WireRequest {
+        request: Box::new(WireRequest {
             id: id.to_owned(),
             prompt,
             sampling: SamplingParams::greedy(),
@@ -75,7 +75,8 @@ fn add(seq: u64, id: &str, prompt: Vec<u32>, max_tokens: u32) -> ToEngine {
             priority: 0,
             carrier: HashMap::new(),
             journey: false,
-        },
+            cache_salt: None,
+        }),
     }
 }
 

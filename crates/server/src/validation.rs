@@ -465,6 +465,7 @@ fn build(
                 })
                 .arrival_time(arrival)
                 .journey(state.history().is_on())
+                .cache_salt(fields.cache_salt.clone())
                 .build()?;
             choices.push(ChoiceSpec {
                 index: index as u32,

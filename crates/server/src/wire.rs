@@ -52,6 +52,8 @@ pub struct SamplingFields {
     pub repetition_penalty: Option<f32>,
     /// Keep generating past end-of-sequence.
     pub ignore_eos: Option<bool>,
+    /// vLLM's prefix-cache salt: cached blocks are shared only among requests with the same.
+    pub cache_salt: Option<String>,
     /// Stream over SSE.
     pub stream: Option<bool>,
     /// Streaming options.

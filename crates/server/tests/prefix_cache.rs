@@ -146,3 +146,56 @@ async fn cached_tokens_are_reported_exactly(mode: Mode) {
     kept.sort_unstable();
     assert_eq!(kept, [0, expect, expect, expect]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cache_salt_keeps_tenants_apart_and_a_bad_one_is_refused() {
+    let server = common::TestServer::new(&Options::default());
+    let prompt = "one two three four five six seven eight nine ten eleven twelve thirteen \
+                  fourteen fifteen sixteen seventeen eighteen nineteen twenty";
+    let ask = |salt: Option<&str>| {
+        let mut body = json!({"model": MODEL, "prompt": prompt, "max_tokens": 2});
+        if let Some(s) = salt {
+            body["cache_salt"] = json!(s);
+        }
+        body
+    };
+    let first = server.post("/v1/completions", &ask(None)).await.json();
+    let len = first["usage"]["prompt_tokens"].as_u64().expect("usage");
+    let expect = (len - 1) / BLOCK_SIZE as u64 * BLOCK_SIZE as u64;
+    assert!(expect > 0, "{len} tokens");
+    let salted = server
+        .post("/v1/completions", &ask(Some("tenant-a")))
+        .await
+        .json();
+    assert_eq!(cached(&salted), 0, "another tenant's blocks are not read");
+    let again = server
+        .post("/v1/completions", &ask(Some("tenant-a")))
+        .await
+        .json();
+    assert_eq!(cached(&again), expect);
+    let chat = json!({"model": MODEL, "cache_salt": "",
+                      "messages": [{"role": "user", "content": "hi"}]});
+    for (path, body) in [
+        ("/v1/completions", ask(Some(""))),
+        ("/v1/chat/completions", chat),
+    ] {
+        let error = server
+            .post(path, &body)
+            .await
+            .error(StatusCode::BAD_REQUEST);
+        assert_eq!(error["param"], "cache_salt", "{error}");
+    }
+    let error = server
+        .post(
+            "/v1/completions",
+            &json!({"model": MODEL, "prompt": "x", "cache_salt": 5}),
+        )
+        .await
+        .error(StatusCode::BAD_REQUEST);
+    assert!(
+        error["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("expected a string")),
+        "{error}"
+    );
+}

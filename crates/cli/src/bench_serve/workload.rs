@@ -28,7 +28,7 @@ const WORDS: [&str; 64] = [
 ];
 
 /// Seeds the shared prefix's words.
-const SHARED_PREFIX_SEED: u64 = 0x5eed_0f5a_4ed;
+const SHARED_PREFIX_SEED: u64 = 0x05ee_d0f5_a4ed;
 
 /// One benchmark request, ready to send.
 #[derive(Debug, Clone)]
