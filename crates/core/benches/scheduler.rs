@@ -64,7 +64,10 @@ impl Workload {
         self.next_id += 1;
         // Staggered lengths, so that a few requests finish and arrive every step.
         let max_tokens = 200 + (id * 37 % 300) as u32;
-        let request = EngineRequest::builder(format!("r{id}"), vec![1; PROMPT])
+        // Distinct prompts: the prefix cache (on, the default) hashes and enters every full
+        // block but finds nothing, its whole cost without its gain.
+        let prompt = (0..PROMPT as u64).map(|i| (id * 131 + i) as u32).collect();
+        let request = EngineRequest::builder(format!("r{id}"), prompt)
             .max_tokens(max_tokens)
             .build()
             .expect("valid request");

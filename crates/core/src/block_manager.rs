@@ -266,15 +266,34 @@ impl BlockManager {
         seq: SeqId,
         num_new_tokens: usize,
     ) -> Result<&[BlockId], BlockError> {
-        let Some(table) = self.tables.get(&seq) else {
+        let available = self.num_free_blocks();
+        // Split borrows: the table grows while blocks come off the free stack or the LRU.
+        let Self {
+            block_size,
+            tables,
+            free,
+            evictable,
+            refs,
+            entries,
+            index,
+            ..
+        } = self;
+        let Some(table) = tables.get_mut(&seq) else {
             return Err(BlockError::NotAllocated(seq));
         };
-        let needed = self.blocks_for(table.num_tokens + num_new_tokens) - table.blocks.len();
-        self.check_free(needed)?;
-        let new: Vec<BlockId> = (0..needed).map(|_| self.take_block()).collect();
-        let table = self.tables.get_mut(&seq).expect("checked above");
+        let needed = (table.num_tokens + num_new_tokens).div_ceil(*block_size) - table.blocks.len();
+        if needed > available {
+            return Err(BlockError::OutOfBlocks {
+                needed,
+                free: available,
+            });
+        }
         let start = table.blocks.len();
-        table.blocks.extend(new);
+        for _ in 0..needed {
+            table
+                .blocks
+                .push(take_block_from(free, evictable, entries, index, refs));
+        }
         table.num_tokens += num_new_tokens;
         Ok(&table.blocks[start..])
     }
@@ -394,35 +413,15 @@ impl BlockManager {
         Ok(needed)
     }
 
-    fn check_free(&self, needed: usize) -> Result<(), BlockError> {
-        if needed > self.num_free_blocks() {
-            return Err(BlockError::OutOfBlocks {
-                needed,
-                free: self.num_free_blocks(),
-            });
-        }
-        Ok(())
-    }
-
-    /// A block for a table: a free one, else the least recently released cached one, evicted.
-    /// The caller checked that one is there.
+    /// A block for a table (see [`take_block_from`]).
     fn take_block(&mut self) -> BlockId {
-        let b = match self.free.pop() {
-            Some(b) => b,
-            None => {
-                let (_, b) = self
-                    .evictable
-                    .pop_first()
-                    .expect("the caller checked for a free block");
-                let entry = self.entries[b as usize]
-                    .take()
-                    .expect("evictable is cached");
-                self.index.remove(&entry.hash);
-                b
-            }
-        };
-        self.refs[b as usize] = 1;
-        b
+        take_block_from(
+            &mut self.free,
+            &mut self.evictable,
+            &mut self.entries,
+            &mut self.index,
+            &mut self.refs,
+        )
     }
 
     /// One more table holds cached block `b`.
@@ -460,6 +459,30 @@ impl BlockManager {
         let at = b as usize * self.block_size;
         &self.cached_tokens[at..at + self.block_size]
     }
+}
+
+/// A block for a table, held once: a free one, else the least recently released cached one,
+/// evicted from the cache. The caller checked that one is there.
+fn take_block_from(
+    free: &mut Vec<BlockId>,
+    evictable: &mut BTreeMap<u64, BlockId>,
+    entries: &mut [Option<CacheEntry>],
+    index: &mut HashMap<BlockHash, BlockId>,
+    refs: &mut [u32],
+) -> BlockId {
+    let b = match free.pop() {
+        Some(b) => b,
+        None => {
+            let (_, b) = evictable
+                .pop_first()
+                .expect("the caller checked for a free block");
+            let entry = entries[b as usize].take().expect("evictable is cached");
+            index.remove(&entry.hash);
+            b
+        }
+    };
+    refs[b as usize] = 1;
+    b
 }
 
 #[path = "block_manager_invariants.rs"]

@@ -317,9 +317,11 @@ impl Scheduler {
             let Some(seq) = self.seqs.get_mut(&s.id) else {
                 continue;
             };
+            let bs = self.blocks.block_size();
+            let full_before = seq.num_computed_tokens / bs;
             seq.advance(s.num_new_tokens);
-            if self.config.enable_prefix_caching {
-                let bs = self.blocks.block_size();
+            // Most steps of a decoding request fill no block: nothing to enter.
+            if self.config.enable_prefix_caching && seq.num_computed_tokens / bs > full_before {
                 let hasher = self.blocks.hasher();
                 hasher.extend(&mut seq.block_hashes, seq.cache_root, &seq.tokens, bs);
                 let key = PrefixKey {
