@@ -14,7 +14,7 @@ use std::arch::x86_64::*;
 
 use super::kquant_avx512::scale_min_k4;
 use super::quant_type::QuantType;
-use super::quant_vnni::{PREFETCH_BYTES, Pairs, Q8Rows, row_dot_with};
+use super::quant_vnni::{PREFETCH_BYTES, Pairs, Q8Rows, row_dot_with, rows_dot_with};
 
 /// Whether `ty` has a kernel here.
 pub(crate) fn supports(ty: QuantType) -> bool {
@@ -32,6 +32,26 @@ pub(crate) unsafe fn row_dot(ty: QuantType, w: &[u8], x: &Q8Rows, out: &mut [f32
         match ty {
             QuantType::Q4K => row_dot_with::<Q4K>(w, x, out),
             QuantType::Q6K => row_dot_with::<Q6K>(w, x, out),
+            _ => unreachable!("supports() admits only Q4_K and Q6_K"),
+        }
+    }
+}
+
+/// `out[r * n + j]` for the Q4_K or Q6_K weight rows `w`: `quant_vnni::rows_dot_with`.
+///
+/// # Safety
+/// As [`row_dot`], for every row of `w`; `x` has at most `quant_vnni::group_width(R)` rows.
+pub(crate) unsafe fn rows_dot<const R: usize>(
+    ty: QuantType,
+    w: [&[u8]; R],
+    x: &Q8Rows,
+    out: &mut [f32],
+) {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        match ty {
+            QuantType::Q4K => rows_dot_with::<Q4K, R>(w, x, out),
+            QuantType::Q6K => rows_dot_with::<Q6K, R>(w, x, out),
             _ => unreachable!("supports() admits only Q4_K and Q6_K"),
         }
     }

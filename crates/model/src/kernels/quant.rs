@@ -308,22 +308,61 @@ impl QuantMatrix {
         } else {
             super::quant_vnni::Q8Rows::quantize(x, m, self.cols)
         };
+        let n = xq.rows();
         let mut yt = vec![0f32; rows * m];
         team.chunks(&mut yt, ROWS_PER_TASK * m, &|task, out| {
             let first = task * ROWS_PER_TASK;
-            let mut each = vec![0f32; xq.rows()];
-            for (r, o) in out.chunks_exact_mut(m).enumerate() {
-                let (ty, bytes) = self.row(first + r);
-                // SAFETY: `integer_dots` was set only where `available()` held and every part's
-                // type is supported; a row holds `cols / 32` blocks; `each` has a value per
-                // quantized row.
-                unsafe { integer_row_dot(ty, bytes, &xq, &mut each) };
-                for (oi, level) in o.iter_mut().zip(each.chunks_exact(levels)) {
-                    *oi = level.iter().sum();
+            let task_rows = out.len() / m;
+            let mut each = vec![0f32; n * 4];
+            let mut r = 0;
+            while r < task_rows {
+                // Four (or two) weight rows at a time share each activation load; a group
+                // must be of one type (a fused matrix may mix them).
+                let fits = |k: usize| n <= super::quant_vnni::group_width(k) && r + k <= task_rows;
+                let k = if fits(4) && self.group_dots::<4>(first + r, &xq, &mut each) {
+                    4
+                } else if fits(2) && self.group_dots::<2>(first + r, &xq, &mut each) {
+                    2
+                } else {
+                    let (ty, bytes) = self.row(first + r);
+                    // SAFETY: `integer_dots` was set only where `available()` held and every
+                    // part's type is supported; a row holds `cols / 32` blocks; `each` has a
+                    // value per quantized row.
+                    unsafe { integer_row_dot(ty, bytes, &xq, &mut each[..n]) };
+                    1
+                };
+                let o = &mut out[r * m..(r + k) * m];
+                for (o, dots) in o.chunks_exact_mut(m).zip(each.chunks_exact(n)) {
+                    for (oi, level) in o.iter_mut().zip(dots.chunks_exact(levels)) {
+                        *oi = level.iter().sum();
+                    }
                 }
+                r += k;
             }
         });
         transpose_into(&yt, m, rows, y);
+    }
+
+    /// The integer products of weight rows `first..first + R` with every row of `xq` into
+    /// `each` (`R · xq.rows()` values, by weight row), when those rows are of one type; false
+    /// (and nothing done) when not.
+    #[cfg(target_arch = "x86_64")]
+    fn group_dots<const R: usize>(
+        &self,
+        first: usize,
+        xq: &super::quant_vnni::Q8Rows,
+        each: &mut [f32],
+    ) -> bool {
+        let rows: [(QuantType, &[u8]); R] = std::array::from_fn(|i| self.row(first + i));
+        let ty = rows[0].0;
+        if rows.iter().any(|(t, _)| *t != ty) {
+            return false;
+        }
+        let n = xq.rows();
+        // SAFETY: as for `integer_row_dot` in `few_rows_integer`, for every row of the group;
+        // the caller checked `n <= group_width(R)`.
+        unsafe { integer_rows_dot(ty, rows.map(|(_, b)| b), xq, &mut each[..R * n]) };
+        true
     }
 
     fn few_rows(&self, x: &[f32], m: usize, y: &mut [f32], team: &Team, isa: Isa) {
@@ -386,6 +425,27 @@ unsafe fn integer_row_dot(
             super::kquant_vnni::row_dot(ty, bytes, x, out);
         } else {
             super::quant_vnni::row_dot(ty, bytes, x, out);
+        }
+    }
+}
+
+/// `out[r * n + j]` for the weight rows `w`, all of type `ty`, and the `n` rows of `x`.
+///
+/// # Safety
+/// As [`integer_row_dot`], for every row of `w`; `n <= group_width(R)`.
+#[cfg(target_arch = "x86_64")]
+unsafe fn integer_rows_dot<const R: usize>(
+    ty: QuantType,
+    w: [&[u8]; R],
+    x: &super::quant_vnni::Q8Rows,
+    out: &mut [f32],
+) {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        if super::kquant_vnni::supports(ty) {
+            super::kquant_vnni::rows_dot(ty, w, x, out);
+        } else {
+            super::quant_vnni::rows_dot(ty, w, x, out);
         }
     }
 }

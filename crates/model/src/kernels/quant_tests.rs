@@ -292,24 +292,26 @@ fn integer_kernels_cover_their_types_and_stay_close_to_f32() {
         let w = QuantMatrix::new(cols, vec![part(ty, bytes, 0, rows)]).expect("layout");
         assert!(w.quantizes_activations(1) && w.quantizes_activations(INTEGER_MAX_M));
         assert!(!w.quantizes_activations(INTEGER_MAX_M + 1));
-        let m = 5;
-        let x = values(m * cols, 11);
-        let mut y = vec![0f32; m * rows];
-        w.forward(&x, m, &mut y, &team, Isa::detect());
-        // Against f32 activations the 8-bit rounding shows, but only a little.
-        for i in 0..m {
-            for j in 0..rows {
-                let e: f64 = (0..cols)
-                    .map(|k| f64::from(x[i * cols + k]) * want_w[j * cols + k])
-                    .sum();
-                let norm: f64 = (0..cols)
-                    .map(|k| (f64::from(x[i * cols + k]) * want_w[j * cols + k]).abs())
-                    .sum();
-                let g = f64::from(y[i * rows + j]);
-                assert!(
-                    (g - e).abs() <= 0.01 * norm,
-                    "{ty:?} [{i}, {j}]: {g} vs {e}"
-                );
+        // One and two rows take the grouped kernels (37 rows: groups and a remainder).
+        for m in [1, 2, 5] {
+            let x = values(m * cols, 11);
+            let mut y = vec![0f32; m * rows];
+            w.forward(&x, m, &mut y, &team, Isa::detect());
+            // Against f32 activations the 8-bit rounding shows, but only a little.
+            for i in 0..m {
+                for j in 0..rows {
+                    let e: f64 = (0..cols)
+                        .map(|k| f64::from(x[i * cols + k]) * want_w[j * cols + k])
+                        .sum();
+                    let norm: f64 = (0..cols)
+                        .map(|k| (f64::from(x[i * cols + k]) * want_w[j * cols + k]).abs())
+                        .sum();
+                    let g = f64::from(y[i * rows + j]);
+                    assert!(
+                        (g - e).abs() <= 0.01 * norm,
+                        "{ty:?} m = {m} [{i}, {j}]: {g} vs {e}"
+                    );
+                }
             }
         }
     }
@@ -379,6 +381,54 @@ fn the_vector_dequantization_equals_the_reference_decoders() {
                 (f64::from(*g) - e).abs() <= 1e-6 * e.abs().max(1.0),
                 "{ty:?} [{i}]"
             );
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn grouped_weight_rows_give_the_single_row_products_bit_for_bit() {
+    use super::super::quant_vnni::{Q8Rows, group_width};
+    if !super::super::quant_vnni::available() {
+        return;
+    }
+    for ty in [
+        QuantType::Q4_0,
+        QuantType::Q4_1,
+        QuantType::Q5_0,
+        QuantType::Q5_1,
+        QuantType::Q8_0,
+        QuantType::Q4K,
+        QuantType::Q6K,
+    ] {
+        // An odd tail block where the type allows one.
+        let cols = if ty.block_values() == 256 {
+            512
+        } else {
+            7 * 32
+        };
+        let row_bytes = quantize(ty, &values(cols, 1)).len();
+        let bytes = quantize(ty, &values(4 * cols, 5));
+        let rows: Vec<&[u8]> = bytes.chunks_exact(row_bytes).collect();
+        for n in 1..=4 {
+            let x = Q8Rows::quantize(&values(n * cols, 9 + n as u64), n, cols);
+            let mut single = vec![0f32; 4 * n];
+            for (r, o) in rows.iter().zip(single.chunks_exact_mut(n)) {
+                // SAFETY: `available()` held; the type is supported; a row holds its blocks.
+                unsafe { integer_row_dot(ty, r, &x, o) };
+            }
+            let mut four = vec![0f32; 4 * n];
+            let mut two = vec![0f32; 4 * n];
+            // SAFETY: as above, with `n` within each group's width.
+            unsafe {
+                if n <= group_width(4) {
+                    integer_rows_dot(ty, [rows[0], rows[1], rows[2], rows[3]], &x, &mut four);
+                    assert_eq!(four, single, "{ty:?}, 4 rows × {n}");
+                }
+                integer_rows_dot(ty, [rows[0], rows[1]], &x, &mut two[..2 * n]);
+                integer_rows_dot(ty, [rows[2], rows[3]], &x, &mut two[2 * n..]);
+            }
+            assert_eq!(two, single, "{ty:?}, 2 rows × {n}");
         }
     }
 }

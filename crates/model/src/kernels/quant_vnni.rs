@@ -583,6 +583,122 @@ pub(crate) unsafe fn tile<P: Pairs, const N: usize>(
     }
 }
 
+/// `out[r * n + j] = Σ_k x[j, k] · w[r][k]` for the `R` weight rows `w` (blocks of one
+/// type) and every row `j` of `x` (`n` = its rows, at most [`group_width`]`(R)`): the
+/// decode path's product, where each pair of activation blocks is loaded once for all `R`
+/// weight rows and one call's overhead (checks, reductions) is shared by them. Each output is
+/// accumulated in the same order as [`row_dot_with`]'s, so the two agree bit for bit.
+///
+/// # Safety
+/// The CPU must pass [`available`].
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
+pub(crate) unsafe fn rows_dot_with<B: Pairs, const R: usize>(
+    w: [&[u8]; R],
+    x: &Q8Rows,
+    out: &mut [f32],
+) {
+    let nb = x.blocks();
+    assert!(
+        w.iter().all(|row| row.len() >= B::row_bytes(nb)),
+        "weight row too short"
+    );
+    let n = x.rows();
+    assert!(
+        (1..=group_width(R)).contains(&n) && out.len() == R * n,
+        "{n} activation rows for {R} weight rows"
+    );
+    let rows = w.map(<[u8]>::as_ptr);
+    // SAFETY: the asserts above; the CPU features are this function's.
+    unsafe {
+        match n {
+            1 => group::<B, R, 1>(&rows, x, out),
+            2 => group::<B, R, 2>(&rows, x, out),
+            3 => group::<B, R, 3>(&rows, x, out),
+            _ => group::<B, R, 4>(&rows, x, out),
+        }
+    }
+}
+
+/// The most activation rows [`rows_dot_with`] takes with `r` weight rows: eight
+/// accumulators in all, beside the activation vectors, fit the 32 vector registers.
+pub(crate) const fn group_width(r: usize) -> usize {
+    if r >= 4 { 2 } else { 4 }
+}
+
+/// [`rows_dot_with`] for `N` activation rows.
+///
+/// # Safety
+/// As [`rows_dot_with`], which checks the lengths.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
+unsafe fn group<P: Pairs, const R: usize, const N: usize>(
+    w: &[*const u8; R],
+    x: &Q8Rows,
+    out: &mut [f32],
+) {
+    let nb = x.blocks();
+    let pairs = nb / 2;
+    let mut acc = [[_mm512_setzero_ps(); N]; R];
+    // SAFETY: blocks `2p`, `2p + 1` < `nb` lie in every weight row; activation blocks and lane
+    // vectors of rows `j < N` lie in `x` (checked by the caller).
+    unsafe {
+        for p in 0..pairs {
+            let b = 2 * p;
+            let mut q = [_mm512_setzero_si512(); N];
+            let mut dx = [_mm512_setzero_ps(); N];
+            let mut ds = [_mm512_setzero_ps(); N];
+            for j in 0..N {
+                q[j] = _mm512_loadu_si512(x.qs_at(j, b).cast());
+                let lanes = (j * pairs + p) * 16;
+                dx[j] = _mm512_loadu_ps(x.d_lanes.as_ptr().add(lanes));
+                ds[j] = _mm512_loadu_ps(x.ds_lanes.as_ptr().add(lanes));
+            }
+            for (row, acc) in w.iter().zip(acc.iter_mut()) {
+                let (u, dw, mw) = P::pair(*row, p);
+                for j in 0..N {
+                    let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, q[j]);
+                    let scale = _mm512_mul_ps(dw, dx[j]);
+                    acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, acc[j]);
+                    acc[j] = _mm512_fmadd_ps(mw, ds[j], acc[j]);
+                }
+            }
+        }
+        for (r, (row, acc)) in w.iter().zip(acc).enumerate() {
+            for (j, acc) in acc.into_iter().enumerate() {
+                let mut sum = _mm512_reduce_add_ps(acc);
+                if nb % 2 == 1 {
+                    sum += P::last_block(*row, nb - 1, x, j);
+                }
+                out[r * N + j] = sum;
+            }
+        }
+    }
+}
+
+/// `out[r * n + j]` for weight rows `w` of type `ty`: [`rows_dot_with`] for the types of
+/// this file.
+///
+/// # Safety
+/// As [`row_dot`], for every row of `w`; `x` has at most [`group_width`]`(R)` rows.
+pub(crate) unsafe fn rows_dot<const R: usize>(
+    ty: QuantType,
+    w: [&[u8]; R],
+    x: &Q8Rows,
+    out: &mut [f32],
+) {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        match ty {
+            QuantType::Q4_0 => rows_dot_with::<Q4_0, R>(w, x, out),
+            QuantType::Q4_1 => rows_dot_with::<Q4_1, R>(w, x, out),
+            QuantType::Q5_0 => rows_dot_with::<Q5_0, R>(w, x, out),
+            QuantType::Q5_1 => rows_dot_with::<Q5_1, R>(w, x, out),
+            QuantType::Q8_0 => rows_dot_with::<Q8_0, R>(w, x, out),
+            _ => unreachable!("supports() admits only Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0"),
+        }
+    }
+}
+
 /// A weight row read as pairs of 32-value blocks, the unit of [`tile`].
 pub(crate) trait Pairs {
     /// Bytes of a row of `blocks` 32-value blocks.
