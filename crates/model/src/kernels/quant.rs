@@ -152,7 +152,7 @@ pub struct QuantMatrix {
     /// Every part has an integer kernel on this CPU.
     integer_dots: bool,
     /// Levels of 8-bit activation quantization on the integer path (1 or 2; see
-    /// `Q8Rows::quantize_two_levels`).
+    /// `Q8Rows::quantize_two_levels`): [`activation_levels`] of its role.
     activation_levels: usize,
 }
 
@@ -212,7 +212,7 @@ impl QuantMatrix {
             cols,
             parts: stacked,
             integer_dots,
-            activation_levels: activation_levels(),
+            activation_levels: activation_levels(false),
         })
     }
 
@@ -291,6 +291,18 @@ impl QuantMatrix {
         } else {
             self.many_rows(x, m, y, team, isa);
         }
+    }
+
+    /// Marks this matrix as the model's output projection (the logits), whose activations the
+    /// integer kernels quantize in two levels; see [`activation_levels`].
+    pub fn into_output(mut self) -> Self {
+        self.activation_levels = activation_levels(true);
+        self
+    }
+
+    /// Levels of 8-bit activation quantization on the integer path.
+    pub fn activation_levels(&self) -> usize {
+        self.activation_levels
     }
 
     /// Whether products with `m` input rows quantize the activations to 8 bits.
@@ -459,12 +471,18 @@ fn transpose_into(yt: &[f32], m: usize, rows: usize, y: &mut [f32]) {
     }
 }
 
-/// Levels of activation quantization on the integer path: 2 unless `WAYFINDER_ACTIVATION_LEVELS=1`
-/// (one, as llama.cpp does), for comparing them.
-fn activation_levels() -> usize {
+/// Levels of activation quantization on the integer path, for the output projection (`output`)
+/// or any other matrix: one level (8 bits per 32-value block, as llama.cpp) inside the layers,
+/// where its rounding is within perplexity noise; two (the rounding's remainder rounded again
+/// and multiplied too) for the logits, which choose each token: with one level there, the real
+/// Q4_1 model's greedy answer to the Paris question drifts. `WAYFINDER_ACTIVATION_LEVELS=1` or
+/// `=2` puts every matrix on one or two levels, for comparing them.
+fn activation_levels(output: bool) -> usize {
     match std::env::var("WAYFINDER_ACTIVATION_LEVELS").as_deref() {
         Ok("1") => 1,
-        _ => 2,
+        Ok("2") => 2,
+        _ if output => 2,
+        _ => 1,
     }
 }
 

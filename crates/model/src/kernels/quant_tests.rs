@@ -180,7 +180,12 @@ fn every_type_matches_a_plain_product_over_awkward_shapes() {
                 parts.push(part(ty, padded, 8, rows - split));
             }
             let w = QuantMatrix::new(cols, parts).expect("layout");
-            for m in [1, 3, INTEGER_MAX_M + 1, SMALL_M, SMALL_M + 1, 40] {
+            // The output projection's activations take two levels where the rest take one.
+            let output = w.clone().into_output();
+            for (w, m) in [1, 3, INTEGER_MAX_M + 1, SMALL_M, SMALL_M + 1, 40]
+                .into_iter()
+                .flat_map(|m| [(&w, m), (&output, m)])
+            {
                 let x = values(m * cols, 100 + m as u64);
                 let mut y = vec![0f32; m * rows];
                 w.forward(&x, m, &mut y, &team, isa);
@@ -253,7 +258,11 @@ fn parts_of_different_types_stack() {
 fn as_multiplied(w: &QuantMatrix, x: &[f32], m: usize, cols: usize) -> Vec<f32> {
     #[cfg(target_arch = "x86_64")]
     if w.quantizes_activations(m) {
-        let both = super::super::quant_vnni::Q8Rows::quantize_two_levels(x, m, cols).dequantized();
+        use super::super::quant_vnni::Q8Rows;
+        if w.activation_levels() == 1 {
+            return Q8Rows::quantize(x, m, cols).dequantized();
+        }
+        let both = Q8Rows::quantize_two_levels(x, m, cols).dequantized();
         return both
             .chunks_exact(2 * cols)
             .flat_map(|pair| (0..cols).map(move |k| pair[k] + pair[cols + k]))
@@ -431,4 +440,17 @@ fn grouped_weight_rows_give_the_single_row_products_bit_for_bit() {
             assert_eq!(two, single, "{ty:?}, 2 rows × {n}");
         }
     }
+}
+
+#[test]
+fn layers_take_one_level_of_activations_and_the_output_projection_two() {
+    if std::env::var_os("WAYFINDER_ACTIVATION_LEVELS").is_some() {
+        // Overridden for a comparison run.
+        return;
+    }
+    let ty = QuantType::Q4_1;
+    let w =
+        QuantMatrix::new(64, vec![part(ty, quantize(ty, &values(128, 2)), 0, 2)]).expect("layout");
+    assert_eq!(w.activation_levels(), 1);
+    assert_eq!(w.into_output().activation_levels(), 2);
 }
