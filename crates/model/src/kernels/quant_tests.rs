@@ -191,7 +191,7 @@ fn every_type_matches_a_plain_product_over_awkward_shapes() {
                 w.forward(&x, m, &mut y, &team, isa);
                 // Integer kernels multiply the activations as quantized to 8 bits: the
                 // reference takes the same values.
-                let x = as_multiplied(&w, &x, m, cols);
+                let x = as_multiplied(w, &x, m, cols);
                 for i in 0..m {
                     for j in 0..rows {
                         let e: f64 = (0..cols)
