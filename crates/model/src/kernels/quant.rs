@@ -11,10 +11,11 @@
 //! of ggml's reference code) are the fallback and the tests' reference. How a product walks
 //! the blocks:
 //!
-//! - **few rows** of `x` (decode, `m <= INTEGER_MAX_M`), on CPUs with AVX-512 VNNI and
-//!   matrices whose parts are all Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K or Q6_K: the activations
-//!   are quantized to 8 bits per 32-value block (in two levels) once, and each weight row is
-//!   dotted with them in integers (`quant_vnni.rs`, `kquant_vnni.rs`).
+//! - **few rows** of `x` (decode: `m` times the activation levels at most `INTEGER_MAX_QROWS`),
+//!   on CPUs with AVX-512 VNNI and matrices whose parts are all Q4_0, Q4_1, Q5_0, Q5_1, Q8_0,
+//!   Q4_K or Q6_K: the activations are quantized to 8 bits per 32-value block once (in one
+//!   level, two for the output projection), and each weight row is dotted with them in
+//!   integers (`quant_vnni.rs`, `kquant_vnni.rs`).
 //! - **few rows** otherwise (`m <= SMALL_M`): each weight row is dequantized once into a row
 //!   buffer (a few KiB, in L1) and dotted with every input row in f32.
 //! - **many rows** (prefill, batched decode): each team member dequantizes `TILE_ROWS` of its
@@ -41,10 +42,11 @@ use super::team::{SendPtr, Team};
 /// Weight rows per task of the few-rows kernel.
 const ROWS_PER_TASK: usize = 64;
 
-/// Up to this many rows, matrices with integer kernels use them; beyond, dequantizing tiles
-/// for gemm wins (measured on SmolLM2-135M Q4_1, 2 threads: 8 sequences 94 vs 55-63 tok/s
-/// with gemm, 16 sequences 83 vs 116).
-const INTEGER_MAX_M: usize = 8;
+/// Up to this many quantized activation rows (input rows × activation levels), matrices with
+/// integer kernels use them; beyond, dequantizing tiles for gemm wins (measured on
+/// SmolLM2-135M Q4_1, 2 threads, with two levels: 8 sequences 94 vs 55-63 tok/s with gemm, 16
+/// sequences 83 vs 116; with one level, 16 sequences: see BENCHMARKS).
+const INTEGER_MAX_QROWS: usize = 16;
 
 /// Weight rows dequantized per gemm call of the many-rows kernel.
 const TILE_ROWS: usize = 128;
@@ -282,7 +284,7 @@ impl QuantMatrix {
             return;
         }
         let few_rows_max = if self.integer_dots {
-            INTEGER_MAX_M
+            self.integer_max_m()
         } else {
             SMALL_M
         };
@@ -307,7 +309,12 @@ impl QuantMatrix {
 
     /// Whether products with `m` input rows quantize the activations to 8 bits.
     pub fn quantizes_activations(&self, m: usize) -> bool {
-        self.integer_dots && m <= INTEGER_MAX_M
+        self.integer_dots && m <= self.integer_max_m()
+    }
+
+    /// The most input rows the integer kernels take for this matrix.
+    pub fn integer_max_m(&self) -> usize {
+        INTEGER_MAX_QROWS / self.activation_levels
     }
 
     /// The few-rows product in integers; see `quant_vnni.rs`.

@@ -182,7 +182,7 @@ fn every_type_matches_a_plain_product_over_awkward_shapes() {
             let w = QuantMatrix::new(cols, parts).expect("layout");
             // The output projection's activations take two levels where the rest take one.
             let output = w.clone().into_output();
-            for (w, m) in [1, 3, INTEGER_MAX_M + 1, SMALL_M, SMALL_M + 1, 40]
+            for (w, m) in [1, 3, 9, 16, 17, SMALL_M, SMALL_M + 1, 40]
                 .into_iter()
                 .flat_map(|m| [(&w, m), (&output, m)])
             {
@@ -299,8 +299,9 @@ fn integer_kernels_cover_their_types_and_stay_close_to_f32() {
         let bytes = quantize(ty, &values(rows * cols, 3));
         let want_w = reference_matrix(ty, &bytes);
         let w = QuantMatrix::new(cols, vec![part(ty, bytes, 0, rows)]).expect("layout");
-        assert!(w.quantizes_activations(1) && w.quantizes_activations(INTEGER_MAX_M));
-        assert!(!w.quantizes_activations(INTEGER_MAX_M + 1));
+        let max = w.integer_max_m();
+        assert!(w.quantizes_activations(1) && w.quantizes_activations(max));
+        assert!(!w.quantizes_activations(max + 1));
         // One and two rows take the grouped kernels (37 rows: groups and a remainder).
         for m in [1, 2, 5] {
             let x = values(m * cols, 11);

@@ -514,9 +514,6 @@ unsafe fn dequantize_with<B: Block>(bytes: &[u8], out: &mut [f32]) {
     }
 }
 
-/// Rows of `x` handled together against one unpacked weight pair.
-const TILE: usize = 4;
-
 /// How far ahead weights are prefetched.
 pub(crate) const PREFETCH_BYTES: usize = 4096;
 
@@ -526,17 +523,27 @@ pub(crate) unsafe fn row_dot_with<B: Pairs>(w: &[u8], x: &Q8Rows, out: &mut [f32
     assert!(w.len() >= B::row_bytes(nb), "weight row too short");
     let m = out.len();
     assert!(x.qs.len() >= m * x.cols, "activation rows too few");
-    for i0 in (0..m).step_by(TILE) {
-        let o = &mut out[i0..(i0 + TILE).min(m)];
+    // The weight pair is unpacked once per tile: tiles as wide as the registers allow.
+    let mut i0 = 0;
+    while i0 < m {
+        let n = match m - i0 {
+            16.. => 16,
+            8..16 => 8,
+            r => r.min(4),
+        };
+        let o = &mut out[i0..i0 + n];
         // SAFETY: the asserts above; the CPU features are this function's.
         unsafe {
-            match o.len() {
+            match n {
+                16 => tile::<B, 16>(w, x, i0, o),
+                8 => tile::<B, 8>(w, x, i0, o),
                 1 => tile::<B, 1>(w, x, i0, o),
                 2 => tile::<B, 2>(w, x, i0, o),
                 3 => tile::<B, 3>(w, x, i0, o),
                 _ => tile::<B, 4>(w, x, i0, o),
             }
         }
+        i0 += n;
     }
 }
 
