@@ -13,8 +13,8 @@
 //!
 //! - **few rows** of `x` (decode: `m` times the activation levels at most `INTEGER_MAX_QROWS`),
 //!   on CPUs with AVX-512 VNNI and matrices whose parts are all Q4_0, Q4_1, Q5_0, Q5_1, Q8_0,
-//!   Q4_K or Q6_K: the activations are quantized to 8 bits per 32-value block once (in one
-//!   level, two for the output projection), and each weight row is dotted with them in
+//!   Q4_K or Q6_K: the activations are quantized to 8 bits per 32-value block once (in two
+//!   levels by default; see `activation_levels`), and each weight row is dotted with them in
 //!   integers (`quant_vnni.rs`, `kquant_vnni.rs`).
 //! - **few rows** otherwise (`m <= SMALL_M`): each weight row is dequantized once into a row
 //!   buffer (a few KiB, in L1) and dotted with every input row in f32.
@@ -492,8 +492,10 @@ fn activation_levels(output: bool) -> usize {
         // suffixes after a prefix-cache hit then take 8-bit products where the full prompt took
         // f32 gemm, and a repeated chat answer changed (cli serve_gguf test): two until that
         // is resolved.
-        _ if output => 2,
-        _ => 2,
+        _ => {
+            let _ = output;
+            2
+        }
     }
 }
 
