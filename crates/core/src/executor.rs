@@ -28,6 +28,11 @@ pub struct BatchSeq {
     pub context_len: usize,
     /// Its block table: `batch.block_tables[block_table]`.
     pub block_table: Range<usize>,
+    /// Tokens of its prompt: a new token at a position below this is a prompt token, one at or
+    /// above it a generated token (decoded, or recomputed after preemption). Executors may
+    /// compute the two kinds with different precision; a token's kind never depends on how the
+    /// step was batched or how much of the prompt came from the prefix cache.
+    pub num_prompt_tokens: usize,
     /// Whether this step completes its known tokens, so that a next token is sampled from it.
     pub needs_logits: bool,
     /// The tokens (indices into `batch.token_ids`, within `tokens`) whose logits rows the
@@ -65,6 +70,11 @@ impl Batch {
     /// The tokens whose logits rows are returned, in order (indices into `token_ids`).
     pub fn logits_tokens(&self) -> impl Iterator<Item = usize> + '_ {
         self.seqs.iter().flat_map(|s| s.logits_rows.clone())
+    }
+    /// Whether token `i` (an index into `token_ids`) of `seq` is a generated token rather than a
+    /// prompt token; see [`BatchSeq::num_prompt_tokens`].
+    pub fn is_generated(&self, seq: &BatchSeq, i: usize) -> bool {
+        self.positions[i] as usize >= seq.num_prompt_tokens
     }
     /// A request's block table.
     pub fn block_table(&self, seq: &BatchSeq) -> &[BlockId] {
@@ -115,6 +125,7 @@ impl Batch {
                 tokens,
                 context_len: end,
                 block_table: tables_start..self.block_tables.len(),
+                num_prompt_tokens: seq.num_prompt_tokens(),
                 needs_logits,
                 logits_rows,
             });

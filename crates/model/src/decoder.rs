@@ -15,7 +15,9 @@
 //!          request that samples, and prompt tokens whose logprobs are owed)
 //! ```
 //!
-//! Linear layers run over all `T` tokens at once; only attention is per request. Positions,
+//! Linear layers run over all `T` tokens at once (on quantized weights, prompt tokens and
+//! generated tokens each in one product of their own precision: `kernels/rows.rs`); only
+//! attention is per request. Positions,
 //! slots and block tables come from the engine's [`Batch`], so prefill chunks, decode tokens and
 //! recomputation mix freely in one step.
 
@@ -23,7 +25,9 @@ use wayfinder_core::Batch;
 
 use crate::arch::ModelConfig;
 use crate::error::ModelError;
-use crate::kernels::{AttentionParams, Isa, Linear, StepContext, Team, exp, paged_attention};
+use crate::kernels::{
+    AttentionParams, Isa, Linear, RowKinds, StepContext, Team, exp, paged_attention,
+};
 use crate::kv_store::PagedKvStore;
 use crate::load::source::WeightSource;
 use crate::rope::RotaryTable;
@@ -59,6 +63,9 @@ pub struct Decoder {
     rotary: RotaryTable,
     attention: AttentionParams,
     isa: Isa,
+    /// Prompt tokens take 8-bit activations too (`WAYFINDER_INTEGER_PROMPTS=1`), for measuring
+    /// what that costs; see `kernels/rows.rs`.
+    integer_prompts: bool,
 }
 
 impl Decoder {
@@ -132,6 +139,7 @@ impl Decoder {
             rotary,
             attention,
             isa: Isa::detect(),
+            integer_prompts: std::env::var("WAYFINDER_INTEGER_PROMPTS").is_ok_and(|v| v == "1"),
         })
     }
 
@@ -163,6 +171,7 @@ impl Decoder {
         let (t, h) = (batch.num_tokens(), c.hidden_size);
         let (q_size, kv_size, inter) = (c.q_size(), c.kv_size(), c.intermediate_size);
         let step = StepContext::new(batch, *kv.geometry(), self.isa, team);
+        let kinds = RowKinds::from_batch(batch, self.integer_prompts);
 
         let mut x = vec![0f32; t * h];
         for (row, &token) in x.chunks_exact_mut(h).zip(&batch.token_ids) {
@@ -182,18 +191,18 @@ impl Decoder {
 
         for (i, layer) in self.layers.iter().enumerate() {
             rms_norm_rows(&x, &mut xn, &layer.input_norm, c.rms_norm_eps, team);
-            layer.qkv.forward(&xn, t, &mut qkv, team);
+            layer.qkv.forward_rows(&xn, &kinds, &mut qkv, team);
             self.norm_and_rotate(&mut qkv, layer, &batch.positions, team);
             split_qkv(&qkv, &mut q, &mut k, &mut v, q_size);
             kv.write(i, &batch.slot_mapping, &k, &v);
             paged_attention(&q, &mut attn, &step, kv.layer(i), &self.attention);
-            layer.o.forward(&attn, t, &mut proj, team);
+            layer.o.forward_rows(&attn, &kinds, &mut proj, team);
             add_rows(&mut x, &proj, team);
 
             rms_norm_rows(&x, &mut xn, &layer.post_norm, c.rms_norm_eps, team);
-            layer.gate_up.forward(&xn, t, &mut gate_up, team);
+            layer.gate_up.forward_rows(&xn, &kinds, &mut gate_up, team);
             swiglu_rows(&gate_up, &mut act, inter, team);
-            layer.down.forward(&act, t, &mut proj, team);
+            layer.down.forward_rows(&act, &kinds, &mut proj, team);
             add_rows(&mut x, &proj, team);
         }
 
@@ -204,7 +213,7 @@ impl Decoder {
         }
         let head = self.lm_head.as_ref().unwrap_or(&self.embed);
         let mut logits = vec![0f32; last.len() * c.vocab_size];
-        head.forward(&hidden, last.len(), &mut logits, team);
+        head.forward_rows(&hidden, &kinds.select(&last), &mut logits, team);
         logits
     }
 

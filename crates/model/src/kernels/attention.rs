@@ -296,6 +296,7 @@ mod tests {
                 tokens: first..b.token_ids.len(),
                 context_len,
                 block_table: t0..b.block_tables.len(),
+                num_prompt_tokens: context_len,
                 needs_logits: true,
                 logits_rows: b.token_ids.len() - 1..b.token_ids.len(),
             });

@@ -20,6 +20,7 @@ use half::{bf16, f16};
 
 use super::products::{SMALL_M, gemm_xwt, member_rows};
 use super::quant::QuantMatrix;
+use super::rows::{RowKinds, gather, scatter};
 use super::simd::dispatch;
 use super::simd::{Element, Isa, dot};
 use super::team::{SendPtr, Team};
@@ -175,6 +176,45 @@ impl Linear {
         } else {
             self.packed(x, m, y, team);
         }
+        self.add_bias(y);
+    }
+
+    /// `forward` over rows of the kinds `kinds` (see `rows.rs`): on quantized weights,
+    /// generated tokens' rows take 8-bit activations and prompt tokens' rows f32, each kind in
+    /// one product; other weights treat every row alike.
+    ///
+    /// # Panics
+    /// If `x` or `y` are not `kinds.len()` whole rows.
+    pub fn forward_rows(&self, x: &[f32], kinds: &RowKinds, y: &mut [f32], team: &Team) {
+        let m = kinds.len();
+        let WeightData::Quant(q) = &self.weight else {
+            return self.forward(x, m, y, team);
+        };
+        assert_eq!(x.len(), m * self.cols, "input is not [{m}, {}]", self.cols);
+        assert_eq!(y.len(), m * self.rows, "output is not [{m}, {}]", self.rows);
+        let (generated, prompt) = (kinds.generated(), kinds.prompt());
+        if prompt.is_empty() {
+            q.forward_generated(x, m, y, team, self.isa);
+        } else if generated.is_empty() {
+            q.forward_prompt(x, m, y, team, self.isa);
+        } else {
+            let mut part = |rows: &[usize], generated: bool| {
+                let xs = gather(x, rows, self.cols);
+                let mut ys = vec![0f32; rows.len() * self.rows];
+                if generated {
+                    q.forward_generated(&xs, rows.len(), &mut ys, team, self.isa);
+                } else {
+                    q.forward_prompt(&xs, rows.len(), &mut ys, team, self.isa);
+                }
+                scatter(&ys, rows, self.rows, y);
+            };
+            part(generated, true);
+            part(prompt, false);
+        }
+        self.add_bias(y);
+    }
+
+    fn add_bias(&self, y: &mut [f32]) {
         if let Some(b) = &self.bias {
             for row in y.chunks_exact_mut(self.rows) {
                 for (v, bi) in row.iter_mut().zip(b) {

@@ -13,9 +13,14 @@
 //!
 //! - **few rows** of `x` (decode: `m` times the activation levels at most `INTEGER_MAX_QROWS`),
 //!   on CPUs with AVX-512 VNNI and matrices whose parts are all Q4_0, Q4_1, Q5_0, Q5_1, Q8_0,
-//!   Q4_K or Q6_K: the activations are quantized to 8 bits per 32-value block once (in two
-//!   levels by default; see `activation_levels`), and each weight row is dotted with them in
-//!   integers (`quant_vnni.rs`, `kquant_vnni.rs`).
+//!   Q4_K or Q6_K: the activations are quantized to 8 bits per 32-value block once (two levels
+//!   by default; see `activation_levels`), and each weight row is dotted with them in
+//!   integers: on 16-row strips repacked at load for the 32-value formats (`quant_strips.rs`;
+//!   the strips are a copy, the blocks as stored stay for the f32 paths), on the rows as
+//!   stored for Q4_K and Q6_K (`quant_vnni.rs`, `kquant_vnni.rs`); `quant/integer.rs` holds
+//!   this path. The decoder sends generated tokens' rows this way whatever their number
+//!   ([`QuantMatrix::forward_generated`]) and prompt tokens' rows the f32 ways below
+//!   ([`QuantMatrix::forward_prompt`]); see `rows.rs`.
 //! - **few rows** otherwise (`m <= SMALL_M`): each weight row is dequantized once into a row
 //!   buffer (a few KiB, in L1) and dotted with every input row in f32.
 //! - **many rows** (prefill, batched decode): each team member dequantizes `TILE_ROWS` of its
@@ -38,6 +43,9 @@ use super::products::{SMALL_M, gemm_xwt, member_rows};
 pub use super::quant_type::QuantType;
 use super::simd::{Isa, dispatch, dot};
 use super::team::{SendPtr, Team};
+use integer::{activation_levels, integer_dot_type, integer_dots_available};
+
+mod integer;
 
 /// Weight rows per task of the few-rows kernel.
 const ROWS_PER_TASK: usize = 64;
@@ -156,6 +164,10 @@ pub struct QuantMatrix {
     /// Levels of 8-bit activation quantization on the integer path (1 or 2; see
     /// `Q8Rows::quantize_two_levels`): [`activation_levels`] of its role.
     activation_levels: usize,
+    /// The rows repacked for the integer path, where every part's type has strips
+    /// (`quant_strips.rs`).
+    #[cfg(target_arch = "x86_64")]
+    strips: Option<Arc<super::quant_strips::Strips>>,
 }
 
 impl QuantMatrix {
@@ -209,12 +221,31 @@ impl QuantMatrix {
         }
         let integer_dots =
             integer_dots_available() && stacked.iter().all(|p| integer_dot_type(p.ty));
+        #[cfg(target_arch = "x86_64")]
+        // `WAYFINDER_STRIPS=0` keeps the row kernels, for comparing the two.
+        let strips = if integer_dots && std::env::var("WAYFINDER_STRIPS").as_deref() != Ok("0") {
+            let parts: Vec<_> = stacked
+                .iter()
+                .map(|p| super::quant_strips::PartRows {
+                    ty: p.ty,
+                    bytes: &p.bytes.as_slice()[p.offset..p.offset + p.rows * p.row_bytes],
+                    rows: p.rows,
+                    first: p.first,
+                })
+                .collect();
+            // SAFETY: `integer_dots` holds only where the VNNI kernels are available.
+            unsafe { super::quant_strips::Strips::new(&parts, cols) }.map(Arc::new)
+        } else {
+            None
+        };
         Ok(Self {
             rows: first,
             cols,
             parts: stacked,
             integer_dots,
             activation_levels: activation_levels(false),
+            #[cfg(target_arch = "x86_64")]
+            strips,
         })
     }
 
@@ -233,9 +264,17 @@ impl QuantMatrix {
         self.cols
     }
 
-    /// Bytes the matrix occupies.
+    /// Bytes the matrix occupies (its blocks and, where there are, its strips).
     pub fn size_in_bytes(&self) -> usize {
-        self.parts.iter().map(|p| p.rows * p.row_bytes).sum()
+        #[cfg(target_arch = "x86_64")]
+        let strips = self.strips.as_ref().map_or(0, |s| s.size_in_bytes());
+        #[cfg(not(target_arch = "x86_64"))]
+        let strips = 0;
+        self.parts
+            .iter()
+            .map(|p| p.rows * p.row_bytes)
+            .sum::<usize>()
+            + strips
     }
 
     /// The type and blocks of row `r`.
@@ -295,6 +334,47 @@ impl QuantMatrix {
         }
     }
 
+    /// `forward` for generated tokens' rows (see `rows.rs`): on a matrix with integer kernels,
+    /// every row on 8-bit activations, [`Self::integer_max_m`] rows at a time, so that no row's
+    /// result depends on how many rows it came with; `forward` otherwise.
+    ///
+    /// # Panics
+    /// As `forward`.
+    pub fn forward_generated(&self, x: &[f32], m: usize, y: &mut [f32], team: &Team, isa: Isa) {
+        #[cfg(target_arch = "x86_64")]
+        if self.integer_dots {
+            assert_eq!(x.len(), m * self.cols, "input is not [{m}, {}]", self.cols);
+            assert_eq!(y.len(), m * self.rows, "output is not [{m}, {}]", self.rows);
+            let step = self.integer_max_m();
+            for (xs, ys) in x
+                .chunks(step * self.cols)
+                .zip(y.chunks_mut(step * self.rows))
+            {
+                self.few_rows_integer(xs, xs.len() / self.cols, ys, team);
+            }
+            return;
+        }
+        self.forward(x, m, y, team, isa);
+    }
+
+    /// `forward` for prompt tokens' rows (see `rows.rs`): f32 activations against dequantized
+    /// weights, whatever the matrix.
+    ///
+    /// # Panics
+    /// As `forward`.
+    pub fn forward_prompt(&self, x: &[f32], m: usize, y: &mut [f32], team: &Team, isa: Isa) {
+        assert_eq!(x.len(), m * self.cols, "input is not [{m}, {}]", self.cols);
+        assert_eq!(y.len(), m * self.rows, "output is not [{m}, {}]", self.rows);
+        if m == 0 {
+            return;
+        }
+        if m <= SMALL_M {
+            self.few_rows_f32(x, m, y, team, isa);
+        } else {
+            self.many_rows(x, m, y, team, isa);
+        }
+    }
+
     /// Marks this matrix as the model's output projection (the logits), whose activations the
     /// integer kernels quantize in two levels; see [`activation_levels`].
     pub fn into_output(mut self) -> Self {
@@ -317,78 +397,16 @@ impl QuantMatrix {
         INTEGER_MAX_QROWS / self.activation_levels
     }
 
-    /// The few-rows product in integers; see `quant_vnni.rs`.
-    #[cfg(target_arch = "x86_64")]
-    fn few_rows_integer(&self, x: &[f32], m: usize, y: &mut [f32], team: &Team) {
-        let rows = self.rows;
-        let levels = self.activation_levels;
-        let xq = if levels == 2 {
-            super::quant_vnni::Q8Rows::quantize_two_levels(x, m, self.cols)
-        } else {
-            super::quant_vnni::Q8Rows::quantize(x, m, self.cols)
-        };
-        let n = xq.rows();
-        let mut yt = vec![0f32; rows * m];
-        team.chunks(&mut yt, ROWS_PER_TASK * m, &|task, out| {
-            let first = task * ROWS_PER_TASK;
-            let task_rows = out.len() / m;
-            let mut each = vec![0f32; n * 4];
-            let mut r = 0;
-            while r < task_rows {
-                // Four (or two) weight rows at a time share each activation load; a group
-                // must be of one type (a fused matrix may mix them).
-                let fits = |k: usize| n <= super::quant_vnni::group_width(k) && r + k <= task_rows;
-                let k = if fits(4) && self.group_dots::<4>(first + r, &xq, &mut each) {
-                    4
-                } else if fits(2) && self.group_dots::<2>(first + r, &xq, &mut each) {
-                    2
-                } else {
-                    let (ty, bytes) = self.row(first + r);
-                    // SAFETY: `integer_dots` was set only where `available()` held and every
-                    // part's type is supported; a row holds `cols / 32` blocks; `each` has a
-                    // value per quantized row.
-                    unsafe { integer_row_dot(ty, bytes, &xq, &mut each[..n]) };
-                    1
-                };
-                let o = &mut out[r * m..(r + k) * m];
-                for (o, dots) in o.chunks_exact_mut(m).zip(each.chunks_exact(n)) {
-                    for (oi, level) in o.iter_mut().zip(dots.chunks_exact(levels)) {
-                        *oi = level.iter().sum();
-                    }
-                }
-                r += k;
-            }
-        });
-        transpose_into(&yt, m, rows, y);
-    }
-
-    /// The integer products of weight rows `first..first + R` with every row of `xq` into
-    /// `each` (`R · xq.rows()` values, by weight row), when those rows are of one type; false
-    /// (and nothing done) when not.
-    #[cfg(target_arch = "x86_64")]
-    fn group_dots<const R: usize>(
-        &self,
-        first: usize,
-        xq: &super::quant_vnni::Q8Rows,
-        each: &mut [f32],
-    ) -> bool {
-        let rows: [(QuantType, &[u8]); R] = std::array::from_fn(|i| self.row(first + i));
-        let ty = rows[0].0;
-        if rows.iter().any(|(t, _)| *t != ty) {
-            return false;
-        }
-        let n = xq.rows();
-        // SAFETY: as for `integer_row_dot` in `few_rows_integer`, for every row of the group;
-        // the caller checked `n <= group_width(R)`.
-        unsafe { integer_rows_dot(ty, rows.map(|(_, b)| b), xq, &mut each[..R * n]) };
-        true
-    }
-
     fn few_rows(&self, x: &[f32], m: usize, y: &mut [f32], team: &Team, isa: Isa) {
         #[cfg(target_arch = "x86_64")]
         if self.integer_dots {
             return self.few_rows_integer(x, m, y, team);
         }
+        self.few_rows_f32(x, m, y, team, isa);
+    }
+
+    /// Few rows in f32: each weight row dequantized once and dotted with every input row.
+    fn few_rows_f32(&self, x: &[f32], m: usize, y: &mut [f32], team: &Team, isa: Isa) {
         let (rows, cols) = (self.rows, self.cols);
         // Outputs transposed ([rows, m]) so that each task owns a contiguous range.
         let mut yt = vec![0f32; rows * m];
@@ -427,102 +445,12 @@ impl QuantMatrix {
     }
 }
 
-/// One weight row of `ty` against every quantized activation row.
-///
-/// # Safety
-/// As `quant_vnni::row_dot`, for whichever file's kernel takes `ty`.
-#[cfg(target_arch = "x86_64")]
-unsafe fn integer_row_dot(
-    ty: QuantType,
-    bytes: &[u8],
-    x: &super::quant_vnni::Q8Rows,
-    out: &mut [f32],
-) {
-    // SAFETY: forwarded from the caller.
-    unsafe {
-        if super::kquant_vnni::supports(ty) {
-            super::kquant_vnni::row_dot(ty, bytes, x, out);
-        } else {
-            super::quant_vnni::row_dot(ty, bytes, x, out);
-        }
-    }
-}
-
-/// `out[r * n + j]` for the weight rows `w`, all of type `ty`, and the `n` rows of `x`.
-///
-/// # Safety
-/// As [`integer_row_dot`], for every row of `w`; `n <= group_width(R)`.
-#[cfg(target_arch = "x86_64")]
-unsafe fn integer_rows_dot<const R: usize>(
-    ty: QuantType,
-    w: [&[u8]; R],
-    x: &super::quant_vnni::Q8Rows,
-    out: &mut [f32],
-) {
-    // SAFETY: forwarded from the caller.
-    unsafe {
-        if super::kquant_vnni::supports(ty) {
-            super::kquant_vnni::rows_dot(ty, w, x, out);
-        } else {
-            super::quant_vnni::rows_dot(ty, w, x, out);
-        }
-    }
-}
-
 /// `y[i, r] = yt[r, i]` for `m` columns and `rows` rows.
 fn transpose_into(yt: &[f32], m: usize, rows: usize, y: &mut [f32]) {
     for (r, o) in yt.chunks_exact(m).enumerate() {
         for (i, &v) in o.iter().enumerate() {
             y[i * rows + r] = v;
         }
-    }
-}
-
-/// Levels of activation quantization on the integer path, for the output projection (`output`)
-/// or any other matrix: one level (8 bits per 32-value block, as llama.cpp) inside the layers,
-/// where its rounding is within perplexity noise; two (the rounding's remainder rounded again
-/// and multiplied too) for the logits, which choose each token: with one level there, the real
-/// Q4_1 model's greedy answer to the Paris question drifts. `WAYFINDER_ACTIVATION_LEVELS=1` or
-/// `=2` puts every matrix on one or two levels, for comparing them.
-fn activation_levels(output: bool) -> usize {
-    match std::env::var("WAYFINDER_ACTIVATION_LEVELS").as_deref() {
-        Ok("1") => 1,
-        Ok("2") => 2,
-        // One level inside the layers is the faster choice (as llama.cpp) but short prompt
-        // suffixes after a prefix-cache hit then take 8-bit products where the full prompt took
-        // f32 gemm, and a repeated chat answer changed (cli serve_gguf test): two until that
-        // is resolved.
-        _ => {
-            let _ = output;
-            2
-        }
-    }
-}
-
-/// Whether the CPU has the integer kernels (and `WAYFINDER_INTEGER_DOTS=0` does not turn them
-/// off, for comparing the two paths).
-fn integer_dots_available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        super::quant_vnni::available()
-            && std::env::var_os("WAYFINDER_INTEGER_DOTS").is_none_or(|v| v != "0")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
-/// Whether `ty` has an integer kernel.
-fn integer_dot_type(ty: QuantType) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        super::quant_vnni::supports(ty) || super::kquant_vnni::supports(ty)
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = ty;
-        false
     }
 }
 

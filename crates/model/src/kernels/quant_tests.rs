@@ -399,6 +399,7 @@ fn the_vector_dequantization_equals_the_reference_decoders() {
 #[test]
 fn grouped_weight_rows_give_the_single_row_products_bit_for_bit() {
     use super::super::quant_vnni::{Q8Rows, group_width};
+    use super::integer::{integer_row_dot, integer_rows_dot};
     if !super::super::quant_vnni::available() {
         return;
     }
@@ -444,7 +445,7 @@ fn grouped_weight_rows_give_the_single_row_products_bit_for_bit() {
 }
 
 #[test]
-fn layers_take_one_level_of_activations_and_the_output_projection_two() {
+fn every_matrix_takes_two_levels_of_activations_by_default() {
     if std::env::var_os("WAYFINDER_ACTIVATION_LEVELS").is_some() {
         // Overridden for a comparison run.
         return;
@@ -454,4 +455,53 @@ fn layers_take_one_level_of_activations_and_the_output_projection_two() {
         QuantMatrix::new(64, vec![part(ty, quantize(ty, &values(128, 2)), 0, 2)]).expect("layout");
     assert_eq!(w.activation_levels(), 2);
     assert_eq!(w.into_output().activation_levels(), 2);
+}
+
+/// Generated tokens' rows take 8-bit activations, each computed bit for bit as it would be
+/// alone, whatever rows share its product; prompt tokens' rows take f32 activations (the plain
+/// product to f32 rounding, whichever f32 kernel their number picks).
+#[test]
+fn each_row_computes_alike_whatever_rows_share_its_product() {
+    use super::super::{Linear, RowKinds, WeightData};
+    let team = Team::new(2);
+    let (cols, rows) = (256, 40);
+    for ty in [
+        QuantType::Q4_1,
+        QuantType::Q8_0,
+        QuantType::Q4K,
+        QuantType::Q5K,
+    ] {
+        let bytes = quantize(ty, &values(rows * cols, 5));
+        let want_w = reference_matrix(ty, &bytes);
+        let w = QuantMatrix::new(cols, vec![part(ty, bytes, 0, rows)]).expect("layout");
+        let integer = w.quantizes_activations(1);
+        let layer = Linear::new(WeightData::Quant(w.clone()), rows, cols, None);
+        // 40 rows: more generated rows than one integer product takes, and prompt rows
+        // beyond the few-rows threshold, interleaved.
+        let m = 40;
+        let flags: Vec<bool> = (0..m).map(|i| i % 3 != 0).collect();
+        let kinds = RowKinds::from_flags(flags.clone());
+        let x = values(m * cols, 13);
+        let mut y = vec![0f32; m * rows];
+        layer.forward_rows(&x, &kinds, &mut y, &team);
+        for (i, &generated) in flags.iter().enumerate() {
+            let (xi, yi) = (&x[i * cols..(i + 1) * cols], &y[i * rows..(i + 1) * rows]);
+            if generated && integer {
+                let mut alone = vec![0f32; rows];
+                layer.forward_rows(xi, &RowKinds::uniform(1, true), &mut alone, &team);
+                assert_eq!(yi, &alone[..], "{ty:?} row {i}");
+                let mut direct = vec![0f32; rows];
+                w.forward_generated(xi, 1, &mut direct, &team, Isa::detect());
+                assert_eq!(alone, direct, "{ty:?} row {i}");
+                continue;
+            }
+            for (j, &g) in yi.iter().enumerate() {
+                let e: f64 = (0..cols)
+                    .map(|k| f64::from(xi[k]) * want_w[j * cols + k])
+                    .sum();
+                let g = f64::from(g);
+                assert!((g - e).abs() <= 1e-4 * (1.0 + e.abs()), "{ty:?} [{i}, {j}]");
+            }
+        }
+    }
 }

@@ -1,0 +1,356 @@
+//! Quantized weights repacked in strips of 16 rows, and the integer product on them that the
+//! decode path (8-bit activations, `quant.rs`) runs for Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0.
+//!
+//! The kernels of `quant_vnni.rs` read a weight row as ggml stores it: one `vpdpbusd` covers
+//! 64 values of one row, its 16 lanes are partial sums inside two blocks, and every such
+//! instruction needs four more (convert, scale, two multiply-adds) to bring the lanes into f32
+//! with their blocks' scales. Here the lanes are rows instead, as in llama.cpp's repacked
+//! layouts: a strip holds, for each 32-value block, 16 rows' scales and their values
+//! interleaved four bytes at a time, so that one `vpdpbusd` with an activation group
+//! broadcast adds four products to each of 16 rows' block sums, eight of them finish the block,
+//! and only then do the f32 steps run — once per 16 rows and block instead of once per 64
+//! values. Weight vectors are unpacked once per block and serve up to [`MAX_N`] activation
+//! rows; each output row's sum runs in the same order whatever the other rows, so a row's
+//! result does not depend on which rows share its product.
+//!
+//! A strip's block: 16 f16 scales `dw`, 16 f16 offsets `mw` (see `quant_vnni.rs`: a block's
+//! product is `dw · d · Σ u·q + mw · d · Σq`), then the unsigned values `u`:
+//! - **nibbles** (Q4_0, Q4_1: `u` < 16): 4 vectors of 64 bytes; in vector `v`, row `r`'s 4
+//!   bytes hold values `8v + t` (low nibble) and `8v + 4 + t` (high nibble), `t < 4` — the
+//!   same 16 bytes per row as ggml's;
+//! - **bytes** (Q5_0, Q5_1, Q8_0, or a matrix mixing types): 8 vectors; in vector `g`, row
+//!   `r`'s 4 bytes are values `4g..4g + 4`.
+//!
+//! Rows past a part's end in its last strip are zero (scales too) and never written out. The
+//! strips are a copy: the matrix keeps its original blocks for the f32 paths.
+
+#![cfg(target_arch = "x86_64")]
+
+use std::arch::x86_64::*;
+
+use half::f16;
+
+use super::quant_type::QuantType;
+use super::quant_vnni::{PREFETCH_BYTES, Q8Rows, unpack_block};
+
+/// Rows per strip: one output per `vpdpbusd` lane.
+pub(crate) const STRIP: usize = 16;
+
+/// The most activation rows one pass over a strip takes (one accumulator register each).
+const MAX_N: usize = 16;
+
+/// Values per block.
+const QK: usize = 32;
+
+/// Bytes of a strip block's scales and offsets.
+const SCALE_BYTES: usize = 2 * STRIP * 2;
+
+/// Whether `ty` can be repacked here.
+pub(crate) fn supports(ty: QuantType) -> bool {
+    super::quant_vnni::supports(ty)
+}
+
+/// One part of a matrix to repack: rows of one type, one after another.
+pub(crate) struct PartRows<'a> {
+    pub(crate) ty: QuantType,
+    /// The part's rows, one after another.
+    pub(crate) bytes: &'a [u8],
+    pub(crate) rows: usize,
+    /// The part's first row in the matrix.
+    pub(crate) first: usize,
+}
+
+/// A matrix's rows in strips; see the module docs.
+#[derive(Debug)]
+pub(crate) struct Strips {
+    blocks: usize,
+    nibbles: bool,
+    block_bytes: usize,
+    data: Vec<u8>,
+    /// Each strip's first output row and how many of its rows are real.
+    strips: Vec<(usize, usize)>,
+}
+
+impl Strips {
+    /// Repacks `parts` (each of a type [`supports`] accepts, `cols` a multiple of 32); `None`
+    /// when a part's type has no strips or a scale does not survive f16 (a Q4_0 or Q5_0
+    /// offset beyond f16's range), and the matrix keeps the row kernels.
+    ///
+    /// # Safety
+    /// The CPU must pass `quant_vnni::available`.
+    pub(crate) unsafe fn new(parts: &[PartRows<'_>], cols: usize) -> Option<Self> {
+        if parts.iter().any(|p| !supports(p.ty)) || !cols.is_multiple_of(QK) {
+            return None;
+        }
+        let nibbles = parts
+            .iter()
+            .all(|p| matches!(p.ty, QuantType::Q4_0 | QuantType::Q4_1));
+        let blocks = cols / QK;
+        let block_bytes = SCALE_BYTES + STRIP * if nibbles { QK / 2 } else { QK };
+        let mut strips = Vec::new();
+        for p in parts {
+            for r0 in (0..p.rows).step_by(STRIP) {
+                strips.push((p.first + r0, STRIP.min(p.rows - r0)));
+            }
+        }
+        let mut data = vec![0u8; strips.len() * blocks * block_bytes];
+        let mut s = 0;
+        for p in parts {
+            let block_in_row = p.ty.block_bytes();
+            let row_bytes = blocks * block_in_row;
+            assert!(
+                p.bytes.len() >= p.rows * row_bytes,
+                "part shorter than its rows"
+            );
+            for r0 in (0..p.rows).step_by(STRIP) {
+                let strip = &mut data[s * blocks * block_bytes..(s + 1) * blocks * block_bytes];
+                for r in 0..STRIP.min(p.rows - r0) {
+                    let row = &p.bytes[(r0 + r) * row_bytes..(r0 + r + 1) * row_bytes];
+                    for (b, out) in strip.chunks_exact_mut(block_bytes).enumerate() {
+                        // SAFETY: the caller vouches for the CPU; `supports` checked the type.
+                        let (dw, mw, u) = unsafe { unpack_block(p.ty, &row[b * block_in_row..]) };
+                        let (dh, mh) = (f16::from_f32(dw), f16::from_f32(mw));
+                        if dh.to_f32() != dw || mh.to_f32() != mw {
+                            return None;
+                        }
+                        out[2 * r..2 * r + 2].copy_from_slice(&dh.to_le_bytes());
+                        out[2 * STRIP + 2 * r..2 * STRIP + 2 * r + 2]
+                            .copy_from_slice(&mh.to_le_bytes());
+                        place_values(&mut out[SCALE_BYTES..], r, &u, nibbles);
+                    }
+                }
+                s += 1;
+            }
+        }
+        Some(Self {
+            blocks,
+            nibbles,
+            block_bytes,
+            data,
+            strips,
+        })
+    }
+
+    /// Strips held.
+    pub(crate) fn len(&self) -> usize {
+        self.strips.len()
+    }
+
+    /// Strip `s`'s first output row and real rows.
+    pub(crate) fn rows_of(&self, s: usize) -> (usize, usize) {
+        self.strips[s]
+    }
+
+    /// Bytes held.
+    pub(crate) fn size_in_bytes(&self) -> usize {
+        self.data.len()
+    }
+
+    /// `out[j][r] = Σ_k x[j, k] · w[r0 + r, k]` for strip `s` (first row `r0`) and every row
+    /// `j` of `x`, lanes `r` past the strip's real rows left zero.
+    ///
+    /// # Safety
+    /// The CPU must pass `quant_vnni::available`.
+    ///
+    /// # Panics
+    /// If `x` does not have this matrix's columns or `out` is not one row per row of `x`.
+    pub(crate) unsafe fn dot(&self, s: usize, x: &Q8Rows, out: &mut [[f32; STRIP]]) {
+        assert_eq!(x.blocks(), self.blocks, "activations of another width");
+        assert_eq!(out.len(), x.rows(), "one output row per activation row");
+        let base =
+            &self.data[s * self.blocks * self.block_bytes..][..self.blocks * self.block_bytes];
+        let mut j0 = 0;
+        while j0 < out.len() {
+            let n = match out.len() - j0 {
+                MAX_N.. => MAX_N,
+                8..16 => 8,
+                4..8 => 4,
+                r => r.min(2),
+            };
+            let o = &mut out[j0..j0 + n];
+            // SAFETY: `base` holds the strip's blocks; rows `j0..j0 + n` of `x` exist and have
+            // `blocks` blocks (asserted); the CPU features are the caller's promise.
+            unsafe {
+                match (self.nibbles, n) {
+                    (true, MAX_N) => strip_dot::<true, 16>(base, self.blocks, x, j0, o),
+                    (true, 8) => strip_dot::<true, 8>(base, self.blocks, x, j0, o),
+                    (true, 4) => strip_dot::<true, 4>(base, self.blocks, x, j0, o),
+                    (true, 2) => strip_dot::<true, 2>(base, self.blocks, x, j0, o),
+                    (true, _) => strip_dot::<true, 1>(base, self.blocks, x, j0, o),
+                    (false, MAX_N) => strip_dot::<false, 16>(base, self.blocks, x, j0, o),
+                    (false, 8) => strip_dot::<false, 8>(base, self.blocks, x, j0, o),
+                    (false, 4) => strip_dot::<false, 4>(base, self.blocks, x, j0, o),
+                    (false, 2) => strip_dot::<false, 2>(base, self.blocks, x, j0, o),
+                    (false, _) => strip_dot::<false, 1>(base, self.blocks, x, j0, o),
+                }
+            }
+            j0 += n;
+        }
+    }
+}
+
+/// Writes row `r`'s 32 values `u` into a strip block's value vectors; see the module docs.
+fn place_values(values: &mut [u8], r: usize, u: &[u8; QK], nibbles: bool) {
+    if nibbles {
+        for v in 0..4 {
+            for t in 0..4 {
+                values[64 * v + 4 * r + t] = u[8 * v + t] | (u[8 * v + 4 + t] << 4);
+            }
+        }
+    } else {
+        for g in 0..8 {
+            values[64 * g + 4 * r..64 * g + 4 * r + 4].copy_from_slice(&u[4 * g..4 * g + 4]);
+        }
+    }
+}
+
+/// [`Strips::dot`] for `N` activation rows from `j0`, on the strip whose blocks are `base`.
+///
+/// # Safety
+/// As [`Strips::dot`], which checks the sizes.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
+unsafe fn strip_dot<const NIBBLES: bool, const N: usize>(
+    base: &[u8],
+    blocks: usize,
+    x: &Q8Rows,
+    j0: usize,
+    out: &mut [[f32; STRIP]],
+) {
+    let block_bytes = base.len() / blocks;
+    let mut acc = [_mm512_setzero_ps(); N];
+    // SAFETY: each block of `base` is `block_bytes` long: scales, offsets and 4 or 8 value
+    // vectors; rows `j0..j0 + N` of `x` hold `blocks` blocks of 32 bytes.
+    unsafe {
+        for b in 0..blocks {
+            let p = base.as_ptr().add(b * block_bytes);
+            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH_BYTES).cast());
+            let dw = _mm512_cvtph_ps(_mm256_loadu_si256(p.cast()));
+            let mw = _mm512_cvtph_ps(_mm256_loadu_si256(p.add(2 * STRIP).cast()));
+            let vals = p.add(SCALE_BYTES);
+            let mut w = [_mm512_setzero_si512(); 8];
+            if NIBBLES {
+                let low = _mm512_set1_epi8(0x0F);
+                for v in 0..4 {
+                    let raw = _mm512_loadu_si512(vals.add(64 * v).cast());
+                    w[2 * v] = _mm512_and_si512(raw, low);
+                    w[2 * v + 1] = _mm512_and_si512(_mm512_srli_epi16(raw, 4), low);
+                }
+            } else {
+                for (g, w) in w.iter_mut().enumerate() {
+                    *w = _mm512_loadu_si512(vals.add(64 * g).cast());
+                }
+            }
+            for (j, acc) in acc.iter_mut().enumerate() {
+                let row = j0 + j;
+                let q = x.qs_at(row, b).cast::<i32>();
+                let mut dot = _mm512_setzero_si512();
+                for (g, w) in w.iter().enumerate() {
+                    let group = _mm512_set1_epi32(q.add(g).read_unaligned());
+                    dot = _mm512_dpbusd_epi32(dot, *w, group);
+                }
+                let xb = row * blocks + b;
+                let scale = _mm512_mul_ps(dw, _mm512_set1_ps(*x.d.get_unchecked(xb)));
+                *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, *acc);
+                *acc = _mm512_fmadd_ps(mw, _mm512_set1_ps(*x.ds.get_unchecked(xb)), *acc);
+            }
+        }
+        for (o, acc) in out.iter_mut().zip(acc) {
+            _mm512_storeu_ps(o.as_mut_ptr(), acc);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::quant::quantize;
+
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                (s % 2001) as f32 / 1000.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// Strips give the row kernels' products (the same integers, summed in another order) for
+    /// both layouts, parts whose rows are not a multiple of 16, and any number of activation
+    /// rows; lanes past a part's rows stay zero.
+    #[test]
+    fn strips_match_the_row_kernels() {
+        if !super::super::quant_vnni::available() {
+            // No AVX-512 VNNI on this CPU: strips are not used here.
+            return;
+        }
+        let cols = 7 * 32;
+        for types in [
+            &[QuantType::Q4_1, QuantType::Q4_0][..],
+            &[QuantType::Q8_0],
+            &[QuantType::Q5_0, QuantType::Q5_1],
+            &[QuantType::Q4_1, QuantType::Q8_0],
+        ] {
+            let rows = [21, 16, 3];
+            let blocks: Vec<(QuantType, Vec<u8>, usize)> = types
+                .iter()
+                .cycle()
+                .zip(rows)
+                .enumerate()
+                .map(|(i, (&ty, r))| (ty, quantize(ty, &values(r * cols, i as u32 + 7)), r))
+                .collect();
+            let mut first = 0;
+            let parts: Vec<PartRows<'_>> = blocks
+                .iter()
+                .map(|(ty, bytes, r)| {
+                    let p = PartRows {
+                        ty: *ty,
+                        bytes,
+                        rows: *r,
+                        first,
+                    };
+                    first += r;
+                    p
+                })
+                .collect();
+            // SAFETY: checked `available` above.
+            let strips = unsafe { Strips::new(&parts, cols) }.expect("repackable");
+            assert_eq!(strips.len(), 2 + 1 + 1);
+            for m in [1, 3, 19] {
+                let x = Q8Rows::quantize(&values(m * cols, 99), m, cols);
+                for s in 0..strips.len() {
+                    let mut lanes = vec![[f32::NAN; STRIP]; m];
+                    // SAFETY: as above.
+                    unsafe { strips.dot(s, &x, &mut lanes) };
+                    let (r0, real) = strips.rows_of(s);
+                    let part = parts
+                        .iter()
+                        .find(|p| r0 < p.first + p.rows)
+                        .expect("a strip lies in a part");
+                    let row_bytes = cols / 32 * part.ty.block_bytes();
+                    #[allow(clippy::needless_range_loop)] // `r` picks a lane and a weight row
+                    for r in 0..STRIP {
+                        let mut want = vec![0f32; m];
+                        if r < real {
+                            let at = (r0 - part.first + r) * row_bytes;
+                            let row = &part.bytes[at..at + row_bytes];
+                            // SAFETY: as above; the row holds `cols / 32` blocks.
+                            unsafe {
+                                super::super::quant_vnni::row_dot(part.ty, row, &x, &mut want)
+                            };
+                        }
+                        for (j, &w) in want.iter().enumerate() {
+                            let g = lanes[j][r];
+                            assert!(
+                                (g - w).abs() <= 1e-5 * (1.0 + w.abs()),
+                                "{types:?} strip {s} row {r} x {j}: {g} vs {w}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
