@@ -335,8 +335,9 @@ impl QuantMatrix {
     }
 
     /// `forward` for generated tokens' rows (see `rows.rs`): on a matrix with integer kernels,
-    /// every row on 8-bit activations, [`Self::integer_max_m`] rows at a time, so that no row's
-    /// result depends on how many rows it came with; `forward` otherwise.
+    /// every row on 8-bit activations (all at once on strips, [`Self::integer_max_m`] rows at a
+    /// time on the row kernels), so that no row's result depends on how many rows it came
+    /// with; `forward` otherwise.
     ///
     /// # Panics
     /// As `forward`.
@@ -345,7 +346,14 @@ impl QuantMatrix {
         if self.integer_dots {
             assert_eq!(x.len(), m * self.cols, "input is not [{m}, {}]", self.cols);
             assert_eq!(y.len(), m * self.rows, "output is not [{m}, {}]", self.rows);
-            let step = self.integer_max_m();
+            // A strip (a few KiB) stays in L1 while every group of 16 activation rows passes
+            // over it (`Strips::dot`), so the weights are read from memory once whatever `m`;
+            // the row kernels take `integer_max_m` rows per pass over the weights.
+            let step = if self.strips.is_some() {
+                m.max(1)
+            } else {
+                self.integer_max_m()
+            };
             for (xs, ys) in x
                 .chunks(step * self.cols)
                 .zip(y.chunks_mut(step * self.rows))

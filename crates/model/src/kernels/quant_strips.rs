@@ -319,7 +319,7 @@ mod tests {
             let strips = unsafe { Strips::new(&parts, cols) }.expect("repackable");
             assert_eq!(strips.len(), 2 + 1 + 1);
             for m in [1, 3, 19] {
-                let x = Q8Rows::quantize(&values(m * cols, 99), m, cols);
+                let x = Q8Rows::quantize(&values(m * cols, 99), m, cols).with_lanes();
                 for s in 0..strips.len() {
                     let mut lanes = vec![[f32::NAN; STRIP]; m];
                     // SAFETY: as above.

@@ -422,7 +422,7 @@ fn grouped_weight_rows_give_the_single_row_products_bit_for_bit() {
         let bytes = quantize(ty, &values(4 * cols, 5));
         let rows: Vec<&[u8]> = bytes.chunks_exact(row_bytes).collect();
         for n in 1..=4 {
-            let x = Q8Rows::quantize(&values(n * cols, 9 + n as u64), n, cols);
+            let x = Q8Rows::quantize(&values(n * cols, 9 + n as u64), n, cols).with_lanes();
             let mut single = vec![0f32; 4 * n];
             for (r, o) in rows.iter().zip(single.chunks_exact_mut(n)) {
                 // SAFETY: `available()` held; the type is supported; a row holds its blocks.

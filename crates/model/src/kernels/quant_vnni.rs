@@ -430,6 +430,10 @@ pub(crate) unsafe fn row_dot_with<B: Pairs>(w: &[u8], x: &Q8Rows, out: &mut [f32
     assert!(w.len() >= B::row_bytes(nb), "weight row too short");
     let m = out.len();
     assert!(x.qs.len() >= m * x.cols, "activation rows too few");
+    assert!(
+        x.has_lanes(),
+        "activations without lanes (Q8Rows::with_lanes)"
+    );
     // The weight pair is unpacked once per tile: tiles as wide as the registers allow.
     let mut i0 = 0;
     while i0 < m {
@@ -520,6 +524,10 @@ pub(crate) unsafe fn rows_dot_with<B: Pairs, const R: usize>(
     assert!(
         (1..=group_width(R)).contains(&n) && out.len() == R * n,
         "{n} activation rows for {R} weight rows"
+    );
+    assert!(
+        x.has_lanes(),
+        "activations without lanes (Q8Rows::with_lanes)"
     );
     let rows = w.map(<[u8]>::as_ptr);
     // SAFETY: the asserts above; the CPU features are this function's.

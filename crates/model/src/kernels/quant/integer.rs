@@ -27,6 +27,7 @@ impl QuantMatrix {
         if let Some(strips) = &self.strips {
             return self.strips_product(strips, &xq, m, y, team);
         }
+        let xq = xq.with_lanes();
         let n = xq.rows();
         let mut yt = vec![0f32; rows * m];
         team.chunks(&mut yt, ROWS_PER_TASK * m, &|task, out| {
@@ -86,13 +87,19 @@ impl QuantMatrix {
                 unsafe { strips.dot(s, xq, &mut lanes) };
                 let (r0, real) = strips.rows_of(s);
                 for (i, level) in lanes.chunks_exact(levels).enumerate() {
-                    for r in 0..real {
-                        let v: f32 = level.iter().map(|l| l[r]).sum();
-                        // SAFETY: `i < m` and `r0 + r < rows`, so the element is inside `y`
-                        // (`m * rows` long, asserted by `forward`); strips cover disjoint
-                        // rows and each task owns its strips, so nothing is written twice.
-                        unsafe { *out.0.add(i * rows + r0 + r) = v };
+                    let mut v = level[0];
+                    for l in &level[1..] {
+                        for (v, l) in v.iter_mut().zip(l) {
+                            *v += l;
+                        }
                     }
+                    // SAFETY: `i < m` and `r0 + real <= rows`, so the `real` elements from
+                    // `i * rows + r0` are inside `y` (`m * rows` long, asserted by the
+                    // callers); strips cover disjoint rows and each task owns its strips, so
+                    // nothing is written twice.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(v.as_ptr(), out.0.add(i * rows + r0), real)
+                    };
                 }
             }
         });
