@@ -97,9 +97,15 @@ impl QuantMatrix {
                     // `i * rows + r0` are inside `y` (`m * rows` long, asserted by the
                     // callers); strips cover disjoint rows and each task owns its strips, so
                     // nothing is written twice.
+                    // A whole strip is one 64-byte store rather than a call to `memmove`.
                     unsafe {
-                        std::ptr::copy_nonoverlapping(v.as_ptr(), out.0.add(i * rows + r0), real)
-                    };
+                        let o = out.0.add(i * rows + r0);
+                        if real == STRIP {
+                            o.cast::<[f32; STRIP]>().write_unaligned(v);
+                        } else {
+                            std::ptr::copy_nonoverlapping(v.as_ptr(), o, real);
+                        }
+                    }
                 }
             }
         });
