@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the peer the benchmark scripts compare against, once, into a cache outside the
 # checkout: llama.cpp as vendored by the PyPI sdist llama-cpp-python==0.3.36, with cmake and
-# ninja from PyPI. About 20 minutes on 2 cores.
+# ninja from PyPI. 10–20 minutes on 2 cores.
 #
 #   scripts/build-llama-cpp.sh        # prints the bin folder to pass as LLAMA_BIN
 #
