@@ -1,5 +1,5 @@
 //! Quantized weights repacked in strips of 16 rows, and the integer product on them that the
-//! decode path (8-bit activations, `quant.rs`) runs for Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0.
+//! decode path (8-bit activations, `quant.rs`) runs for Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 and Q4_K.
 //!
 //! The kernels of `quant_vnni.rs` read a weight row as ggml stores it: one `vpdpbusd` covers
 //! 64 values of one row, its 16 lanes are partial sums inside two blocks, and every such
@@ -13,9 +13,10 @@
 //! rows; each output row's sum runs in the same order whatever the other rows, so a row's
 //! result does not depend on which rows share its product.
 //!
-//! A strip's block: 16 f16 scales `dw`, 16 f16 offsets `mw` (see `quant_vnni.rs`: a block's
-//! product is `dw · d · Σ u·q + mw · d · Σq`), then the unsigned values `u`:
-//! - **nibbles** (Q4_0, Q4_1: `u` < 16): 4 vectors of 64 bytes; in vector `v`, row `r`'s 4
+//! A strip's block: 16 scales `dw`, 16 offsets `mw` (see `quant_vnni.rs`: a block's product
+//! is `dw · d · Σ u·q + mw · d · Σq`), in f16 or, where a part is Q4_K, in f32 ("wide": a
+//! Q4_K sub-block's `d · scale` needs up to 17 bits of mantissa), then the unsigned values `u`:
+//! - **nibbles** (Q4_0, Q4_1, Q4_K: `u` < 16): 4 vectors of 64 bytes; in vector `v`, row `r`'s 4
 //!   bytes hold values `8v + t` (low nibble) and `8v + 4 + t` (high nibble), `t < 4` — the
 //!   same 16 bytes per row as ggml's;
 //! - **bytes** (Q5_0, Q5_1, Q8_0, or a matrix mixing types): 8 vectors; in vector `g`, row
@@ -42,12 +43,44 @@ const MAX_N: usize = 16;
 /// Values per block.
 const QK: usize = 32;
 
-/// Bytes of a strip block's scales and offsets.
-const SCALE_BYTES: usize = 2 * STRIP * 2;
+/// Bytes of a strip block's scales and offsets: f16 or f32 (`wide`) each.
+const fn scale_bytes(wide: bool) -> usize {
+    2 * STRIP * if wide { 4 } else { 2 }
+}
 
 /// Whether `ty` can be repacked here.
 pub(crate) fn supports(ty: QuantType) -> bool {
-    super::quant_vnni::supports(ty)
+    super::quant_vnni::supports(ty) || ty == QuantType::Q4K
+}
+
+/// Values per Q4_K block and its bytes.
+const Q4K_VALUES: usize = 256;
+const Q4K_BYTES: usize = 144;
+
+/// The `dw`, `mw` and values `u` of 32-value block `b` of a row of `ty` (see `quant_vnni.rs`;
+/// for Q4_K, sub-block `b % 8` of block `b / 8`: `dw = d · scale`, `mw = −dmin · min`).
+///
+/// # Safety
+/// The CPU must pass `quant_vnni::available`; `row` must hold block `b`.
+unsafe fn unpack(ty: QuantType, row: &[u8], b: usize) -> (f32, f32, [u8; QK]) {
+    if ty != QuantType::Q4K {
+        // SAFETY: forwarded from the caller.
+        return unsafe { unpack_block(ty, &row[b * ty.block_bytes()..]) };
+    }
+    let block = &row[b / 8 * Q4K_BYTES..][..Q4K_BYTES];
+    let (d, dmin) = (
+        f16::from_le_bytes([block[0], block[1]]).to_f32(),
+        f16::from_le_bytes([block[2], block[3]]).to_f32(),
+    );
+    let j = b % 8;
+    let (scale, min) = super::kquant_avx512::scale_min_k4(j, &block[4..16]);
+    let qs = &block[16 + 32 * (j / 2)..][..32];
+    let shift = if j % 2 == 1 { 4 } else { 0 };
+    (
+        d * scale,
+        -dmin * min,
+        std::array::from_fn(|t| (qs[t] >> shift) & 0x0F),
+    )
 }
 
 /// One part of a matrix to repack: rows of one type, one after another.
@@ -65,6 +98,8 @@ pub(crate) struct PartRows<'a> {
 pub(crate) struct Strips {
     blocks: usize,
     nibbles: bool,
+    /// Scales in f32 rather than f16.
+    wide: bool,
     block_bytes: usize,
     data: Vec<u8>,
     /// Each strip's first output row and how many of its rows are real.
@@ -82,11 +117,16 @@ impl Strips {
         if parts.iter().any(|p| !supports(p.ty)) || !cols.is_multiple_of(QK) {
             return None;
         }
+        if parts.iter().any(|p| p.ty == QuantType::Q4K) && !cols.is_multiple_of(Q4K_VALUES) {
+            return None;
+        }
         let nibbles = parts
             .iter()
-            .all(|p| matches!(p.ty, QuantType::Q4_0 | QuantType::Q4_1));
+            .all(|p| matches!(p.ty, QuantType::Q4_0 | QuantType::Q4_1 | QuantType::Q4K));
+        let wide = parts.iter().any(|p| p.ty == QuantType::Q4K);
         let blocks = cols / QK;
-        let block_bytes = SCALE_BYTES + STRIP * if nibbles { QK / 2 } else { QK };
+        let scales = scale_bytes(wide);
+        let block_bytes = scales + STRIP * if nibbles { QK / 2 } else { QK };
         let mut strips = Vec::new();
         for p in parts {
             for r0 in (0..p.rows).step_by(STRIP) {
@@ -96,8 +136,7 @@ impl Strips {
         let mut data = vec![0u8; strips.len() * blocks * block_bytes];
         let mut s = 0;
         for p in parts {
-            let block_in_row = p.ty.block_bytes();
-            let row_bytes = blocks * block_in_row;
+            let row_bytes = cols / p.ty.block_values() * p.ty.block_bytes();
             assert!(
                 p.bytes.len() >= p.rows * row_bytes,
                 "part shorter than its rows"
@@ -107,16 +146,13 @@ impl Strips {
                 for r in 0..STRIP.min(p.rows - r0) {
                     let row = &p.bytes[(r0 + r) * row_bytes..(r0 + r + 1) * row_bytes];
                     for (b, out) in strip.chunks_exact_mut(block_bytes).enumerate() {
-                        // SAFETY: the caller vouches for the CPU; `supports` checked the type.
-                        let (dw, mw, u) = unsafe { unpack_block(p.ty, &row[b * block_in_row..]) };
-                        let (dh, mh) = (f16::from_f32(dw), f16::from_f32(mw));
-                        if dh.to_f32() != dw || mh.to_f32() != mw {
+                        // SAFETY: the caller vouches for the CPU; `supports` checked the type;
+                        // the row holds `cols / 32` blocks of 32 values.
+                        let (dw, mw, u) = unsafe { unpack(p.ty, row, b) };
+                        if !place_scales(&mut out[..scales], r, dw, mw, wide) {
                             return None;
                         }
-                        out[2 * r..2 * r + 2].copy_from_slice(&dh.to_le_bytes());
-                        out[2 * STRIP + 2 * r..2 * STRIP + 2 * r + 2]
-                            .copy_from_slice(&mh.to_le_bytes());
-                        place_values(&mut out[SCALE_BYTES..], r, &u, nibbles);
+                        place_values(&mut out[scales..], r, &u, nibbles);
                     }
                 }
                 s += 1;
@@ -125,6 +161,7 @@ impl Strips {
         Some(Self {
             blocks,
             nibbles,
+            wide,
             block_bytes,
             data,
             strips,
@@ -171,20 +208,54 @@ impl Strips {
             // SAFETY: `base` holds the strip's blocks; rows `j0..j0 + n` of `x` exist and have
             // `blocks` blocks (asserted); the CPU features are the caller's promise.
             unsafe {
-                match (self.nibbles, n) {
-                    (true, MAX_N) => strip_dot::<true, 16>(base, self.blocks, x, j0, o),
-                    (true, 8) => strip_dot::<true, 8>(base, self.blocks, x, j0, o),
-                    (true, 4) => strip_dot::<true, 4>(base, self.blocks, x, j0, o),
-                    (true, 2) => strip_dot::<true, 2>(base, self.blocks, x, j0, o),
-                    (true, _) => strip_dot::<true, 1>(base, self.blocks, x, j0, o),
-                    (false, MAX_N) => strip_dot::<false, 16>(base, self.blocks, x, j0, o),
-                    (false, 8) => strip_dot::<false, 8>(base, self.blocks, x, j0, o),
-                    (false, 4) => strip_dot::<false, 4>(base, self.blocks, x, j0, o),
-                    (false, 2) => strip_dot::<false, 2>(base, self.blocks, x, j0, o),
-                    (false, _) => strip_dot::<false, 1>(base, self.blocks, x, j0, o),
+                match (self.nibbles, self.wide) {
+                    (true, false) => strip_dot_n::<true, false>(base, self.blocks, x, j0, o),
+                    (true, true) => strip_dot_n::<true, true>(base, self.blocks, x, j0, o),
+                    (false, false) => strip_dot_n::<false, false>(base, self.blocks, x, j0, o),
+                    (false, true) => strip_dot_n::<false, true>(base, self.blocks, x, j0, o),
                 }
             }
             j0 += n;
+        }
+    }
+}
+
+/// Writes row `r`'s `dw` and `mw` into a strip block's scales, in f32 (`wide`) or f16; false
+/// when f16 would change them.
+fn place_scales(scales: &mut [u8], r: usize, dw: f32, mw: f32, wide: bool) -> bool {
+    if wide {
+        scales[4 * r..4 * r + 4].copy_from_slice(&dw.to_le_bytes());
+        scales[4 * STRIP + 4 * r..4 * STRIP + 4 * r + 4].copy_from_slice(&mw.to_le_bytes());
+        return true;
+    }
+    let (dh, mh) = (f16::from_f32(dw), f16::from_f32(mw));
+    if dh.to_f32() != dw || mh.to_f32() != mw {
+        return false;
+    }
+    scales[2 * r..2 * r + 2].copy_from_slice(&dh.to_le_bytes());
+    scales[2 * STRIP + 2 * r..2 * STRIP + 2 * r + 2].copy_from_slice(&mh.to_le_bytes());
+    true
+}
+
+/// [`strip_dot`] with `N` for `out.len()` rows (at most [`MAX_N`]).
+///
+/// # Safety
+/// As [`strip_dot`].
+unsafe fn strip_dot_n<const NIBBLES: bool, const WIDE: bool>(
+    base: &[u8],
+    blocks: usize,
+    x: &Q8Rows,
+    j0: usize,
+    out: &mut [[f32; STRIP]],
+) {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        match out.len() {
+            MAX_N => strip_dot::<NIBBLES, WIDE, 16>(base, blocks, x, j0, out),
+            8 => strip_dot::<NIBBLES, WIDE, 8>(base, blocks, x, j0, out),
+            4 => strip_dot::<NIBBLES, WIDE, 4>(base, blocks, x, j0, out),
+            2 => strip_dot::<NIBBLES, WIDE, 2>(base, blocks, x, j0, out),
+            _ => strip_dot::<NIBBLES, WIDE, 1>(base, blocks, x, j0, out),
         }
     }
 }
@@ -209,7 +280,7 @@ fn place_values(values: &mut [u8], r: usize, u: &[u8; QK], nibbles: bool) {
 /// # Safety
 /// As [`Strips::dot`], which checks the sizes.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
-unsafe fn strip_dot<const NIBBLES: bool, const N: usize>(
+unsafe fn strip_dot<const NIBBLES: bool, const WIDE: bool, const N: usize>(
     base: &[u8],
     blocks: usize,
     x: &Q8Rows,
@@ -224,9 +295,18 @@ unsafe fn strip_dot<const NIBBLES: bool, const N: usize>(
         for b in 0..blocks {
             let p = base.as_ptr().add(b * block_bytes);
             _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH_BYTES).cast());
-            let dw = _mm512_cvtph_ps(_mm256_loadu_si256(p.cast()));
-            let mw = _mm512_cvtph_ps(_mm256_loadu_si256(p.add(2 * STRIP).cast()));
-            let vals = p.add(SCALE_BYTES);
+            let (dw, mw) = if WIDE {
+                (
+                    _mm512_loadu_ps(p.cast()),
+                    _mm512_loadu_ps(p.add(4 * STRIP).cast()),
+                )
+            } else {
+                (
+                    _mm512_cvtph_ps(_mm256_loadu_si256(p.cast())),
+                    _mm512_cvtph_ps(_mm256_loadu_si256(p.add(2 * STRIP).cast())),
+                )
+            };
+            let vals = p.add(scale_bytes(WIDE));
             let mut w = [_mm512_setzero_si512(); 8];
             if NIBBLES {
                 let low = _mm512_set1_epi8(0x0F);
@@ -286,12 +366,14 @@ mod tests {
             // No AVX-512 VNNI on this CPU: strips are not used here.
             return;
         }
-        let cols = 7 * 32;
-        for types in [
-            &[QuantType::Q4_1, QuantType::Q4_0][..],
-            &[QuantType::Q8_0],
-            &[QuantType::Q5_0, QuantType::Q5_1],
-            &[QuantType::Q4_1, QuantType::Q8_0],
+        for (cols, types) in [
+            (7 * 32, &[QuantType::Q4_1, QuantType::Q4_0][..]),
+            (7 * 32, &[QuantType::Q8_0]),
+            (7 * 32, &[QuantType::Q5_0, QuantType::Q5_1]),
+            (7 * 32, &[QuantType::Q4_1, QuantType::Q8_0]),
+            (2 * 256, &[QuantType::Q4K]),
+            (2 * 256, &[QuantType::Q4K, QuantType::Q4_1]),
+            (2 * 256, &[QuantType::Q8_0, QuantType::Q4K]),
         ] {
             let rows = [21, 16, 3];
             let blocks: Vec<(QuantType, Vec<u8>, usize)> = types
@@ -329,7 +411,7 @@ mod tests {
                         .iter()
                         .find(|p| r0 < p.first + p.rows)
                         .expect("a strip lies in a part");
-                    let row_bytes = cols / 32 * part.ty.block_bytes();
+                    let row_bytes = cols / part.ty.block_values() * part.ty.block_bytes();
                     #[allow(clippy::needless_range_loop)] // `r` picks a lane and a weight row
                     for r in 0..STRIP {
                         let mut want = vec![0f32; m];
@@ -338,7 +420,11 @@ mod tests {
                             let row = &part.bytes[at..at + row_bytes];
                             // SAFETY: as above; the row holds `cols / 32` blocks.
                             unsafe {
-                                super::super::quant_vnni::row_dot(part.ty, row, &x, &mut want)
+                                if part.ty == QuantType::Q4K {
+                                    super::super::kquant_vnni::row_dot(part.ty, row, &x, &mut want)
+                                } else {
+                                    super::super::quant_vnni::row_dot(part.ty, row, &x, &mut want)
+                                }
                             };
                         }
                         for (j, &w) in want.iter().enumerate() {
