@@ -9,7 +9,7 @@
 //!   (`attention_avx512.rs`); both take [`AttentionParams`] (`attention_params.rs`).
 //! - `quant_vnni.rs`: integer dot products on Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 blocks with AVX-512
 //!   VNNI, and the tile loop (`Pairs`) the k-quants share.
-//! - `quant_strips.rs`: the 32-value formats and Q4_K repacked in strips of 16 rows, whose
+//! - `quant_strips.rs`: every integer-kernel type repacked in strips of 16 rows, whose
 //!   integer product takes 16 rows per instruction (what decode runs on them).
 //! - `kquant_avx512.rs`: AVX-512 dequantization of Q4_K and Q6_K blocks; `kquant_vnni.rs`:
 //!   integer dot products on Q4_K and Q6_K.

@@ -17,6 +17,9 @@ pub(crate) struct Q8Rows {
     pub(crate) d: Vec<f32>,
     /// `[m, cols / 32]` `d · Σq`.
     pub(crate) ds: Vec<f32>,
+    /// `[m, cols / 32, 2]` `d · Σq` over each half (16 values) of a block: the offset term of
+    /// strips whose scale changes every 16 values (Q6_K).
+    pub(crate) ds_halves: Vec<f32>,
     /// Per row and block pair, 16 lanes: `d` of the first block ×8, of the second ×8 (the
     /// lanes of a `vpdpbusd` over the pair).
     pub(crate) d_lanes: Vec<f32>,
@@ -46,6 +49,7 @@ impl Q8Rows {
             qs: vec![0; m * cols],
             d: vec![0.0; nb],
             ds: vec![0.0; nb],
+            ds_halves: vec![0.0; 2 * nb],
             d_lanes: Vec::new(),
             ds_lanes: Vec::new(),
         }
@@ -54,14 +58,16 @@ impl Q8Rows {
     /// Quantizes `block` into block `b` (counted over all rows).
     fn set_block(&mut self, b: usize, block: &[f32], vector: bool) {
         let q = &mut self.qs[b * QK..(b + 1) * QK];
-        let (d, sum) = if vector {
+        let (d, [lo, hi]) = if vector {
             // SAFETY: `vector` is `vector_available()`; both slices hold 32 values.
             unsafe { quantize_block_avx512(block, q) }
         } else {
             quantize_block(block, q)
         };
         self.d[b] = d;
-        self.ds[b] = d * sum as f32;
+        self.ds[b] = d * (lo + hi) as f32;
+        self.ds_halves[2 * b] = d * lo as f32;
+        self.ds_halves[2 * b + 1] = d * hi as f32;
     }
 
     /// Adds the per-lane scales the row kernels read (`d_lanes`, `ds_lanes`); the strips
@@ -143,20 +149,21 @@ impl Q8Rows {
     }
 }
 
-/// Quantizes one block: `q = round(x / d)` with `d = max|x| / 127`; returns `d` and `Σq`.
-fn quantize_block(block: &[f32], q: &mut [i8]) -> (f32, i32) {
+/// Quantizes one block: `q = round(x / d)` with `d = max|x| / 127`; returns `d` and `Σq` over
+/// each half of the block.
+fn quantize_block(block: &[f32], q: &mut [i8]) -> (f32, [i32; 2]) {
     let amax = block.iter().fold(0f32, |a, v| a.max(v.abs()));
     let d = amax / 127.0;
     let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
-    let mut sum = 0i32;
-    for (qi, &v) in q.iter_mut().zip(block) {
+    let mut sums = [0i32; 2];
+    for (i, (qi, &v)) in q.iter_mut().zip(block).enumerate() {
         // Half away from zero, without a call to `roundf` (|r| <= 127, so no overflow).
         let r = v * inv;
         let r = (r + 0.5f32.copysign(r)) as i8;
         *qi = r;
-        sum += i32::from(r);
+        sums[i / 16] += i32::from(r);
     }
-    (d, sum)
+    (d, sums)
 }
 
 /// Whether [`quantize_block_avx512`] runs here.
@@ -170,7 +177,7 @@ fn vector_available() -> bool {
 /// # Safety
 /// The CPU must have AVX-512 F; `block` and `q` must hold 32 values.
 #[target_feature(enable = "avx512f")]
-unsafe fn quantize_block_avx512(block: &[f32], q: &mut [i8]) -> (f32, i32) {
+unsafe fn quantize_block_avx512(block: &[f32], q: &mut [i8]) -> (f32, [i32; 2]) {
     use std::arch::x86_64::*;
     assert!(block.len() >= QK && q.len() >= QK, "a block is 32 values");
     // SAFETY: both slices hold 32 values (asserted); the CPU is the caller's promise.
@@ -190,7 +197,10 @@ unsafe fn quantize_block_avx512(block: &[f32], q: &mut [i8]) -> (f32, i32) {
         let (qlo, qhi) = (round(lo), round(hi));
         _mm_storeu_si128(q.as_mut_ptr().cast(), _mm512_cvtepi32_epi8(qlo));
         _mm_storeu_si128(q.as_mut_ptr().add(16).cast(), _mm512_cvtepi32_epi8(qhi));
-        (d, _mm512_reduce_add_epi32(_mm512_add_epi32(qlo, qhi)))
+        (
+            d,
+            [_mm512_reduce_add_epi32(qlo), _mm512_reduce_add_epi32(qhi)],
+        )
     }
 }
 

@@ -15,10 +15,9 @@
 //!   on CPUs with AVX-512 VNNI and matrices whose parts are all Q4_0, Q4_1, Q5_0, Q5_1, Q8_0,
 //!   Q4_K or Q6_K: the activations are quantized to 8 bits per 32-value block once (two levels
 //!   by default; see `activation_levels`), and each weight row is dotted with them in
-//!   integers: on 16-row strips repacked at load for the 32-value formats and Q4_K
-//!   (`quant_strips.rs`; the strips are a copy, the blocks as stored stay for the f32 paths),
-//!   on the rows as stored for Q6_K or a matrix with a Q6_K part (`quant_vnni.rs`,
-//!   `kquant_vnni.rs`); `quant/integer.rs` holds
+//!   integers: on 16-row strips repacked at load (`quant_strips.rs`; the strips are a copy,
+//!   the blocks as stored stay for the f32 paths; `WAYFINDER_STRIPS=0` keeps the rows as
+//!   stored, `quant_vnni.rs`, `kquant_vnni.rs`); `quant/integer.rs` holds
 //!   this path. The decoder sends generated tokens' rows this way whatever their number
 //!   ([`QuantMatrix::forward_generated`]) and prompt tokens' rows the f32 ways below
 //!   ([`QuantMatrix::forward_prompt`]); see `rows.rs`.

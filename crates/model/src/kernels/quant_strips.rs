@@ -1,5 +1,6 @@
 //! Quantized weights repacked in strips of 16 rows, and the integer product on them that the
-//! decode path (8-bit activations, `quant.rs`) runs for Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 and Q4_K.
+//! decode path (8-bit activations, `quant.rs`) runs for Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K and
+//! Q6_K.
 //!
 //! The kernels of `quant_vnni.rs` read a weight row as ggml stores it: one `vpdpbusd` covers
 //! 64 values of one row, its 16 lanes are partial sums inside two blocks, and every such
@@ -14,13 +15,18 @@
 //! result does not depend on which rows share its product.
 //!
 //! A strip's block: 16 scales `dw`, 16 offsets `mw` (see `quant_vnni.rs`: a block's product
-//! is `dw · d · Σ u·q + mw · d · Σq`), in f16 or, where a part is Q4_K, in f32 ("wide": a
-//! Q4_K sub-block's `d · scale` needs up to 17 bits of mantissa), then the unsigned values `u`:
-//! - **nibbles** (Q4_0, Q4_1, Q4_K: `u` < 16): 4 vectors of 64 bytes; in vector `v`, row `r`'s 4
-//!   bytes hold values `8v + t` (low nibble) and `8v + 4 + t` (high nibble), `t < 4` — the
-//!   same 16 bytes per row as ggml's;
-//! - **bytes** (Q5_0, Q5_1, Q8_0, or a matrix mixing types): 8 vectors; in vector `g`, row
-//!   `r`'s 4 bytes are values `4g..4g + 4`.
+//! is `dw · d · Σ u·q + mw · d · Σq`), stored as [`F16`], or [`F32`] where a part is Q4_K (a
+//! sub-block's `d · scale` needs up to 17 bits of mantissa), or [`HALVES`] where a part is
+//! Q6_K (f32 `dw` and `mw` for each 16-value half, whose sums then take their own scale and
+//! the activations' `d · Σq` of that half); then the unsigned values `u`:
+//! - **nibbles** (Q4_0, Q4_1, Q4_K: `u` < 16): 4 vectors of 64 bytes; in vector `v`, row
+//!   `r`'s 4 bytes hold values `8v + t` (low nibble) and `8v + 4 + t` (high nibble), `t < 4`
+//!   — the same 16 bytes per row as ggml's;
+//! - **bytes** (Q5_0, Q5_1, Q8_0, Q6_K, or a matrix mixing these with nibbles): 8 vectors; in
+//!   vector `g`, row `r`'s 4 bytes are values `4g..4g + 4`.
+//!
+//! Memory: strips cost 36 bytes per 32 values for Q8_0 (34 as stored), 20 for Q4_1 (20),
+//! 24 for Q4_K (18) and 48 for Q6_K (26.25), on top of the blocks as stored.
 //!
 //! Rows past a part's end in its last strip are zero (scales too) and never written out. The
 //! strips are a copy: the matrix keeps its original blocks for the f32 paths.
@@ -43,30 +49,76 @@ const MAX_N: usize = 16;
 /// Values per block.
 const QK: usize = 32;
 
-/// Bytes of a strip block's scales and offsets: f16 or f32 (`wide`) each.
-const fn scale_bytes(wide: bool) -> usize {
-    2 * STRIP * if wide { 4 } else { 2 }
+/// How a strip block stores its scales: [`F16`] (`dw`, `mw`), [`F32`] (the same, wide), or
+/// [`HALVES`] (f32 `dw` and `mw` for each 16-value half of the block: Q6_K's scales change
+/// every 16 values).
+const F16: u8 = 0;
+const F32: u8 = 1;
+const HALVES: u8 = 2;
+
+/// Bytes of a strip block's scales and offsets.
+const fn scale_bytes(kind: u8) -> usize {
+    match kind {
+        F16 => 2 * STRIP * 2,
+        F32 => 2 * STRIP * 4,
+        _ => 4 * STRIP * 4,
+    }
 }
 
 /// Whether `ty` can be repacked here.
 pub(crate) fn supports(ty: QuantType) -> bool {
-    super::quant_vnni::supports(ty) || ty == QuantType::Q4K
+    super::quant_vnni::supports(ty) || matches!(ty, QuantType::Q4K | QuantType::Q6K)
 }
+
+/// Q6_K's bytes per 256-value block.
+const Q6K_BYTES: usize = 210;
 
 /// Values per Q4_K block and its bytes.
 const Q4K_VALUES: usize = 256;
 const Q4K_BYTES: usize = 144;
 
-/// The `dw`, `mw` and values `u` of 32-value block `b` of a row of `ty` (see `quant_vnni.rs`;
-/// for Q4_K, sub-block `b % 8` of block `b / 8`: `dw = d · scale`, `mw = −dmin · min`).
+/// One 32-value block of a row: `dw` and `mw` for each half (equal but for Q6_K) and the
+/// unsigned values `u`.
+type Unpacked = ([f32; 2], [f32; 2], [u8; QK]);
+
+/// The block `b` (of 32 values) of a row of `ty`; see `quant_vnni.rs` and [`unpack_q4k`],
+/// [`unpack_q6k`].
 ///
 /// # Safety
 /// The CPU must pass `quant_vnni::available`; `row` must hold block `b`.
-unsafe fn unpack(ty: QuantType, row: &[u8], b: usize) -> (f32, f32, [u8; QK]) {
-    if ty != QuantType::Q4K {
-        // SAFETY: forwarded from the caller.
-        return unsafe { unpack_block(ty, &row[b * ty.block_bytes()..]) };
+unsafe fn unpack(ty: QuantType, row: &[u8], b: usize) -> Unpacked {
+    match ty {
+        QuantType::Q4K => {
+            let (dw, mw, u) = unpack_q4k(row, b);
+            ([dw; 2], [mw; 2], u)
+        }
+        QuantType::Q6K => unpack_q6k(&row[b / 8 * Q6K_BYTES..][..Q6K_BYTES], b % 8),
+        _ => {
+            // SAFETY: forwarded from the caller.
+            let (dw, mw, u) = unsafe { unpack_block(ty, &row[b * ty.block_bytes()..]) };
+            ([dw; 2], [mw; 2], u)
+        }
     }
+}
+
+/// Q6_K's values `32c..32c + 32` of `block` (ggml's `dequantize_row_q6_K`): half `h = c / 4`,
+/// quarter `c % 4`; `u` is the 6-bit value (low nibble from `ql`, two high bits from `qh`),
+/// `dw = d · scale` per 16 values and `mw = −32 · dw` (values are `u − 32`).
+fn unpack_q6k(block: &[u8], c: usize) -> Unpacked {
+    let (h, quarter) = (c / 4, c % 4);
+    let ql = &block[64 * h + 32 * (quarter % 2)..][..32];
+    let qh = &block[128 + 32 * h..][..32];
+    let shift = if quarter >= 2 { 4 } else { 0 };
+    let u =
+        std::array::from_fn(|l| ((ql[l] >> shift) & 0x0F) | (((qh[l] >> (2 * quarter)) & 3) << 4));
+    let d = f16::from_le_bytes([block[208], block[209]]).to_f32();
+    let scale = |i: usize| d * f32::from(block[192 + 8 * h + 2 * quarter + i] as i8);
+    let dw = [scale(0), scale(1)];
+    (dw, [-32.0 * dw[0], -32.0 * dw[1]], u)
+}
+
+/// Q4_K's sub-block `b % 8` of block `b / 8`: `dw = d · scale`, `mw = −dmin · min`.
+fn unpack_q4k(row: &[u8], b: usize) -> (f32, f32, [u8; QK]) {
     let block = &row[b / 8 * Q4K_BYTES..][..Q4K_BYTES];
     let (d, dmin) = (
         f16::from_le_bytes([block[0], block[1]]).to_f32(),
@@ -98,8 +150,8 @@ pub(crate) struct PartRows<'a> {
 pub(crate) struct Strips {
     blocks: usize,
     nibbles: bool,
-    /// Scales in f32 rather than f16.
-    wide: bool,
+    /// How the blocks store their scales ([`F16`], [`F32`], [`HALVES`]).
+    kind: u8,
     block_bytes: usize,
     data: Vec<u8>,
     /// Each strip's first output row and how many of its rows are real.
@@ -117,15 +169,22 @@ impl Strips {
         if parts.iter().any(|p| !supports(p.ty)) || !cols.is_multiple_of(QK) {
             return None;
         }
-        if parts.iter().any(|p| p.ty == QuantType::Q4K) && !cols.is_multiple_of(Q4K_VALUES) {
+        let k_quant = |p: &PartRows<'_>| matches!(p.ty, QuantType::Q4K | QuantType::Q6K);
+        if parts.iter().any(k_quant) && !cols.is_multiple_of(Q4K_VALUES) {
             return None;
         }
         let nibbles = parts
             .iter()
             .all(|p| matches!(p.ty, QuantType::Q4_0 | QuantType::Q4_1 | QuantType::Q4K));
-        let wide = parts.iter().any(|p| p.ty == QuantType::Q4K);
+        let kind = if parts.iter().any(|p| p.ty == QuantType::Q6K) {
+            HALVES
+        } else if parts.iter().any(k_quant) {
+            F32
+        } else {
+            F16
+        };
         let blocks = cols / QK;
-        let scales = scale_bytes(wide);
+        let scales = scale_bytes(kind);
         let block_bytes = scales + STRIP * if nibbles { QK / 2 } else { QK };
         let mut strips = Vec::new();
         for p in parts {
@@ -149,7 +208,7 @@ impl Strips {
                         // SAFETY: the caller vouches for the CPU; `supports` checked the type;
                         // the row holds `cols / 32` blocks of 32 values.
                         let (dw, mw, u) = unsafe { unpack(p.ty, row, b) };
-                        if !place_scales(&mut out[..scales], r, dw, mw, wide) {
+                        if !place_scales(&mut out[..scales], r, dw, mw, kind) {
                             return None;
                         }
                         place_values(&mut out[scales..], r, &u, nibbles);
@@ -161,7 +220,7 @@ impl Strips {
         Some(Self {
             blocks,
             nibbles,
-            wide,
+            kind,
             block_bytes,
             data,
             strips,
@@ -208,11 +267,13 @@ impl Strips {
             // SAFETY: `base` holds the strip's blocks; rows `j0..j0 + n` of `x` exist and have
             // `blocks` blocks (asserted); the CPU features are the caller's promise.
             unsafe {
-                match (self.nibbles, self.wide) {
-                    (true, false) => strip_dot_n::<true, false>(base, self.blocks, x, j0, o),
-                    (true, true) => strip_dot_n::<true, true>(base, self.blocks, x, j0, o),
-                    (false, false) => strip_dot_n::<false, false>(base, self.blocks, x, j0, o),
-                    (false, true) => strip_dot_n::<false, true>(base, self.blocks, x, j0, o),
+                match (self.nibbles, self.kind) {
+                    (true, F16) => strip_dot_n::<true, F16>(base, self.blocks, x, j0, o),
+                    (true, F32) => strip_dot_n::<true, F32>(base, self.blocks, x, j0, o),
+                    (false, F16) => strip_dot_n::<false, F16>(base, self.blocks, x, j0, o),
+                    (false, F32) => strip_dot_n::<false, F32>(base, self.blocks, x, j0, o),
+                    // Q6_K's 6-bit values never make a nibble strip.
+                    (_, _) => strip_dot_n::<false, HALVES>(base, self.blocks, x, j0, o),
                 }
             }
             j0 += n;
@@ -220,12 +281,27 @@ impl Strips {
     }
 }
 
-/// Writes row `r`'s `dw` and `mw` into a strip block's scales, in f32 (`wide`) or f16; false
-/// when f16 would change them.
-fn place_scales(scales: &mut [u8], r: usize, dw: f32, mw: f32, wide: bool) -> bool {
-    if wide {
-        scales[4 * r..4 * r + 4].copy_from_slice(&dw.to_le_bytes());
-        scales[4 * STRIP + 4 * r..4 * STRIP + 4 * r + 4].copy_from_slice(&mw.to_le_bytes());
+/// Writes row `r`'s `dw` and `mw` into a strip block's scales as `kind` stores them: vectors
+/// of 16 rows' values, `dw` then `mw` (for [`HALVES`]: `dw` of each half, then `mw` of each
+/// half); false when f16 would change them, or when they differ between the halves of a
+/// block that does not store halves.
+fn place_scales(scales: &mut [u8], r: usize, dw: [f32; 2], mw: [f32; 2], kind: u8) -> bool {
+    let mut put = |vector: usize, v: f32| {
+        scales[4 * (STRIP * vector + r)..][..4].copy_from_slice(&v.to_le_bytes());
+    };
+    if kind == HALVES {
+        for (i, v) in [dw[0], dw[1], mw[0], mw[1]].into_iter().enumerate() {
+            put(i, v);
+        }
+        return true;
+    }
+    if dw[0] != dw[1] || mw[0] != mw[1] {
+        return false;
+    }
+    let (dw, mw) = (dw[0], mw[0]);
+    if kind == F32 {
+        put(0, dw);
+        put(1, mw);
         return true;
     }
     let (dh, mh) = (f16::from_f32(dw), f16::from_f32(mw));
@@ -241,7 +317,7 @@ fn place_scales(scales: &mut [u8], r: usize, dw: f32, mw: f32, wide: bool) -> bo
 ///
 /// # Safety
 /// As [`strip_dot`].
-unsafe fn strip_dot_n<const NIBBLES: bool, const WIDE: bool>(
+unsafe fn strip_dot_n<const NIBBLES: bool, const KIND: u8>(
     base: &[u8],
     blocks: usize,
     x: &Q8Rows,
@@ -251,11 +327,11 @@ unsafe fn strip_dot_n<const NIBBLES: bool, const WIDE: bool>(
     // SAFETY: forwarded from the caller.
     unsafe {
         match out.len() {
-            MAX_N => strip_dot::<NIBBLES, WIDE, 16>(base, blocks, x, j0, out),
-            8 => strip_dot::<NIBBLES, WIDE, 8>(base, blocks, x, j0, out),
-            4 => strip_dot::<NIBBLES, WIDE, 4>(base, blocks, x, j0, out),
-            2 => strip_dot::<NIBBLES, WIDE, 2>(base, blocks, x, j0, out),
-            _ => strip_dot::<NIBBLES, WIDE, 1>(base, blocks, x, j0, out),
+            MAX_N => strip_dot::<NIBBLES, KIND, 16>(base, blocks, x, j0, out),
+            8 => strip_dot::<NIBBLES, KIND, 8>(base, blocks, x, j0, out),
+            4 => strip_dot::<NIBBLES, KIND, 4>(base, blocks, x, j0, out),
+            2 => strip_dot::<NIBBLES, KIND, 2>(base, blocks, x, j0, out),
+            _ => strip_dot::<NIBBLES, KIND, 1>(base, blocks, x, j0, out),
         }
     }
 }
@@ -280,7 +356,7 @@ fn place_values(values: &mut [u8], r: usize, u: &[u8; QK], nibbles: bool) {
 /// # Safety
 /// As [`Strips::dot`], which checks the sizes.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
-unsafe fn strip_dot<const NIBBLES: bool, const WIDE: bool, const N: usize>(
+unsafe fn strip_dot<const NIBBLES: bool, const KIND: u8, const N: usize>(
     base: &[u8],
     blocks: usize,
     x: &Q8Rows,
@@ -295,18 +371,18 @@ unsafe fn strip_dot<const NIBBLES: bool, const WIDE: bool, const N: usize>(
         for b in 0..blocks {
             let p = base.as_ptr().add(b * block_bytes);
             _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH_BYTES).cast());
-            let (dw, mw) = if WIDE {
-                (
-                    _mm512_loadu_ps(p.cast()),
-                    _mm512_loadu_ps(p.add(4 * STRIP).cast()),
-                )
-            } else {
-                (
-                    _mm512_cvtph_ps(_mm256_loadu_si256(p.cast())),
-                    _mm512_cvtph_ps(_mm256_loadu_si256(p.add(2 * STRIP).cast())),
-                )
+            // `dw` and `mw` of the block (`[0]`), and for HALVES of its second half (`[1]`).
+            let f32s = |i: usize| _mm512_loadu_ps(p.add(4 * STRIP * i).cast());
+            let (dw, mw) = match KIND {
+                F16 => {
+                    let dw = _mm512_cvtph_ps(_mm256_loadu_si256(p.cast()));
+                    let mw = _mm512_cvtph_ps(_mm256_loadu_si256(p.add(2 * STRIP).cast()));
+                    ([dw, dw], [mw, mw])
+                }
+                F32 => ([f32s(0), f32s(0)], [f32s(1), f32s(1)]),
+                _ => ([f32s(0), f32s(1)], [f32s(2), f32s(3)]),
             };
-            let vals = p.add(scale_bytes(WIDE));
+            let vals = p.add(scale_bytes(KIND));
             let mut w = [_mm512_setzero_si512(); 8];
             if NIBBLES {
                 let low = _mm512_set1_epi8(0x0F);
@@ -323,15 +399,31 @@ unsafe fn strip_dot<const NIBBLES: bool, const WIDE: bool, const N: usize>(
             for (j, acc) in acc.iter_mut().enumerate() {
                 let row = j0 + j;
                 let q = x.qs_at(row, b).cast::<i32>();
+                let xb = row * blocks + b;
+                let dx = _mm512_set1_ps(*x.d.get_unchecked(xb));
+                if KIND == HALVES {
+                    // Each half's sum on its own scale and offset.
+                    let mut dot = [_mm512_setzero_si512(); 2];
+                    for (g, w) in w.iter().enumerate() {
+                        let group = _mm512_set1_epi32(q.add(g).read_unaligned());
+                        dot[g / 4] = _mm512_dpbusd_epi32(dot[g / 4], *w, group);
+                    }
+                    for h in 0..2 {
+                        let scale = _mm512_mul_ps(dw[h], dx);
+                        *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[h]), scale, *acc);
+                        let ds = *x.ds_halves.get_unchecked(2 * xb + h);
+                        *acc = _mm512_fmadd_ps(mw[h], _mm512_set1_ps(ds), *acc);
+                    }
+                    continue;
+                }
                 let mut dot = _mm512_setzero_si512();
                 for (g, w) in w.iter().enumerate() {
                     let group = _mm512_set1_epi32(q.add(g).read_unaligned());
                     dot = _mm512_dpbusd_epi32(dot, *w, group);
                 }
-                let xb = row * blocks + b;
-                let scale = _mm512_mul_ps(dw, _mm512_set1_ps(*x.d.get_unchecked(xb)));
+                let scale = _mm512_mul_ps(dw[0], dx);
                 *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, *acc);
-                *acc = _mm512_fmadd_ps(mw, _mm512_set1_ps(*x.ds.get_unchecked(xb)), *acc);
+                *acc = _mm512_fmadd_ps(mw[0], _mm512_set1_ps(*x.ds.get_unchecked(xb)), *acc);
             }
         }
         for (o, acc) in out.iter_mut().zip(acc) {
@@ -374,6 +466,9 @@ mod tests {
             (2 * 256, &[QuantType::Q4K]),
             (2 * 256, &[QuantType::Q4K, QuantType::Q4_1]),
             (2 * 256, &[QuantType::Q8_0, QuantType::Q4K]),
+            (2 * 256, &[QuantType::Q6K]),
+            (2 * 256, &[QuantType::Q4K, QuantType::Q6K]),
+            (2 * 256, &[QuantType::Q6K, QuantType::Q8_0]),
         ] {
             let rows = [21, 16, 3];
             let blocks: Vec<(QuantType, Vec<u8>, usize)> = types
@@ -420,7 +515,7 @@ mod tests {
                             let row = &part.bytes[at..at + row_bytes];
                             // SAFETY: as above; the row holds `cols / 32` blocks.
                             unsafe {
-                                if part.ty == QuantType::Q4K {
+                                if matches!(part.ty, QuantType::Q4K | QuantType::Q6K) {
                                     super::super::kquant_vnni::row_dot(part.ty, row, &x, &mut want)
                                 } else {
                                     super::super::quant_vnni::row_dot(part.ty, row, &x, &mut want)
