@@ -12,9 +12,9 @@ set -euo pipefail
 
 CACHE=${WAYFINDER_CACHE:-$HOME/.cache/wayfinder}
 OUT="$CACHE/llama-build"
-TARGETS="llama-server llama-bench llama-batched-bench llama-quantize llama-perplexity"
+TARGETS="llama-server llama-bench llama-batched-bench llama-quantize llama-perplexity llama-tokenize"
 
-if [ ! -x "$OUT/bin/llama-perplexity" ]; then
+if [ ! -x "$OUT/bin/llama-perplexity" ] || [ ! -x "$OUT/bin/llama-tokenize" ]; then
     src="$CACHE/llama-src"
     tools="$CACHE/llama-tools"
     if [ ! -d "$src/vendor/llama.cpp" ]; then
