@@ -131,14 +131,36 @@ pub fn exp(x: f32) -> f32 {
 }
 
 /// In-place softmax of `x`.
+///
+/// The maximum and the sum run over 16 lanes, then across them: a sequential f32 sum cannot
+/// be vectorised (its order is the result), and kept the whole loop, `exp` included, scalar
+/// (measured: attention was 25 % of a 512-token Q8_0 prefill). The order depends only on
+/// `x.len()`, so a row's softmax is the same whatever else is computed beside it.
 #[inline(always)]
 pub(crate) fn softmax(x: &mut [f32]) {
-    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0.0;
+    const LANES: usize = 16;
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    let mut chunks = x.chunks_exact(LANES);
+    for c in &mut chunks {
+        for (l, &v) in lanes.iter_mut().zip(c) {
+            *l = l.max(v);
+        }
+    }
+    let max = lanes
+        .into_iter()
+        .chain(chunks.remainder().iter().copied())
+        .fold(f32::NEG_INFINITY, f32::max);
     for v in x.iter_mut() {
         *v = exp(*v - max);
-        sum += *v;
     }
+    let mut lanes = [0f32; LANES];
+    let mut chunks = x.chunks_exact(LANES);
+    for c in &mut chunks {
+        for (l, &v) in lanes.iter_mut().zip(c) {
+            *l += v;
+        }
+    }
+    let sum = lanes.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>();
     let inv = 1.0 / sum;
     for v in x.iter_mut() {
         *v *= inv;
