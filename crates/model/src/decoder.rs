@@ -26,7 +26,7 @@ use wayfinder_core::Batch;
 use crate::arch::ModelConfig;
 use crate::error::ModelError;
 use crate::kernels::{
-    AttentionParams, Isa, Linear, RowKinds, StepContext, Team, exp, paged_attention,
+    AttentionParams, Isa, Linear, RowKinds, StepContext, Team, paged_attention, silu_mul,
 };
 use crate::kv_store::PagedKvStore;
 use crate::load::source::WeightSource;
@@ -201,7 +201,7 @@ impl Decoder {
 
             rms_norm_rows(&x, &mut xn, &layer.post_norm, c.rms_norm_eps, team);
             layer.gate_up.forward_rows(&xn, &kinds, &mut gate_up, team);
-            swiglu_rows(&gate_up, &mut act, inter, team);
+            swiglu_rows(&gate_up, &mut act, inter, self.isa, team);
             layer.down.forward_rows(&act, &kinds, &mut proj, team);
             add_rows(&mut x, &proj, team);
         }
@@ -297,7 +297,7 @@ fn add_rows(x: &mut [f32], y: &[f32], team: &Team) {
 }
 
 /// `act = silu(gate) ⊙ up` for rows of `[gate | up]`.
-fn swiglu_rows(gate_up: &[f32], act: &mut [f32], inter: usize, team: &Team) {
+fn swiglu_rows(gate_up: &[f32], act: &mut [f32], inter: usize, isa: Isa, team: &Team) {
     team.chunks(act, ROWS_PER_TASK * inter, &|chunk, rows| {
         let src = &gate_up[chunk * ROWS_PER_TASK * 2 * inter..];
         for (a, gu) in rows
@@ -305,9 +305,7 @@ fn swiglu_rows(gate_up: &[f32], act: &mut [f32], inter: usize, team: &Team) {
             .zip(src.chunks_exact(2 * inter))
         {
             let (g, u) = gu.split_at(inter);
-            for ((a, &g), &u) in a.iter_mut().zip(g).zip(u) {
-                *a = g / (1.0 + exp(-g)) * u;
-            }
+            silu_mul(g, u, a, isa);
         }
     });
 }

@@ -45,5 +45,5 @@ pub use attention_params::AttentionParams;
 pub use linear::{Linear, WeightData};
 pub use quant::{QuantLayoutError, QuantMatrix, QuantPart, QuantType, SharedBytes, quantize};
 pub use rows::RowKinds;
-pub use simd::{Isa, exp};
+pub use simd::{Isa, exp, silu_mul};
 pub use team::Team;

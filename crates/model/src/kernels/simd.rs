@@ -167,6 +167,16 @@ pub(crate) fn softmax(x: &mut [f32]) {
     }
 }
 
+/// `out[i] = silu(gate[i]) · up[i]` (SwiGLU), compiled for `isa` so that `exp` runs 16 lanes
+/// wide (the baseline build has SSE2 only).
+pub fn silu_mul(gate: &[f32], up: &[f32], out: &mut [f32], isa: Isa) {
+    dispatch!(isa, || {
+        for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+            *o = g / (1.0 + exp(-g)) * u;
+        }
+    });
+}
+
 /// Runs `f` compiled for `isa`. `f` must be `#[inline(always)]`-friendly code: it is
 /// instantiated inside a function carrying the target features.
 macro_rules! dispatch {
