@@ -71,8 +71,15 @@ pub(crate) unsafe fn attend_rows(
             match rows.len() {
                 $($n => {
                     let rows: &[Row; $n] = rows.try_into().expect("length matched");
-                    // SAFETY: forwarded from the caller.
-                    unsafe { tile::<$n>(rows, table, head, kv, geometry, params, scratch) }
+                    // SAFETY: forwarded from the caller. Four panels at a time leave room for
+                    // the accumulators of up to 6 rows, two for up to 12.
+                    unsafe {
+                        if $n <= 6 {
+                            tile::<$n, 4>(rows, table, head, kv, geometry, params, scratch)
+                        } else {
+                            tile::<$n, 2>(rows, table, head, kv, geometry, params, scratch)
+                        }
+                    }
                 })*
                 n => panic!("an attention tile has 1 to {MAX_ROWS} rows, not {n}"),
             }
@@ -87,29 +94,9 @@ fn lanes(n: usize) -> __mmask16 {
     if n >= 16 { u16::MAX } else { (1u16 << n) - 1 }
 }
 
+/// A tile of `R` rows, `C` panels at a time.
 #[inline(always)]
-unsafe fn tile<const R: usize>(
-    rows: &[Row; R],
-    table: &[u32],
-    head: usize,
-    kv: &LayerKv,
-    geometry: &KvGeometry,
-    params: &AttentionParams,
-    scratch: &mut Vec<f32>,
-) {
-    // SAFETY: forwarded from the caller.
-    unsafe {
-        if R <= 6 {
-            tile_with::<R, 4>(rows, table, head, kv, geometry, params, scratch);
-        } else {
-            tile_with::<R, 2>(rows, table, head, kv, geometry, params, scratch);
-        }
-    }
-}
-
-/// [`tile`] with `C` panels at a time.
-#[inline(always)]
-unsafe fn tile_with<const R: usize, const C: usize>(
+unsafe fn tile<const R: usize, const C: usize>(
     rows: &[Row; R],
     table: &[u32],
     head: usize,
