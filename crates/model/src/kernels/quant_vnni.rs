@@ -1,6 +1,9 @@
 //! Integer dot products on 32-value ggml blocks (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) with AVX-512
 //! VNNI, for the few-rows (decode) path of [`super::quant`], and their vector dequantization for
-//! its gemm path.
+//! its gemm path. Since the strips (`quant_strips.rs`) the row kernels here decode only where a
+//! matrix has no strips (`WAYFINDER_STRIPS=0`, or a layout strips refuse); the strips and the
+//! dequantization still unpack blocks with this file's `Block` impls, which is why the formats,
+//! their unpacking and both kernels stay in one file past 600 lines.
 //!
 //! The activations are quantized once per step to 8 bits per 32-value block, as llama.cpp's
 //! Q8_0/Q8_1 do ([`Q8Rows`]: `x ≈ d · q`, `q` in −127..=127, with `d · Σq` kept per block). A
