@@ -273,7 +273,8 @@ impl Linear {
         if let (WeightData::Bf16(w), true) = (&self.weight, self.bf16_dot && m <= BF16_DOT_MAX_M) {
             // bf16 weights on a CPU with bf16 dot products: round the inputs to bf16 once (as
             // llama.cpp does) and multiply at twice f32's rate, without widening weights.
-            let xb: Vec<bf16> = x.iter().map(|&v| bf16::from_f32(v)).collect();
+            // SAFETY: `bf16_dot` held only where `has_bf16_dot` did.
+            let xb = unsafe { super::linear_avx512::to_bf16(x) };
             team.run(&|tid| {
                 let (j0, j1) = member_rows(rows, members, tid);
                 let out = &out;

@@ -190,6 +190,34 @@ pub(crate) fn has_bf16_dot() -> bool {
         && std::arch::is_x86_feature_detected!("avx512bw")
 }
 
+/// `x` rounded to bf16 (to nearest even) with `vcvtneps2bf16`, 16 values per instruction:
+/// what `bf16::from_f32` gives one at a time, except that values below f32's normal range
+/// become zero (the instruction flushes them), which no product here can tell.
+///
+/// # Safety
+/// The CPU must have AVX-512F/BF16 ([`has_bf16_dot`]).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+pub(crate) unsafe fn to_bf16(x: &[f32]) -> Vec<bf16> {
+    let mut out = vec![bf16::ZERO; x.len()];
+    let mut chunks = x.chunks_exact(16);
+    for (c, o) in (&mut chunks).zip(out.chunks_exact_mut(16)) {
+        // SAFETY: `c` holds 16 floats and `o` 16 bf16 (32 bytes); the CPU is the caller's
+        // promise.
+        unsafe {
+            let v = _mm512_cvtneps_pbh(_mm512_loadu_ps(c.as_ptr()));
+            _mm256_storeu_si256(
+                o.as_mut_ptr().cast(),
+                std::mem::transmute::<__m256bh, __m256i>(v),
+            );
+        }
+    }
+    let done = x.len() - chunks.remainder().len();
+    for (o, &v) in out[done..].iter_mut().zip(chunks.remainder()) {
+        *o = bf16::from_f32(v);
+    }
+    out
+}
+
 /// `y[i · ldy + r] = Σ_k x[i, k] · w[r, k]` for every weight row `r` of `w` (rows of `k`) and
 /// input row `i < m`, with bf16 inputs and weights and f32 accumulation (`vdpbf16ps`: 32
 /// multiply-adds per instruction, twice f32 FMA's rate).
@@ -283,5 +311,43 @@ unsafe fn dp_tile<const R: usize, const M: usize>(
                 *y.add((i0 + i) * ldy + r0 + r) = _mm512_reduce_add_ps(a);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The vector rounding to bf16 gives `bf16::from_f32`'s bits for normal values of every
+    /// sign and size, ties to even included, and the tail past the last 16 values too.
+    #[test]
+    fn vector_bf16_rounding_matches_the_scalar_one() {
+        if !has_bf16_dot() {
+            return;
+        }
+        let mut s = 0x1234_5678u32;
+        let mut x: Vec<f32> = (0..1000)
+            .map(|i| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                ((s % 200_001) as f32 / 100_000.0 - 1.0) * 10f32.powi(i % 9 - 4)
+            })
+            .collect();
+        // Halfway between two bf16 values: the even one wins.
+        x.extend([
+            1.0 + 2f32.powi(-8),
+            1.0 + 3.0 * 2f32.powi(-8),
+            -0.0,
+            0.0,
+            65504.0,
+        ]);
+        x.push(1.5);
+        // SAFETY: checked `has_bf16_dot`.
+        let got = unsafe { to_bf16(&x) };
+        for (g, &v) in got.iter().zip(&x) {
+            assert_eq!(g.to_bits(), bf16::from_f32(v).to_bits(), "{v}");
+        }
+        assert_eq!(got.len(), x.len());
     }
 }
