@@ -103,12 +103,10 @@ impl Decoder {
             });
         }
         let norm = weights.vector("model.norm.weight", h)?;
-        // The matrix that makes the logits keeps its activations more precise.
-        let (embed, lm_head) = if c.tie_word_embeddings {
-            (embed.into_output(), None)
+        let lm_head = if c.tie_word_embeddings {
+            None
         } else {
-            let head = weights.linear("lm_head", c.vocab_size, h, false)?;
-            (embed, Some(head.into_output()))
+            Some(weights.linear("lm_head", c.vocab_size, h, false)?)
         };
         let freq_factors = if weights.contains("rope_freqs.weight") {
             Some(weights.vector("rope_freqs.weight", c.head_dim / 2)?)

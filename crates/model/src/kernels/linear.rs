@@ -132,15 +132,6 @@ impl Linear {
         }
     }
 
-    /// Marks this layer as the model's output projection (the logits): a quantized weight
-    /// then keeps its activations more precise ([`QuantMatrix::into_output`]).
-    pub fn into_output(mut self) -> Self {
-        if let WeightData::Quant(q) = self.weight {
-            self.weight = WeightData::Quant(q.into_output());
-        }
-        self
-    }
-
     /// Output features.
     pub fn out_features(&self) -> usize {
         self.rows

@@ -11,14 +11,14 @@
 //! of ggml's reference code) are the fallback and the tests' reference. How a product walks
 //! the blocks:
 //!
-//! - **few rows** of `x` (decode: `m` times the activation levels at most `INTEGER_MAX_QROWS`),
-//!   on CPUs with AVX-512 VNNI and matrices whose parts are all Q4_0, Q4_1, Q5_0, Q5_1, Q8_0,
+//! - **8-bit activations** (generated tokens' rows whatever their number; in `forward`, `m`
+//!   times the activation levels at most `INTEGER_MAX_QROWS`), on CPUs with AVX-512 VNNI and matrices whose parts are all Q4_0, Q4_1, Q5_0, Q5_1, Q8_0,
 //!   Q4_K or Q6_K: the activations are quantized to 8 bits per 32-value block once (two levels
 //!   by default; see `activation_levels`), and each weight row is dotted with them in
 //!   integers: on 16-row strips repacked at load (`quant_strips.rs`; the strips are a copy,
 //!   the blocks as stored stay for the f32 paths; `WAYFINDER_STRIPS=0` keeps the rows as
-//!   stored, `quant_vnni.rs`, `kquant_vnni.rs`); `quant/integer.rs` holds
-//!   this path. The decoder sends generated tokens' rows this way whatever their number
+//!   stored, `quant_vnni.rs`, `kquant_vnni.rs`); `quant/integer.rs` holds this path. The
+//!   decoder sends generated tokens' rows this way whatever their number
 //!   ([`QuantMatrix::forward_generated`]) and prompt tokens' rows the f32 ways below
 //!   ([`QuantMatrix::forward_prompt`]); see `rows.rs`.
 //! - **few rows** otherwise (`m <= SMALL_M`): each weight row is dequantized once into a row
@@ -162,7 +162,7 @@ pub struct QuantMatrix {
     /// Every part has an integer kernel on this CPU.
     integer_dots: bool,
     /// Levels of 8-bit activation quantization on the integer path (1 or 2; see
-    /// `Q8Rows::quantize_two_levels`): [`activation_levels`] of its role.
+    /// `Q8Rows::quantize_two_levels`): [`activation_levels`].
     activation_levels: usize,
     /// The rows repacked for the integer path, where every part's type has strips
     /// (`quant_strips.rs`).
@@ -243,7 +243,7 @@ impl QuantMatrix {
             cols,
             parts: stacked,
             integer_dots,
-            activation_levels: activation_levels(false),
+            activation_levels: activation_levels(),
             #[cfg(target_arch = "x86_64")]
             strips,
         })
@@ -381,13 +381,6 @@ impl QuantMatrix {
         } else {
             self.many_rows(x, m, y, team, isa);
         }
-    }
-
-    /// Marks this matrix as the model's output projection (the logits), whose activations the
-    /// integer kernels quantize in two levels; see [`activation_levels`].
-    pub fn into_output(mut self) -> Self {
-        self.activation_levels = activation_levels(true);
-        self
     }
 
     /// Levels of 8-bit activation quantization on the integer path.

@@ -180,18 +180,13 @@ fn every_type_matches_a_plain_product_over_awkward_shapes() {
                 parts.push(part(ty, padded, 8, rows - split));
             }
             let w = QuantMatrix::new(cols, parts).expect("layout");
-            // The output projection's activations take two levels where the rest take one.
-            let output = w.clone().into_output();
-            for (w, m) in [1, 3, 9, 16, 17, SMALL_M, SMALL_M + 1, 40]
-                .into_iter()
-                .flat_map(|m| [(&w, m), (&output, m)])
-            {
+            for m in [1, 3, 9, 16, 17, SMALL_M, SMALL_M + 1, 40] {
                 let x = values(m * cols, 100 + m as u64);
                 let mut y = vec![0f32; m * rows];
                 w.forward(&x, m, &mut y, &team, isa);
                 // Integer kernels multiply the activations as quantized to 8 bits: the
                 // reference takes the same values.
-                let x = as_multiplied(w, &x, m, cols);
+                let x = as_multiplied(&w, &x, m, cols);
                 for i in 0..m {
                     for j in 0..rows {
                         let e: f64 = (0..cols)
@@ -454,7 +449,6 @@ fn every_matrix_takes_two_levels_of_activations_by_default() {
     let w =
         QuantMatrix::new(64, vec![part(ty, quantize(ty, &values(128, 2)), 0, 2)]).expect("layout");
     assert_eq!(w.activation_levels(), 2);
-    assert_eq!(w.into_output().activation_levels(), 2);
 }
 
 /// Generated tokens' rows take 8-bit activations, each computed bit for bit as it would be

@@ -166,22 +166,18 @@ pub(super) unsafe fn integer_rows_dot<const R: usize>(
     }
 }
 
-/// Levels of activation quantization on the integer path, for the output projection (`output`)
-/// or any other matrix: two by default (8 bits per 32-value block, the rounding's remainder
-/// rounded again and multiplied too), everywhere. One level (as llama.cpp) is faster but its
-/// rounding turns tiny f32 differences into different tokens: a prompt row computed by the
-/// many-rows kernel or the few-rows kernel (the prefix cache changes which) writes KV that
-/// differs in the last bits, and one level turned that into a different greedy answer of the
-/// real Q4_1 model to a repeated chat. `WAYFINDER_ACTIVATION_LEVELS=1` or `=2` puts every
-/// matrix on one or two levels, for comparing them.
-pub(super) fn activation_levels(output: bool) -> usize {
+/// Levels of activation quantization on the integer path: two by default, for every matrix
+/// (8 bits per 32-value block, the rounding's remainder rounded again and multiplied too).
+/// One level (as llama.cpp) is faster, but its rounding turns tiny f32 differences into
+/// different tokens: prompt rows are f32 yet not bit for bit the same whatever the batch (the
+/// prefix cache changes how many rows each prompt product and attention call take), and one
+/// level turned the KV's last-bit differences into a different greedy answer of the real Q4_1
+/// model with and without the cache; at the output projection alone it drifted the Paris
+/// answer. `WAYFINDER_ACTIVATION_LEVELS=1` puts every matrix on one level, for comparing.
+pub(super) fn activation_levels() -> usize {
     match std::env::var("WAYFINDER_ACTIVATION_LEVELS").as_deref() {
         Ok("1") => 1,
-        Ok("2") => 2,
-        _ => {
-            let _ = output;
-            2
-        }
+        _ => 2,
     }
 }
 
