@@ -65,7 +65,8 @@ async fn serves_the_real_model(engine_process: bool) {
     assert!(text.contains("Paris"), "{completion}");
 
     let chat_body = json!({"model": "smollm2", "temperature": 0, "max_tokens": 24,
-               "messages": [{"role": "user", "content": "What is the capital of France?"}]});
+               "messages": [{"role": "user",
+                             "content": "What is the capital of France? Answer in one word."}]});
     let chat = post(
         &client,
         format!("{base}/v1/chat/completions"),

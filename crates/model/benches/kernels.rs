@@ -36,7 +36,7 @@ fn linear(c: &mut Criterion) {
                 let x = vec![0.25f32; m * cols];
                 let mut y = vec![0f32; m * rows];
                 let mut g = c.benchmark_group(format!("linear/{name}/{dtype}"));
-                g.throughput(Throughput::Bytes(layer.weight().size_in_bytes() as u64));
+                g.throughput(Throughput::Bytes(layer.size_in_bytes() as u64));
                 g.bench_function(format!("m{m}"), |b| {
                     b.iter(|| layer.forward(black_box(&x), m, &mut y, &team));
                 });

@@ -63,9 +63,10 @@ pub struct Decoder {
     rotary: RotaryTable,
     attention: AttentionParams,
     isa: Isa,
-    /// Prompt tokens take 8-bit activations too (`WAYFINDER_INTEGER_PROMPTS=1`), for measuring
-    /// what that costs; see `kernels/rows.rs`.
-    integer_prompts: bool,
+    /// Prompt tokens take f32 activations against dequantized weights
+    /// (`WAYFINDER_F32_PROMPTS=1`) instead of the integer path, for measuring what 8-bit
+    /// activations cost in fidelity; see `kernels/rows.rs`.
+    f32_prompts: bool,
 }
 
 impl Decoder {
@@ -79,6 +80,12 @@ impl Decoder {
         let c = &config;
         let (h, q, kv, inter) = (c.hidden_size, c.q_size(), c.kv_size(), c.intermediate_size);
         let embed = weights.linear("model.embed_tokens", c.vocab_size, h, false)?;
+        // Tied, the embedding table is also the output head (looking rows up ignores this).
+        let embed = if c.tie_word_embeddings {
+            embed.into_output_head()
+        } else {
+            embed
+        };
         let mut layers = Vec::with_capacity(c.num_layers);
         for i in 0..c.num_layers {
             let p = format!("model.layers.{i}");
@@ -106,7 +113,11 @@ impl Decoder {
         let lm_head = if c.tie_word_embeddings {
             None
         } else {
-            Some(weights.linear("lm_head", c.vocab_size, h, false)?)
+            Some(
+                weights
+                    .linear("lm_head", c.vocab_size, h, false)?
+                    .into_output_head(),
+            )
         };
         let freq_factors = if weights.contains("rope_freqs.weight") {
             Some(weights.vector("rope_freqs.weight", c.head_dim / 2)?)
@@ -137,7 +148,7 @@ impl Decoder {
             rotary,
             attention,
             isa: Isa::detect(),
-            integer_prompts: std::env::var("WAYFINDER_INTEGER_PROMPTS").is_ok_and(|v| v == "1"),
+            f32_prompts: std::env::var("WAYFINDER_F32_PROMPTS").is_ok_and(|v| v == "1"),
         })
     }
 
@@ -153,7 +164,7 @@ impl Decoder {
 
     /// Bytes of weights held.
     pub fn weight_bytes(&self) -> usize {
-        let l = |x: &Linear| x.weight().size_in_bytes();
+        let l = |x: &Linear| x.size_in_bytes();
         let layers: usize = self
             .layers
             .iter()
@@ -169,11 +180,11 @@ impl Decoder {
         let (t, h) = (batch.num_tokens(), c.hidden_size);
         let (q_size, kv_size, inter) = (c.q_size(), c.kv_size(), c.intermediate_size);
         let step = StepContext::new(batch, *kv.geometry(), self.isa, team);
-        let kinds = RowKinds::from_batch(batch, self.integer_prompts);
+        let kinds = RowKinds::from_batch(batch, !self.f32_prompts);
 
         let mut x = vec![0f32; t * h];
         for (row, &token) in x.chunks_exact_mut(h).zip(&batch.token_ids) {
-            self.embed.weight().row_f32(token as usize, h, row);
+            self.embed.row_f32(token as usize, row);
         }
         let mut xn = vec![0f32; t * h];
         let mut qkv = vec![0f32; t * (q_size + 2 * kv_size)];

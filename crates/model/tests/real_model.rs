@@ -142,6 +142,10 @@ fn greedy_continuations_equal_llama_cpps_on_the_same_weights() {
     handle.shutdown();
 }
 
+/// The plain question ("What is the capital of France?") drifts this 135M model off "Paris"
+/// once activations are rounded to 8 bits: llama-server answers "L'Étoile, la Marseillaise, …"
+/// on this file, and so does wayfinder with one activation level inside the layers (the
+/// default). Asked for one word, both answer "The capital of France is Paris."
 #[test]
 fn the_q4_1_file_as_stored_knows_the_capital_of_france() {
     let model = load(None);
@@ -152,7 +156,7 @@ fn the_q4_1_file_as_stored_knows_the_capital_of_france() {
         .render(
             &[wayfinder_text::ChatMessage {
                 role: "user".into(),
-                content: "What is the capital of France?".into(),
+                content: "What is the capital of France? Answer in one word.".into(),
             }],
             true,
         )

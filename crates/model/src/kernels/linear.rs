@@ -8,8 +8,12 @@
 //!   with software prefetch, through a 4×4 register-tiled kernel (`linear_avx512.rs`; a
 //!   portable dot-product loop elsewhere) that widens bf16/f16 to f32 in registers. This is
 //!   memory-bound, so bf16/f16 weights nearly halve its time against f32.
-//! - **bf16 weights, up to `BF16_DOT_MAX_M` rows**, on CPUs with AVX-512 BF16: inputs rounded to
-//!   bf16 once, products with `vdpbf16ps`.
+//! - **bf16 weights on CPUs with AVX-512 BF16**, any number of rows (where the columns are
+//!   even): inputs rounded to bf16 once, products with `vdpbf16ps` on a copy of the weights
+//!   repacked in strips of 16 rows (`bf16_strips.rs`). Against the kernels below on
+//!   SmolLM2-135M BF16 (2 threads, alternating): a 512-token prefill ~960 against ~640 tok/s
+//!   (gemm on widened tiles), decode 90 against 66-70 tok/s at one sequence and 580-650
+//!   against 375-385 at 16 (the widening streaming kernel).
 //! - **many rows** (prefill chunks): the `gemm` crate's f32 kernels, each team member on its own
 //!   block of output features. Half-precision weights are widened tile by tile into the
 //!   member's scratch first; against `2·m` flops per weight that conversion is noise.
@@ -24,11 +28,6 @@ use super::rows::{RowKinds, gather, scatter};
 use super::simd::dispatch;
 use super::simd::{Element, Isa, dot};
 use super::team::{SendPtr, Team};
-
-/// Up to this many rows, bf16 weights use the bf16 dot-product kernel; beyond, widening for
-/// gemm's packed kernels wins (measured on SmolLM2-135M: 32 sequences 236 → 313 tok/s, a
-/// 512-token prefill 412 → 314 tok/s with the dot kernel).
-const BF16_DOT_MAX_M: usize = 64;
 
 /// Weight rows per parallel task in the streaming kernel (measured: 64 beats an even split of
 /// a few tasks per thread).
@@ -103,13 +102,22 @@ fn widen<E: Element>(src: &[E], dst: &mut [f32]) {
 /// A linear layer.
 #[derive(Debug, Clone)]
 pub struct Linear {
-    weight: WeightData,
+    weight: Stored,
     rows: usize,
     cols: usize,
     bias: Option<Vec<f32>>,
     isa: Isa,
-    /// The CPU has AVX-512 BF16 dot products.
-    bf16_dot: bool,
+}
+
+/// How a layer holds its weights.
+#[derive(Debug, Clone)]
+enum Stored {
+    /// As given.
+    Plain(WeightData),
+    /// bf16 weights repacked in strips, in place of the rows as given, where the CPU has bf16
+    /// dot products (`bf16_strips.rs`): every product takes them, so the rows are not kept.
+    #[cfg(target_arch = "x86_64")]
+    Bf16Strips(std::sync::Arc<super::bf16_strips::Bf16Strips>),
 }
 
 impl Linear {
@@ -122,14 +130,33 @@ impl Linear {
         if let Some(b) = &bias {
             assert_eq!(b.len(), rows, "bias is not [{rows}]");
         }
+        let weight = match weight {
+            #[cfg(target_arch = "x86_64")]
+            WeightData::Bf16(w)
+                if super::linear_avx512::has_bf16_dot() && cols.is_multiple_of(2) =>
+            {
+                Stored::Bf16Strips(std::sync::Arc::new(super::bf16_strips::Bf16Strips::new(
+                    &w, rows, cols,
+                )))
+            }
+            w => Stored::Plain(w),
+        };
         Self {
             weight,
             rows,
             cols,
             bias,
             isa: Isa::detect(),
-            bf16_dot: bf16_dot_available(),
         }
+    }
+
+    /// This layer as the model's output projection: on quantized weights, more activation
+    /// precision on the integer path ([`QuantMatrix::into_output_head`]); otherwise unchanged.
+    pub fn into_output_head(mut self) -> Self {
+        if let Stored::Plain(WeightData::Quant(q)) = self.weight {
+            self.weight = Stored::Plain(WeightData::Quant(q.into_output_head()));
+        }
+        self
     }
 
     /// Output features.
@@ -140,9 +167,27 @@ impl Linear {
     pub fn in_features(&self) -> usize {
         self.cols
     }
-    /// The weights.
-    pub fn weight(&self) -> &WeightData {
-        &self.weight
+    /// Row `r` of the weights (an embedding table's row), widened to f32 into `out`.
+    ///
+    /// # Panics
+    /// If `r` is not a row or `out` is not `in_features` long.
+    pub fn row_f32(&self, r: usize, out: &mut [f32]) {
+        assert!(r < self.rows, "row {r} of {}", self.rows);
+        assert_eq!(out.len(), self.cols, "a row is {} long", self.cols);
+        match &self.weight {
+            Stored::Plain(w) => w.row_f32(r, self.cols, out),
+            #[cfg(target_arch = "x86_64")]
+            Stored::Bf16Strips(s) => s.row_f32(r, out),
+        }
+    }
+
+    /// Bytes the weights take.
+    pub fn size_in_bytes(&self) -> usize {
+        match &self.weight {
+            Stored::Plain(w) => w.size_in_bytes(),
+            #[cfg(target_arch = "x86_64")]
+            Stored::Bf16Strips(s) => s.size_in_bytes(),
+        }
     }
 
     /// `y[m, out] = x[m, in] · Wᵀ + b`, computed by `team`.
@@ -155,17 +200,17 @@ impl Linear {
         if m == 0 {
             return;
         }
-        if let WeightData::Quant(q) = &self.weight {
-            q.forward(x, m, y, team, self.isa);
-        } else if m <= SMALL_M {
-            match &self.weight {
+        match &self.weight {
+            Stored::Plain(WeightData::Quant(q)) => q.forward(x, m, y, team, self.isa),
+            #[cfg(target_arch = "x86_64")]
+            Stored::Bf16Strips(s) => self.bf16_strips(s, x, m, y, team),
+            Stored::Plain(w) if m <= SMALL_M => match w {
                 WeightData::F32(w) => self.streaming(w, x, m, y, team),
                 WeightData::Bf16(w) => self.streaming(w, x, m, y, team),
                 WeightData::F16(w) => self.streaming(w, x, m, y, team),
-                WeightData::Quant(_) => unreachable!("handled above"),
-            }
-        } else {
-            self.packed(x, m, y, team);
+                WeightData::Quant(_) => unreachable!("matched above"),
+            },
+            Stored::Plain(w) => self.packed(w, x, m, y, team),
         }
         self.add_bias(y);
     }
@@ -178,7 +223,7 @@ impl Linear {
     /// If `x` or `y` are not `kinds.len()` whole rows.
     pub fn forward_rows(&self, x: &[f32], kinds: &RowKinds, y: &mut [f32], team: &Team) {
         let m = kinds.len();
-        let WeightData::Quant(q) = &self.weight else {
+        let Stored::Plain(WeightData::Quant(q)) = &self.weight else {
             return self.forward(x, m, y, team);
         };
         assert_eq!(x.len(), m * self.cols, "input is not [{m}, {}]", self.cols);
@@ -253,50 +298,50 @@ impl Linear {
         }
     }
 
+    /// Any number of rows on bf16 strips: the inputs rounded to bf16 once, each member on its
+    /// own strips.
+    #[cfg(target_arch = "x86_64")]
+    fn bf16_strips(
+        &self,
+        strips: &super::bf16_strips::Bf16Strips,
+        x: &[f32],
+        m: usize,
+        y: &mut [f32],
+        team: &Team,
+    ) {
+        assert_eq!(y.len(), m * self.rows);
+        // SAFETY: strips are made only where `has_bf16_dot` held.
+        let xb = unsafe { super::linear_avx512::to_bf16(x) };
+        let (out, n, members) = (SendPtr(y.as_mut_ptr()), strips.len(), team.size());
+        team.run(&|tid| {
+            let out = &out;
+            let (s0, s1) = member_rows(n, members, tid);
+            // SAFETY: as above; members own disjoint strips, so disjoint output columns of
+            // `y` (`m * rows` long, asserted).
+            unsafe { strips.product(s0..s1, &xb, m, out.0, self.rows) };
+        });
+    }
+
     /// Many rows: each member runs gemm on its own block of output features (weight rows);
     /// half-precision weights are widened `TILE_ROWS` rows at a time into a member's scratch.
-    fn packed(&self, x: &[f32], m: usize, y: &mut [f32], team: &Team) {
+    fn packed(&self, weight: &WeightData, x: &[f32], m: usize, y: &mut [f32], team: &Team) {
         let (rows, cols) = (self.rows, self.cols);
         assert_eq!(y.len(), m * rows);
         let out = SendPtr(y.as_mut_ptr());
         let members = team.size();
-        #[cfg(target_arch = "x86_64")]
-        if let (WeightData::Bf16(w), true) = (&self.weight, self.bf16_dot && m <= BF16_DOT_MAX_M) {
-            // bf16 weights on a CPU with bf16 dot products: round the inputs to bf16 once (as
-            // llama.cpp does) and multiply at twice f32's rate, without widening weights.
-            // SAFETY: `bf16_dot` held only where `has_bf16_dot` did.
-            let xb = unsafe { super::linear_avx512::to_bf16(x) };
-            team.run(&|tid| {
-                let (j0, j1) = member_rows(rows, members, tid);
-                let out = &out;
-                // SAFETY: `has_bf16_dot` held at construction; rows `j0..j1` of every output
-                // row are inside `y` and owned by this member alone.
-                unsafe {
-                    super::linear_avx512::bf16_dot_rows(
-                        &w[j0 * cols..j1 * cols],
-                        cols,
-                        &xb,
-                        m,
-                        out.0.add(j0),
-                        rows,
-                    );
-                }
-            });
-            return;
-        }
         team.run(&|tid| {
             let (j0, j1) = member_rows(rows, members, tid);
             let out = &out;
             let mut tile = Vec::new();
             // f32 weights need no widening: one product for the member's whole block, so that
             // the input is packed once.
-            let step = match &self.weight {
+            let step = match weight {
                 WeightData::F32(_) => (j1 - j0).max(1),
                 _ => TILE_ROWS,
             };
             for start in (j0..j1).step_by(step) {
                 let n = step.min(j1 - start);
-                let block: &[f32] = match &self.weight {
+                let block: &[f32] = match weight {
                     WeightData::F32(w) => &w[start * cols..(start + n) * cols],
                     WeightData::Bf16(w) => {
                         widen_into(&w[start * cols..(start + n) * cols], &mut tile, self.isa)
@@ -312,17 +357,6 @@ impl Linear {
                 unsafe { gemm_xwt(m, n, cols, x, block, out.0.add(start), rows) };
             }
         });
-    }
-}
-
-fn bf16_dot_available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        super::linear_avx512::has_bf16_dot()
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
     }
 }
 

@@ -11,16 +11,17 @@
 //! of ggml's reference code) are the fallback and the tests' reference. How a product walks
 //! the blocks:
 //!
-//! - **8-bit activations** (generated tokens' rows whatever their number; in `forward`, `m`
-//!   times the activation levels at most `INTEGER_MAX_QROWS`), on CPUs with AVX-512 VNNI and matrices whose parts are all Q4_0, Q4_1, Q5_0, Q5_1, Q8_0,
-//!   Q4_K or Q6_K: the activations are quantized to 8 bits per 32-value block once (two levels
-//!   by default; see `activation_levels`), and each weight row is dotted with them in
-//!   integers: on 16-row strips repacked at load (`quant_strips.rs`; the strips are a copy,
-//!   the blocks as stored stay for the f32 paths; `WAYFINDER_STRIPS=0` keeps the rows as
-//!   stored, `quant_vnni.rs`, `kquant_vnni.rs`); `quant/integer.rs` holds this path. The
-//!   decoder sends generated tokens' rows this way whatever their number
-//!   ([`QuantMatrix::forward_generated`]) and prompt tokens' rows the f32 ways below
-//!   ([`QuantMatrix::forward_prompt`]); see `rows.rs`.
+//! - **8-bit activations** (the rows `forward_generated` is given, whatever their number; in
+//!   `forward`, `m` times the activation levels at most `INTEGER_MAX_QROWS`), on CPUs with
+//!   AVX-512 VNNI and matrices whose parts are all Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K or
+//!   Q6_K: the activations are quantized to 8 bits per 32-value block once (one level inside
+//!   the layers, two at the output head; see `activation_levels`), and each weight row is
+//!   dotted with them in integers: on 16-row strips repacked at load (`quant_strips.rs`; the
+//!   strips are a copy, the blocks as stored stay for the f32 paths; `WAYFINDER_STRIPS=0`
+//!   keeps the rows as stored, `quant_vnni.rs`, `kquant_vnni.rs`); `quant/integer.rs` holds
+//!   this path. The decoder sends every token's row this way by default, prompt tokens' too
+//!   ([`QuantMatrix::forward_generated`]), and prompt tokens' rows the f32 ways below when
+//!   told to ([`QuantMatrix::forward_prompt`]); see `rows.rs`.
 //! - **few rows** otherwise (`m <= SMALL_M`): each weight row is dequantized once into a row
 //!   buffer (a few KiB, in L1) and dotted with every input row in f32.
 //! - **many rows** (prefill, batched decode): each team member dequantizes `TILE_ROWS` of its
@@ -43,7 +44,9 @@ use super::products::{SMALL_M, gemm_xwt, member_rows};
 pub use super::quant_type::QuantType;
 use super::simd::{Isa, dispatch, dot};
 use super::team::{SendPtr, Team};
-use integer::{activation_levels, integer_dot_type, integer_dots_available};
+use integer::{
+    activation_levels, integer_dot_type, integer_dots_available, output_activation_levels,
+};
 
 mod integer;
 
@@ -381,6 +384,13 @@ impl QuantMatrix {
         } else {
             self.many_rows(x, m, y, team, isa);
         }
+    }
+
+    /// This matrix as the model's output projection: two levels of activation quantization
+    /// on the integer path where the layers take one (`output_activation_levels`).
+    pub fn into_output_head(mut self) -> Self {
+        self.activation_levels = output_activation_levels();
+        self
     }
 
     /// Levels of 8-bit activation quantization on the integer path.

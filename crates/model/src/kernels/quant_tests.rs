@@ -180,13 +180,18 @@ fn every_type_matches_a_plain_product_over_awkward_shapes() {
                 parts.push(part(ty, padded, 8, rows - split));
             }
             let w = QuantMatrix::new(cols, parts).expect("layout");
-            for m in [1, 3, 9, 16, 17, SMALL_M, SMALL_M + 1, 40] {
+            // A layer's matrix and an output head (their activation levels differ).
+            let head = w.clone().into_output_head();
+            for (w, m) in [1, 3, 9, 16, 17, SMALL_M, SMALL_M + 1, 40]
+                .into_iter()
+                .flat_map(|m| [(&w, m), (&head, m)])
+            {
                 let x = values(m * cols, 100 + m as u64);
                 let mut y = vec![0f32; m * rows];
                 w.forward(&x, m, &mut y, &team, isa);
                 // Integer kernels multiply the activations as quantized to 8 bits: the
                 // reference takes the same values.
-                let x = as_multiplied(&w, &x, m, cols);
+                let x = as_multiplied(w, &x, m, cols);
                 for i in 0..m {
                     for j in 0..rows {
                         let e: f64 = (0..cols)
@@ -440,7 +445,7 @@ fn grouped_weight_rows_give_the_single_row_products_bit_for_bit() {
 }
 
 #[test]
-fn every_matrix_takes_two_levels_of_activations_by_default() {
+fn layers_take_one_level_of_activations_and_the_output_head_two() {
     if std::env::var_os("WAYFINDER_ACTIVATION_LEVELS").is_some() {
         // Overridden for a comparison run.
         return;
@@ -448,7 +453,11 @@ fn every_matrix_takes_two_levels_of_activations_by_default() {
     let ty = QuantType::Q4_1;
     let w =
         QuantMatrix::new(64, vec![part(ty, quantize(ty, &values(128, 2)), 0, 2)]).expect("layout");
-    assert_eq!(w.activation_levels(), 2);
+    assert_eq!(w.activation_levels(), 1);
+    assert_eq!(w.integer_max_m(), 16);
+    let head = w.into_output_head();
+    assert_eq!(head.activation_levels(), 2);
+    assert_eq!(head.integer_max_m(), 8);
 }
 
 /// Generated tokens' rows take 8-bit activations, each computed bit for bit as it would be

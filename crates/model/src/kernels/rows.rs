@@ -1,11 +1,16 @@
 //! Which rows of a step's activations take which product on quantized weights.
 //!
 //! A product on block-quantized weights can go two ways: the activations rounded to 8 bits and
-//! multiplied in integers (what makes decode fast), or kept in f32 against dequantized weights.
-//! Which way a token's row goes is decided by what the token is, never by how many rows share
-//! its step: prompt tokens take f32, generated tokens 8 bits. So a prompt computes alike
-//! whether the prefix cache supplied most of it (a short suffix) or not (the whole prompt in one
-//! gemm), and a decode token alike whatever else its step carries.
+//! multiplied in integers, or kept in f32 against dequantized weights. Which way a token's row
+//! goes is decided by what the token is, never by how many rows share its step: generated
+//! tokens take 8 bits; prompt tokens take 8 bits too by default (on strips a 512-token Q4_1
+//! prefill ran 1.9× faster than in f32 gemm), or f32 when the decoder is told to
+//! (`WAYFINDER_F32_PROMPTS=1`, for measuring what 8-bit activations cost in fidelity).
+//!
+//! On the integer path each row's sums run in the same order whatever rows share the product,
+//! so a prompt computes bit for bit alike whether the prefix cache supplied most of it (a short
+//! suffix) or not (the whole prompt in one step). The f32 path does not promise that: gemm's
+//! blocking, and with it the order of a row's sums, depends on the number of rows.
 
 use wayfinder_core::Batch;
 

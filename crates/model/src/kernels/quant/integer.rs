@@ -166,18 +166,30 @@ pub(super) unsafe fn integer_rows_dot<const R: usize>(
     }
 }
 
-/// Levels of activation quantization on the integer path: two by default, for every matrix
-/// (8 bits per 32-value block, the rounding's remainder rounded again and multiplied too).
-/// One level (as llama.cpp) is faster, but its rounding turns tiny f32 differences into
-/// different tokens: prompt rows are f32 yet not bit for bit the same whatever the batch (the
-/// prefix cache changes how many rows each prompt product and attention call take), and one
-/// level turned the KV's last-bit differences into a different greedy answer of the real Q4_1
-/// model with and without the cache; at the output projection alone it drifted the Paris
-/// answer. `WAYFINDER_ACTIVATION_LEVELS=1` puts every matrix on one level, for comparing.
+/// Levels of activation quantization on the integer path for a matrix inside the layers: one
+/// (8 bits per 32-value block, as llama.cpp), unless `WAYFINDER_ACTIVATION_LEVELS` says
+/// otherwise for a comparison run. Every row of such a matrix, prompt or generated, takes the
+/// same strips and levels, so a token's result does not depend on its batch and the prefix
+/// cache's outputs equal the uncached ones bit for bit (with f32 prompt rows through gemm they
+/// did not, and one level's rounding turned those last-bit differences into other tokens).
 pub(super) fn activation_levels() -> usize {
+    levels_override().unwrap_or(1)
+}
+
+/// Levels for the output projection: two (the 8-bit rounding's remainder rounded to 8 bits
+/// again and multiplied too), unless `WAYFINDER_ACTIVATION_LEVELS` says otherwise. One level
+/// there drifted the real Q4_1 model's greedy answer to "What is the capital of France?" off
+/// "Paris"; the head is one matrix of ~30, so the second level costs little.
+pub(crate) fn output_activation_levels() -> usize {
+    levels_override().unwrap_or(2)
+}
+
+/// `WAYFINDER_ACTIVATION_LEVELS=1` or `=2`: every matrix on that many levels, for comparing.
+fn levels_override() -> Option<usize> {
     match std::env::var("WAYFINDER_ACTIVATION_LEVELS").as_deref() {
-        Ok("1") => 1,
-        _ => 2,
+        Ok("1") => Some(1),
+        Ok("2") => Some(2),
+        _ => None,
     }
 }
 
