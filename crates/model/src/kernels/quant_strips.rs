@@ -25,8 +25,19 @@
 //! - **bytes** (Q5_0, Q5_1, Q8_0, Q6_K, or a matrix mixing these with nibbles): 8 vectors; in
 //!   vector `g`, row `r`'s 4 bytes are values `4g..4g + 4`.
 //!
-//! Memory: strips cost 36 bytes per 32 values for Q8_0 (34 as stored), 20 for Q4_1 (20),
-//! 24 for Q4_K (18) and 48 for Q6_K (26.25), on top of the blocks as stored.
+//! A matrix of Q4_K and Q6_K parts alone (every matrix of a Q4_K_M file) stores its scales
+//! compactly instead ([`K1`], [`K2`]): each 256 values' `D` and `M` once per row in a group
+//! header, and per block (Q4_K) or 16-value half (Q6_K) the 8-bit multipliers of ggml's
+//! scales, so that `dw = D · a` and `mw = M · c` — exact in f32, the same values as the wide
+//! kinds. Against f32 scales per block this cut a Q4_K strip from 24 to 19 bytes per 32 values
+//! and a Q6_K one from 48 to 37.
+//!
+//! Where every part has the same fixed offset (Q4_0, Q5_0 or Q8_0 alone: `mw = k · dw`) the
+//! offsets are not stored ([`F16S`]).
+//!
+//! Memory: strips cost 34 bytes per 32 values for Q8_0 (34 as stored), 20 for Q4_1 (20), 18
+//! for Q4_0 (18), 19 for Q4_K (18) and 37 for Q6_K (26.25; 24 and 48 where a matrix mixes
+//! them with the 32-value types), on top of the blocks as stored.
 //!
 //! Rows past a part's end in its last strip are zero (scales too) and never written out. The
 //! strips are a copy: the matrix keeps its original blocks for the f32 paths.
@@ -49,19 +60,59 @@ const MAX_N: usize = 16;
 /// Values per block.
 const QK: usize = 32;
 
-/// How a strip block stores its scales: [`F16`] (`dw`, `mw`), [`F32`] (the same, wide), or
+/// How a strip block stores its scales: [`F16`] (`dw`, `mw`), [`F32`] (the same, wide),
 /// [`HALVES`] (f32 `dw` and `mw` for each 16-value half of the block: Q6_K's scales change
-/// every 16 values).
+/// every 16 values), or for matrices of k-quants alone [`K1`] and [`K2`]: `dw = D · a`,
+/// `mw = M · c` with f32 `D` and `M` per row and 256 values (a group header) and 8-bit
+/// multipliers `a`, `c` per row and block ([`K1`]) or per row and half ([`K2`]).
 const F16: u8 = 0;
 const F32: u8 = 1;
 const HALVES: u8 = 2;
+const K1: u8 = 3;
+const K2: u8 = 4;
+/// [`F16`] without the offsets, for matrices whose every part has the same fixed offset
+/// (`mw = k · dw`: Q4_0, Q5_0, Q8_0; `quant_vnni::fixed_offset`).
+const F16S: u8 = 5;
 
 /// Bytes of a strip block's scales and offsets.
 const fn scale_bytes(kind: u8) -> usize {
     match kind {
         F16 => 2 * STRIP * 2,
         F32 => 2 * STRIP * 4,
+        K1 => 2 * STRIP,
+        K2 => 4 * STRIP,
+        F16S => STRIP * 2,
         _ => 4 * STRIP * 4,
+    }
+}
+
+/// Whether blocks of `kind` come in groups of 8 after a header of `D` and `M`.
+const fn grouped(kind: u8) -> bool {
+    matches!(kind, K1 | K2)
+}
+
+/// Bytes of a group header: 16 rows' `D`, then their `M`, as f32.
+const GROUP_HEADER: usize = 2 * STRIP * 4;
+
+/// Blocks per group ([`grouped`] kinds): one k-quant block of 256 values.
+const GROUP: usize = 8;
+
+/// Bytes of a strip of `blocks` blocks of `block_bytes` as `kind` lays them out.
+const fn strip_bytes(kind: u8, blocks: usize, block_bytes: usize) -> usize {
+    if grouped(kind) {
+        blocks * block_bytes + blocks / GROUP * GROUP_HEADER
+    } else {
+        blocks * block_bytes
+    }
+}
+
+/// Where block `b` starts in a strip of `kind`.
+#[inline(always)]
+const fn block_offset(kind: u8, b: usize, block_bytes: usize) -> usize {
+    if grouped(kind) {
+        (b / GROUP) * (GROUP_HEADER + GROUP * block_bytes) + GROUP_HEADER + b % GROUP * block_bytes
+    } else {
+        b * block_bytes
     }
 }
 
@@ -80,6 +131,51 @@ const Q4K_BYTES: usize = 144;
 /// One 32-value block of a row: `dw` and `mw` for each half (equal but for Q6_K) and the
 /// unsigned values `u`.
 type Unpacked = ([f32; 2], [f32; 2], [u8; QK]);
+
+/// One 32-value block of a k-quant row as [`K1`] and [`K2`] store it: `D` and `M` of its 256
+/// values, the multipliers `a` and `c` of each half (`dw = D · a`, `mw = M · c`), and `u`.
+struct KUnpacked {
+    d: f32,
+    m: f32,
+    a: [i8; 2],
+    c: [i8; 2],
+    u: [u8; QK],
+}
+
+/// Block `b` of a Q4_K or Q6_K row in [`KUnpacked`] form: for Q4_K `D = d`, `a` the 6-bit
+/// scale, `M = −dmin`, `c` the 6-bit minimum; for Q6_K `D = d`, `a` each half's 8-bit scale,
+/// `M = −32 · d`, `c = a`. Each `D · a` and `M · c` is exact in f32 (at most 11 + 8 bits of
+/// mantissa), so equal to [`unpack`]'s `dw` and `mw`.
+fn unpack_k(ty: QuantType, row: &[u8], b: usize) -> KUnpacked {
+    if ty == QuantType::Q4K {
+        let block = &row[b / 8 * Q4K_BYTES..][..Q4K_BYTES];
+        let d = f16::from_le_bytes([block[0], block[1]]).to_f32();
+        let dmin = f16::from_le_bytes([block[2], block[3]]).to_f32();
+        let (scale, min) = super::kquant_avx512::scale_min_k4(b % 8, &block[4..16]);
+        let (_, _, u) = unpack_q4k(row, b);
+        // 6-bit scale and minimum: they fit an i8.
+        let (a, c) = (scale as i8, min as i8);
+        return KUnpacked {
+            d,
+            m: -dmin,
+            a: [a; 2],
+            c: [c; 2],
+            u,
+        };
+    }
+    let block = &row[b / 8 * Q6K_BYTES..][..Q6K_BYTES];
+    let (_, _, u) = unpack_q6k(block, b % 8);
+    let d = f16::from_le_bytes([block[208], block[209]]).to_f32();
+    let (h, quarter) = ((b % 8) / 4, (b % 8) % 4);
+    let a = [0, 1].map(|i| block[192 + 8 * h + 2 * quarter + i] as i8);
+    KUnpacked {
+        d,
+        m: -32.0 * d,
+        a,
+        c: a,
+        u,
+    }
+}
 
 /// The block `b` (of 32 values) of a row of `ty`; see `quant_vnni.rs` and [`unpack_q4k`],
 /// [`unpack_q6k`].
@@ -150,9 +246,13 @@ pub(crate) struct PartRows<'a> {
 pub(crate) struct Strips {
     blocks: usize,
     nibbles: bool,
-    /// How the blocks store their scales ([`F16`], [`F32`], [`HALVES`]).
+    /// How the blocks store their scales ([`F16`], [`F32`], [`HALVES`], [`K1`], [`K2`],
+    /// [`F16S`]).
     kind: u8,
-    block_bytes: usize,
+    /// [`F16S`]'s `k` (`mw = k · dw`).
+    offset: f32,
+    /// Bytes per strip: its blocks and, for [`grouped`] kinds, a header per 8 blocks.
+    strip_bytes: usize,
     data: Vec<u8>,
     /// Each strip's first output row and how many of its rows are real.
     strips: Vec<(usize, usize)>,
@@ -161,7 +261,8 @@ pub(crate) struct Strips {
 impl Strips {
     /// Repacks `parts` (each of a type [`supports`] accepts, `cols` a multiple of 32); `None`
     /// when a part's type has no strips or a scale does not survive f16 (a Q4_0 or Q5_0
-    /// offset beyond f16's range), and the matrix keeps the row kernels.
+    /// offset beyond f16's range, in a matrix that stores offsets), and the matrix keeps the
+    /// row kernels.
     ///
     /// # Safety
     /// The CPU must pass `quant_vnni::available`.
@@ -176,23 +277,31 @@ impl Strips {
         let nibbles = parts
             .iter()
             .all(|p| matches!(p.ty, QuantType::Q4_0 | QuantType::Q4_1 | QuantType::Q4K));
-        let kind = if parts.iter().any(|p| p.ty == QuantType::Q6K) {
-            HALVES
-        } else if parts.iter().any(k_quant) {
-            F32
-        } else {
-            F16
+        let any_q6k = parts.iter().any(|p| p.ty == QuantType::Q6K);
+        let offsets: Vec<_> = parts
+            .iter()
+            .map(|p| super::quant_vnni::fixed_offset(p.ty))
+            .collect();
+        let fixed = offsets[0].filter(|_| offsets.iter().all(|o| *o == offsets[0]));
+        let kind = match (parts.iter().all(k_quant), any_q6k) {
+            (true, true) => K2,
+            (true, false) => K1,
+            (false, true) => HALVES,
+            (false, false) if parts.iter().any(k_quant) => F32,
+            (false, false) if fixed.is_some() => F16S,
+            (false, false) => F16,
         };
         let blocks = cols / QK;
         let scales = scale_bytes(kind);
         let block_bytes = scales + STRIP * if nibbles { QK / 2 } else { QK };
+        let strip_bytes = strip_bytes(kind, blocks, block_bytes);
         let mut strips = Vec::new();
         for p in parts {
             for r0 in (0..p.rows).step_by(STRIP) {
                 strips.push((p.first + r0, STRIP.min(p.rows - r0)));
             }
         }
-        let mut data = vec![0u8; strips.len() * blocks * block_bytes];
+        let mut data = vec![0u8; strips.len() * strip_bytes];
         let mut s = 0;
         for p in parts {
             let row_bytes = cols / p.ty.block_values() * p.ty.block_bytes();
@@ -201,10 +310,27 @@ impl Strips {
                 "part shorter than its rows"
             );
             for r0 in (0..p.rows).step_by(STRIP) {
-                let strip = &mut data[s * blocks * block_bytes..(s + 1) * blocks * block_bytes];
+                let strip = &mut data[s * strip_bytes..(s + 1) * strip_bytes];
                 for r in 0..STRIP.min(p.rows - r0) {
                     let row = &p.bytes[(r0 + r) * row_bytes..(r0 + r + 1) * row_bytes];
-                    for (b, out) in strip.chunks_exact_mut(block_bytes).enumerate() {
+                    for b in 0..blocks {
+                        let at = block_offset(kind, b, block_bytes);
+                        if grouped(kind) {
+                            let k = unpack_k(p.ty, row, b);
+                            let header = &mut strip[at - b % GROUP * block_bytes - GROUP_HEADER..];
+                            header[4 * r..4 * r + 4].copy_from_slice(&k.d.to_le_bytes());
+                            header[4 * (STRIP + r)..4 * (STRIP + r) + 4]
+                                .copy_from_slice(&k.m.to_le_bytes());
+                            let out = &mut strip[at..at + block_bytes];
+                            let halves = if kind == K2 { 2 } else { 1 };
+                            for h in 0..halves {
+                                out[STRIP * h + r] = k.a[h] as u8;
+                                out[STRIP * (halves + h) + r] = k.c[h] as u8;
+                            }
+                            place_values(&mut out[scales..], r, &k.u, nibbles);
+                            continue;
+                        }
+                        let out = &mut strip[at..at + block_bytes];
                         // SAFETY: the caller vouches for the CPU; `supports` checked the type;
                         // the row holds `cols / 32` blocks of 32 values.
                         let (dw, mw, u) = unsafe { unpack(p.ty, row, b) };
@@ -221,7 +347,8 @@ impl Strips {
             blocks,
             nibbles,
             kind,
-            block_bytes,
+            offset: fixed.unwrap_or(0.0),
+            strip_bytes,
             data,
             strips,
         })
@@ -253,8 +380,7 @@ impl Strips {
     pub(crate) unsafe fn dot(&self, s: usize, x: &Q8Rows, out: &mut [[f32; STRIP]]) {
         assert_eq!(x.blocks(), self.blocks, "activations of another width");
         assert_eq!(out.len(), x.rows(), "one output row per activation row");
-        let base =
-            &self.data[s * self.blocks * self.block_bytes..][..self.blocks * self.block_bytes];
+        let base = &self.data[s * self.strip_bytes..][..self.strip_bytes];
         let mut j0 = 0;
         while j0 < out.len() {
             let n = match out.len() - j0 {
@@ -268,12 +394,35 @@ impl Strips {
             // `blocks` blocks (asserted); the CPU features are the caller's promise.
             unsafe {
                 match (self.nibbles, self.kind) {
-                    (true, F16) => strip_dot_n::<true, F16>(base, self.blocks, x, j0, o),
-                    (true, F32) => strip_dot_n::<true, F32>(base, self.blocks, x, j0, o),
-                    (false, F16) => strip_dot_n::<false, F16>(base, self.blocks, x, j0, o),
-                    (false, F32) => strip_dot_n::<false, F32>(base, self.blocks, x, j0, o),
+                    (true, F16) => {
+                        strip_dot_n::<true, F16>(base, self.blocks, self.offset, x, j0, o)
+                    }
+                    (true, F32) => {
+                        strip_dot_n::<true, F32>(base, self.blocks, self.offset, x, j0, o)
+                    }
+                    (false, F16) => {
+                        strip_dot_n::<false, F16>(base, self.blocks, self.offset, x, j0, o)
+                    }
+                    (false, F32) => {
+                        strip_dot_n::<false, F32>(base, self.blocks, self.offset, x, j0, o)
+                    }
+                    (true, K1) => strip_dot_n::<true, K1>(base, self.blocks, self.offset, x, j0, o),
+                    (false, K1) => {
+                        strip_dot_n::<false, K1>(base, self.blocks, self.offset, x, j0, o)
+                    }
+                    (false, K2) => {
+                        strip_dot_n::<false, K2>(base, self.blocks, self.offset, x, j0, o)
+                    }
+                    (true, F16S) => {
+                        strip_dot_n::<true, F16S>(base, self.blocks, self.offset, x, j0, o)
+                    }
+                    (false, F16S) => {
+                        strip_dot_n::<false, F16S>(base, self.blocks, self.offset, x, j0, o)
+                    }
                     // Q6_K's 6-bit values never make a nibble strip.
-                    (_, _) => strip_dot_n::<false, HALVES>(base, self.blocks, x, j0, o),
+                    (_, _) => {
+                        strip_dot_n::<false, HALVES>(base, self.blocks, self.offset, x, j0, o)
+                    }
                 }
             }
             j0 += n;
@@ -304,11 +453,19 @@ fn place_scales(scales: &mut [u8], r: usize, dw: [f32; 2], mw: [f32; 2], kind: u
         put(1, mw);
         return true;
     }
-    let (dh, mh) = (f16::from_f32(dw), f16::from_f32(mw));
-    if dh.to_f32() != dw || mh.to_f32() != mw {
+    let dh = f16::from_f32(dw);
+    if dh.to_f32() != dw {
         return false;
     }
     scales[2 * r..2 * r + 2].copy_from_slice(&dh.to_le_bytes());
+    if kind == F16S {
+        // `mw` is `k · dw`, made in the kernel.
+        return true;
+    }
+    let mh = f16::from_f32(mw);
+    if mh.to_f32() != mw {
+        return false;
+    }
     scales[2 * STRIP + 2 * r..2 * STRIP + 2 * r + 2].copy_from_slice(&mh.to_le_bytes());
     true
 }
@@ -320,6 +477,7 @@ fn place_scales(scales: &mut [u8], r: usize, dw: [f32; 2], mw: [f32; 2], kind: u
 unsafe fn strip_dot_n<const NIBBLES: bool, const KIND: u8>(
     base: &[u8],
     blocks: usize,
+    offset: f32,
     x: &Q8Rows,
     j0: usize,
     out: &mut [[f32; STRIP]],
@@ -327,11 +485,11 @@ unsafe fn strip_dot_n<const NIBBLES: bool, const KIND: u8>(
     // SAFETY: forwarded from the caller.
     unsafe {
         match out.len() {
-            MAX_N => strip_dot::<NIBBLES, KIND, 16>(base, blocks, x, j0, out),
-            8 => strip_dot::<NIBBLES, KIND, 8>(base, blocks, x, j0, out),
-            4 => strip_dot::<NIBBLES, KIND, 4>(base, blocks, x, j0, out),
-            2 => strip_dot::<NIBBLES, KIND, 2>(base, blocks, x, j0, out),
-            _ => strip_dot::<NIBBLES, KIND, 1>(base, blocks, x, j0, out),
+            MAX_N => strip_dot::<NIBBLES, KIND, 16>(base, blocks, offset, x, j0, out),
+            8 => strip_dot::<NIBBLES, KIND, 8>(base, blocks, offset, x, j0, out),
+            4 => strip_dot::<NIBBLES, KIND, 4>(base, blocks, offset, x, j0, out),
+            2 => strip_dot::<NIBBLES, KIND, 2>(base, blocks, offset, x, j0, out),
+            _ => strip_dot::<NIBBLES, KIND, 1>(base, blocks, offset, x, j0, out),
         }
     }
 }
@@ -359,17 +517,19 @@ fn place_values(values: &mut [u8], r: usize, u: &[u8; QK], nibbles: bool) {
 unsafe fn strip_dot<const NIBBLES: bool, const KIND: u8, const N: usize>(
     base: &[u8],
     blocks: usize,
+    offset: f32,
     x: &Q8Rows,
     j0: usize,
     out: &mut [[f32; STRIP]],
 ) {
-    let block_bytes = base.len() / blocks;
+    let block_bytes = scale_bytes(KIND) + STRIP * if NIBBLES { QK / 2 } else { QK };
+    debug_assert_eq!(base.len(), strip_bytes(KIND, blocks, block_bytes));
     let mut acc = [_mm512_setzero_ps(); N];
     // SAFETY: each block of `base` is `block_bytes` long: scales, offsets and 4 or 8 value
     // vectors; rows `j0..j0 + N` of `x` hold `blocks` blocks of 32 bytes.
     unsafe {
         for b in 0..blocks {
-            let p = base.as_ptr().add(b * block_bytes);
+            let p = base.as_ptr().add(block_offset(KIND, b, block_bytes));
             _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH_BYTES).cast());
             // `dw` and `mw` of the block (`[0]`), and for HALVES of its second half (`[1]`).
             let f32s = |i: usize| _mm512_loadu_ps(p.add(4 * STRIP * i).cast());
@@ -380,6 +540,30 @@ unsafe fn strip_dot<const NIBBLES: bool, const KIND: u8, const N: usize>(
                     ([dw, dw], [mw, mw])
                 }
                 F32 => ([f32s(0), f32s(0)], [f32s(1), f32s(1)]),
+                F16S => {
+                    let dw = _mm512_cvtph_ps(_mm256_loadu_si256(p.cast()));
+                    let mw = _mm512_mul_ps(dw, _mm512_set1_ps(offset));
+                    ([dw, dw], [mw, mw])
+                }
+                K1 | K2 => {
+                    // The group's `D` and `M` (in L1 after its first block), times each
+                    // block's (or half's) 8-bit multipliers.
+                    let header = p.sub(b % GROUP * block_bytes + GROUP_HEADER);
+                    let (d, m) = (
+                        _mm512_loadu_ps(header.cast()),
+                        _mm512_loadu_ps(header.add(4 * STRIP).cast()),
+                    );
+                    let times = |i: usize, v: __m512| {
+                        let bytes = _mm_loadu_si128(p.add(STRIP * i).cast());
+                        _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(bytes)), v)
+                    };
+                    if KIND == K1 {
+                        let (dw, mw) = (times(0, d), times(1, m));
+                        ([dw, dw], [mw, mw])
+                    } else {
+                        ([times(0, d), times(1, d)], [times(2, m), times(3, m)])
+                    }
+                }
                 _ => ([f32s(0), f32s(1)], [f32s(2), f32s(3)]),
             };
             let vals = p.add(scale_bytes(KIND));
@@ -401,7 +585,7 @@ unsafe fn strip_dot<const NIBBLES: bool, const KIND: u8, const N: usize>(
                 let q = x.qs_at(row, b).cast::<i32>();
                 let xb = row * blocks + b;
                 let dx = _mm512_set1_ps(*x.d.get_unchecked(xb));
-                if KIND == HALVES {
+                if KIND == HALVES || KIND == K2 {
                     // Each half's sum on its own scale and offset.
                     let mut dot = [_mm512_setzero_si512(); 2];
                     for (g, w) in w.iter().enumerate() {
@@ -461,6 +645,8 @@ mod tests {
         for (cols, types) in [
             (7 * 32, &[QuantType::Q4_1, QuantType::Q4_0][..]),
             (7 * 32, &[QuantType::Q8_0]),
+            (7 * 32, &[QuantType::Q4_0]),
+            (7 * 32, &[QuantType::Q5_0]),
             (7 * 32, &[QuantType::Q5_0, QuantType::Q5_1]),
             (7 * 32, &[QuantType::Q4_1, QuantType::Q8_0]),
             (2 * 256, &[QuantType::Q4K]),

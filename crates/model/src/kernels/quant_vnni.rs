@@ -102,6 +102,21 @@ pub(crate) unsafe fn unpack_block(ty: QuantType, p: &[u8]) -> (f32, f32, [u8; QK
     }
 }
 
+/// `k` where `ty`'s offset is `mw = k · dw` (Q4_0, Q5_0, Q8_0: values stored unsigned around
+/// a fixed middle); `None` where each block stores its own (Q4_1, Q5_1) or `ty` is another type.
+pub(crate) fn fixed_offset(ty: QuantType) -> Option<f32> {
+    let k = |o: Offset| match o {
+        Offset::Times(k) => Some(k),
+        Offset::Minimum => None,
+    };
+    match ty {
+        QuantType::Q4_0 => k(Q4_0::OFFSET),
+        QuantType::Q5_0 => k(Q5_0::OFFSET),
+        QuantType::Q8_0 => k(Q8_0::OFFSET),
+        _ => None,
+    }
+}
+
 /// Where a block format's offset `mw` comes from.
 enum Offset {
     /// The f16 stored after the scale (Q4_1, Q5_1).
