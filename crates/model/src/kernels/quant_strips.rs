@@ -14,30 +14,30 @@
 //! rows; each output row's sum runs in the same order whatever the other rows, so a row's
 //! result does not depend on which rows share its product.
 //!
-//! A strip's block: 16 scales `dw`, 16 offsets `mw` (see `quant_vnni.rs`: a block's product
-//! is `dw · d · Σ u·q + mw · d · Σq`), stored as [`F16`], or [`F32`] where a part is Q4_K (a
-//! sub-block's `d · scale` needs up to 17 bits of mantissa), or [`HALVES`] where a part is
-//! Q6_K (f32 `dw` and `mw` for each 16-value half, whose sums then take their own scale and
-//! the activations' `d · Σq` of that half); then the unsigned values `u`:
-//! - **nibbles** (Q4_0, Q4_1, Q4_K: `u` < 16): 4 vectors of 64 bytes; in vector `v`, row
-//!   `r`'s 4 bytes hold values `8v + t` (low nibble) and `8v + 4 + t` (high nibble), `t < 4`
-//!   — the same 16 bytes per row as ggml's;
-//! - **bytes** (Q5_0, Q5_1, Q8_0, Q6_K, or a matrix mixing these with nibbles): 8 vectors; in
-//!   vector `g`, row `r`'s 4 bytes are values `4g..4g + 4`.
+//! Each part of a matrix (q, k and v may differ in type) has its own strips, laid out for its
+//! type. A strip's block: the scales, then the unsigned values `u` (see `quant_vnni.rs`: a
+//! block's product is `dw · d · Σ u·q + mw · d · Σq`). Scales:
+//! - [`F16`] (Q4_1, Q5_1): 16 rows' `dw`, then their `mw`, as f16;
+//! - [`F16S`] (Q4_0, Q5_0, Q8_0): `dw` alone; the type's offset is `mw = k · dw`;
+//! - [`K1`] (Q4_K), [`K2`] (Q6_K): each 256 values' `D` and `M` once per row in a group
+//!   header (f32), and per block (Q4_K) or 16-value half (Q6_K, whose sums then take their own
+//!   scale and the activations' `d · Σq` of that half) 8-bit multipliers of ggml's scales, so
+//!   that `dw = D · a` and `mw = M · c`, exact in f32.
 //!
-//! A matrix of Q4_K and Q6_K parts alone (every matrix of a Q4_K_M file) stores its scales
-//! compactly instead ([`K1`], [`K2`]): each 256 values' `D` and `M` once per row in a group
-//! header, and per block (Q4_K) or 16-value half (Q6_K) the 8-bit multipliers of ggml's
-//! scales, so that `dw = D · a` and `mw = M · c` — exact in f32, the same values as the wide
-//! kinds. Against f32 scales per block this cut a Q4_K strip from 24 to 19 bytes per 32 values
-//! and a Q6_K one from 48 to 37.
+//! Values:
+//! - **nibbles** ([`NIB`]: Q4_0, Q4_1, Q4_K, `u` < 16): 4 vectors of 64 bytes; in vector `v`,
+//!   row `r`'s 4 bytes hold values `8v + t` (low nibble) and `8v + 4 + t` (high nibble),
+//!   `t < 4` — the same 16 bytes per row as ggml's;
+//! - **nibbles and a fifth bit** ([`NIB5`]: Q5_0, Q5_1, `u` < 32): the same nibbles, then 8
+//!   masks of 64 bits, mask `g`'s bit `4r + t` the fifth bit of row `r`'s value `4g + t`;
+//! - **bytes** ([`BYTES`]: Q8_0, Q6_K): 8 vectors; in vector `g`, row `r`'s 4 bytes are values
+//!   `4g..4g + 4`.
 //!
-//! Where every part has the same fixed offset (Q4_0, Q5_0 or Q8_0 alone: `mw = k · dw`) the
-//! offsets are not stored ([`F16S`]).
-//!
-//! Memory: strips cost 34 bytes per 32 values for Q8_0 (34 as stored), 20 for Q4_1 (20), 18
-//! for Q4_0 (18), 19 for Q4_K (18) and 37 for Q6_K (26.25; 24 and 48 where a matrix mixes
-//! them with the 32-value types), on top of the blocks as stored.
+//! Memory: strips cost, per 32 values, 34 bytes for Q8_0 (34 as stored), 18 for Q4_0 (18), 20
+//! for Q4_1 (20), 22 for Q5_0 (22), 24 for Q5_1 (24), 19 for Q4_K (18) and 37 for Q6_K
+//! (26.25), on top of the blocks as stored. Against f32 scales per block and bytes for every
+//! type but the 4-bit ones (the layout until 2026-12-02), a Q4_K_M file of SmolLM2-135M (Q5_0
+//! and Q8_0 where its 576 columns rule out k-quants) went from 254 to ~210 MB of weights.
 //!
 //! Rows past a part's end in its last strip are zero (scales too) and never written out. The
 //! strips are a copy: the matrix keeps its original blocks for the f32 paths.
@@ -60,29 +60,55 @@ const MAX_N: usize = 16;
 /// Values per block.
 const QK: usize = 32;
 
-/// How a strip block stores its scales: [`F16`] (`dw`, `mw`), [`F32`] (the same, wide),
-/// [`HALVES`] (f32 `dw` and `mw` for each 16-value half of the block: Q6_K's scales change
-/// every 16 values), or for matrices of k-quants alone [`K1`] and [`K2`]: `dw = D · a`,
-/// `mw = M · c` with f32 `D` and `M` per row and 256 values (a group header) and 8-bit
-/// multipliers `a`, `c` per row and block ([`K1`]) or per row and half ([`K2`]).
+/// How a strip block stores its scales: [`F16`] (`dw`, `mw`), [`F16S`] (`dw` alone, where a
+/// type's offset is `mw = k · dw`: Q4_0, Q5_0, Q8_0; `quant_vnni::fixed_offset`), or for the
+/// k-quants [`K1`] (Q4_K) and [`K2`] (Q6_K): `dw = D · a`, `mw = M · c` with f32 `D` and `M`
+/// per row and 256 values (a group header) and 8-bit multipliers `a`, `c` per row and block
+/// ([`K1`]) or per row and 16-value half ([`K2`]).
 const F16: u8 = 0;
-const F32: u8 = 1;
-const HALVES: u8 = 2;
-const K1: u8 = 3;
-const K2: u8 = 4;
-/// [`F16`] without the offsets, for matrices whose every part has the same fixed offset
-/// (`mw = k · dw`: Q4_0, Q5_0, Q8_0; `quant_vnni::fixed_offset`).
-const F16S: u8 = 5;
+const F16S: u8 = 1;
+const K1: u8 = 2;
+const K2: u8 = 3;
+
+/// How a strip block stores its values `u`: [`NIB`] (4 vectors of nibbles), [`NIB5`] (the same
+/// and 8 masks of each value's fifth bit), [`BYTES`] (8 vectors); see the module docs.
+const NIB: u8 = 0;
+const NIB5: u8 = 1;
+const BYTES: u8 = 2;
+
+/// The scales and values layout of a part of `ty`.
+fn layout_of(ty: QuantType) -> (u8, u8) {
+    let kind = match ty {
+        QuantType::Q4K => K1,
+        QuantType::Q6K => K2,
+        t if super::quant_vnni::fixed_offset(t).is_some() => F16S,
+        _ => F16,
+    };
+    let values = match ty {
+        QuantType::Q4_0 | QuantType::Q4_1 | QuantType::Q4K => NIB,
+        QuantType::Q5_0 | QuantType::Q5_1 => NIB5,
+        _ => BYTES,
+    };
+    (kind, values)
+}
+
+/// Bytes of a strip block's values.
+const fn value_bytes(values: u8) -> usize {
+    STRIP
+        * match values {
+            NIB => QK / 2,
+            NIB5 => QK / 2 + QK / 8,
+            _ => QK,
+        }
+}
 
 /// Bytes of a strip block's scales and offsets.
 const fn scale_bytes(kind: u8) -> usize {
     match kind {
         F16 => 2 * STRIP * 2,
-        F32 => 2 * STRIP * 4,
-        K1 => 2 * STRIP,
-        K2 => 4 * STRIP,
         F16S => STRIP * 2,
-        _ => 4 * STRIP * 4,
+        K1 => 2 * STRIP,
+        _ => 4 * STRIP,
     }
 }
 
@@ -124,13 +150,8 @@ pub(crate) fn supports(ty: QuantType) -> bool {
 /// Q6_K's bytes per 256-value block.
 const Q6K_BYTES: usize = 210;
 
-/// Values per Q4_K block and its bytes.
-const Q4K_VALUES: usize = 256;
+/// Q4_K's bytes per 256-value block.
 const Q4K_BYTES: usize = 144;
-
-/// One 32-value block of a row: `dw` and `mw` for each half (equal but for Q6_K) and the
-/// unsigned values `u`.
-type Unpacked = ([f32; 2], [f32; 2], [u8; QK]);
 
 /// One 32-value block of a k-quant row as [`K1`] and [`K2`] store it: `D` and `M` of its 256
 /// values, the multipliers `a` and `c` of each half (`dw = D · a`, `mw = M · c`), and `u`.
@@ -177,30 +198,10 @@ fn unpack_k(ty: QuantType, row: &[u8], b: usize) -> KUnpacked {
     }
 }
 
-/// The block `b` (of 32 values) of a row of `ty`; see `quant_vnni.rs` and [`unpack_q4k`],
-/// [`unpack_q6k`].
-///
-/// # Safety
-/// The CPU must pass `quant_vnni::available`; `row` must hold block `b`.
-unsafe fn unpack(ty: QuantType, row: &[u8], b: usize) -> Unpacked {
-    match ty {
-        QuantType::Q4K => {
-            let (dw, mw, u) = unpack_q4k(row, b);
-            ([dw; 2], [mw; 2], u)
-        }
-        QuantType::Q6K => unpack_q6k(&row[b / 8 * Q6K_BYTES..][..Q6K_BYTES], b % 8),
-        _ => {
-            // SAFETY: forwarded from the caller.
-            let (dw, mw, u) = unsafe { unpack_block(ty, &row[b * ty.block_bytes()..]) };
-            ([dw; 2], [mw; 2], u)
-        }
-    }
-}
-
 /// Q6_K's values `32c..32c + 32` of `block` (ggml's `dequantize_row_q6_K`): half `h = c / 4`,
 /// quarter `c % 4`; `u` is the 6-bit value (low nibble from `ql`, two high bits from `qh`),
 /// `dw = d · scale` per 16 values and `mw = −32 · dw` (values are `u − 32`).
-fn unpack_q6k(block: &[u8], c: usize) -> Unpacked {
+fn unpack_q6k(block: &[u8], c: usize) -> ([f32; 2], [f32; 2], [u8; QK]) {
     let (h, quarter) = (c / 4, c % 4);
     let ql = &block[64 * h + 32 * (quarter % 2)..][..32];
     let qh = &block[128 + 32 * h..][..32];
@@ -241,132 +242,53 @@ pub(crate) struct PartRows<'a> {
     pub(crate) first: usize,
 }
 
-/// A matrix's rows in strips; see the module docs.
+/// A matrix's rows in strips, each part's laid out for its type; see the module docs.
 #[derive(Debug)]
 pub(crate) struct Strips {
-    blocks: usize,
-    nibbles: bool,
-    /// How the blocks store their scales ([`F16`], [`F32`], [`HALVES`], [`K1`], [`K2`],
-    /// [`F16S`]).
-    kind: u8,
-    /// [`F16S`]'s `k` (`mw = k · dw`).
-    offset: f32,
-    /// Bytes per strip: its blocks and, for [`grouped`] kinds, a header per 8 blocks.
-    strip_bytes: usize,
-    data: Vec<u8>,
-    /// Each strip's first output row and how many of its rows are real.
-    strips: Vec<(usize, usize)>,
+    parts: Vec<PartStrips>,
+    /// Each part's first strip.
+    starts: Vec<usize>,
 }
 
 impl Strips {
-    /// Repacks `parts` (each of a type [`supports`] accepts, `cols` a multiple of 32); `None`
-    /// when a part's type has no strips or a scale does not survive f16 (a Q4_0 or Q5_0
-    /// offset beyond f16's range, in a matrix that stores offsets), and the matrix keeps the
-    /// row kernels.
+    /// Repacks `parts` (each of a type [`supports`] accepts, `cols` a multiple of 32, of 256
+    /// for the k-quants); `None` when a part cannot be (another type, or a Q4_1 or Q5_1
+    /// offset that f16 would change), and the matrix keeps the row kernels.
     ///
     /// # Safety
     /// The CPU must pass `quant_vnni::available`.
     pub(crate) unsafe fn new(parts: &[PartRows<'_>], cols: usize) -> Option<Self> {
-        if parts.iter().any(|p| !supports(p.ty)) || !cols.is_multiple_of(QK) {
-            return None;
-        }
-        let k_quant = |p: &PartRows<'_>| matches!(p.ty, QuantType::Q4K | QuantType::Q6K);
-        if parts.iter().any(k_quant) && !cols.is_multiple_of(Q4K_VALUES) {
-            return None;
-        }
-        let nibbles = parts
-            .iter()
-            .all(|p| matches!(p.ty, QuantType::Q4_0 | QuantType::Q4_1 | QuantType::Q4K));
-        let any_q6k = parts.iter().any(|p| p.ty == QuantType::Q6K);
-        let offsets: Vec<_> = parts
-            .iter()
-            .map(|p| super::quant_vnni::fixed_offset(p.ty))
-            .collect();
-        let fixed = offsets[0].filter(|_| offsets.iter().all(|o| *o == offsets[0]));
-        let kind = match (parts.iter().all(k_quant), any_q6k) {
-            (true, true) => K2,
-            (true, false) => K1,
-            (false, true) => HALVES,
-            (false, false) if parts.iter().any(k_quant) => F32,
-            (false, false) if fixed.is_some() => F16S,
-            (false, false) => F16,
-        };
-        let blocks = cols / QK;
-        let scales = scale_bytes(kind);
-        let block_bytes = scales + STRIP * if nibbles { QK / 2 } else { QK };
-        let strip_bytes = strip_bytes(kind, blocks, block_bytes);
-        let mut strips = Vec::new();
+        let (mut all, mut starts, mut n) = (Vec::new(), Vec::new(), 0);
         for p in parts {
-            for r0 in (0..p.rows).step_by(STRIP) {
-                strips.push((p.first + r0, STRIP.min(p.rows - r0)));
-            }
+            // SAFETY: forwarded from the caller.
+            let strips = unsafe { PartStrips::new(p, cols) }?;
+            starts.push(n);
+            n += strips.len();
+            all.push(strips);
         }
-        let mut data = vec![0u8; strips.len() * strip_bytes];
-        let mut s = 0;
-        for p in parts {
-            let row_bytes = cols / p.ty.block_values() * p.ty.block_bytes();
-            assert!(
-                p.bytes.len() >= p.rows * row_bytes,
-                "part shorter than its rows"
-            );
-            for r0 in (0..p.rows).step_by(STRIP) {
-                let strip = &mut data[s * strip_bytes..(s + 1) * strip_bytes];
-                for r in 0..STRIP.min(p.rows - r0) {
-                    let row = &p.bytes[(r0 + r) * row_bytes..(r0 + r + 1) * row_bytes];
-                    for b in 0..blocks {
-                        let at = block_offset(kind, b, block_bytes);
-                        if grouped(kind) {
-                            let k = unpack_k(p.ty, row, b);
-                            let header = &mut strip[at - b % GROUP * block_bytes - GROUP_HEADER..];
-                            header[4 * r..4 * r + 4].copy_from_slice(&k.d.to_le_bytes());
-                            header[4 * (STRIP + r)..4 * (STRIP + r) + 4]
-                                .copy_from_slice(&k.m.to_le_bytes());
-                            let out = &mut strip[at..at + block_bytes];
-                            let halves = if kind == K2 { 2 } else { 1 };
-                            for h in 0..halves {
-                                out[STRIP * h + r] = k.a[h] as u8;
-                                out[STRIP * (halves + h) + r] = k.c[h] as u8;
-                            }
-                            place_values(&mut out[scales..], r, &k.u, nibbles);
-                            continue;
-                        }
-                        let out = &mut strip[at..at + block_bytes];
-                        // SAFETY: the caller vouches for the CPU; `supports` checked the type;
-                        // the row holds `cols / 32` blocks of 32 values.
-                        let (dw, mw, u) = unsafe { unpack(p.ty, row, b) };
-                        if !place_scales(&mut out[..scales], r, dw, mw, kind) {
-                            return None;
-                        }
-                        place_values(&mut out[scales..], r, &u, nibbles);
-                    }
-                }
-                s += 1;
-            }
-        }
-        Some(Self {
-            blocks,
-            nibbles,
-            kind,
-            offset: fixed.unwrap_or(0.0),
-            strip_bytes,
-            data,
-            strips,
-        })
+        Some(Self { parts: all, starts })
     }
 
     /// Strips held.
     pub(crate) fn len(&self) -> usize {
-        self.strips.len()
+        self.parts.iter().map(PartStrips::len).sum()
+    }
+
+    /// The part holding strip `s`, and `s` within it.
+    fn find(&self, s: usize) -> (&PartStrips, usize) {
+        let i = self.starts.partition_point(|&start| start <= s) - 1;
+        (&self.parts[i], s - self.starts[i])
     }
 
     /// Strip `s`'s first output row and real rows.
     pub(crate) fn rows_of(&self, s: usize) -> (usize, usize) {
-        self.strips[s]
+        let (part, s) = self.find(s);
+        part.strips[s]
     }
 
     /// Bytes held.
     pub(crate) fn size_in_bytes(&self) -> usize {
-        self.data.len()
+        self.parts.iter().map(|p| p.data.len()).sum()
     }
 
     /// `out[j][r] = Σ_k x[j, k] · w[r0 + r, k]` for strip `s` (first row `r0`) and every row
@@ -378,6 +300,107 @@ impl Strips {
     /// # Panics
     /// If `x` does not have this matrix's columns or `out` is not one row per row of `x`.
     pub(crate) unsafe fn dot(&self, s: usize, x: &Q8Rows, out: &mut [[f32; STRIP]]) {
+        let (part, s) = self.find(s);
+        // SAFETY: forwarded from the caller.
+        unsafe { part.dot(s, x, out) }
+    }
+}
+
+/// One part's rows in strips.
+#[derive(Debug)]
+struct PartStrips {
+    blocks: usize,
+    /// How the blocks store their values ([`NIB`], [`NIB5`], [`BYTES`]).
+    values: u8,
+    /// How the blocks store their scales ([`F16`], [`F16S`], [`K1`], [`K2`]).
+    kind: u8,
+    /// [`F16S`]'s `k` (`mw = k · dw`).
+    offset: f32,
+    /// Bytes per strip: its blocks and, for [`grouped`] kinds, a header per 8 blocks.
+    strip_bytes: usize,
+    data: Vec<u8>,
+    /// Each strip's first output row and how many of its rows are real.
+    strips: Vec<(usize, usize)>,
+}
+
+impl PartStrips {
+    /// The strips of part `p`; see [`Strips::new`].
+    ///
+    /// # Safety
+    /// As [`Strips::new`].
+    unsafe fn new(p: &PartRows<'_>, cols: usize) -> Option<Self> {
+        if !supports(p.ty) || !cols.is_multiple_of(p.ty.block_values()) {
+            return None;
+        }
+        let (kind, values) = layout_of(p.ty);
+        let offset = super::quant_vnni::fixed_offset(p.ty).unwrap_or(0.0);
+        let blocks = cols / QK;
+        let scales = scale_bytes(kind);
+        let block_bytes = scales + value_bytes(values);
+        let strip_bytes = strip_bytes(kind, blocks, block_bytes);
+        let strips: Vec<_> = (0..p.rows)
+            .step_by(STRIP)
+            .map(|r0| (p.first + r0, STRIP.min(p.rows - r0)))
+            .collect();
+        let mut data = vec![0u8; strips.len() * strip_bytes];
+        let row_bytes = cols / p.ty.block_values() * p.ty.block_bytes();
+        assert!(
+            p.bytes.len() >= p.rows * row_bytes,
+            "part shorter than its rows"
+        );
+        for (s, strip) in data.chunks_exact_mut(strip_bytes).enumerate() {
+            let r0 = s * STRIP;
+            for r in 0..STRIP.min(p.rows - r0) {
+                let row = &p.bytes[(r0 + r) * row_bytes..(r0 + r + 1) * row_bytes];
+                for b in 0..blocks {
+                    let at = block_offset(kind, b, block_bytes);
+                    if grouped(kind) {
+                        let k = unpack_k(p.ty, row, b);
+                        let header = &mut strip[at - b % GROUP * block_bytes - GROUP_HEADER..];
+                        header[4 * r..4 * r + 4].copy_from_slice(&k.d.to_le_bytes());
+                        header[4 * (STRIP + r)..4 * (STRIP + r) + 4]
+                            .copy_from_slice(&k.m.to_le_bytes());
+                        let out = &mut strip[at..at + block_bytes];
+                        let halves = if kind == K2 { 2 } else { 1 };
+                        for h in 0..halves {
+                            out[STRIP * h + r] = k.a[h] as u8;
+                            out[STRIP * (halves + h) + r] = k.c[h] as u8;
+                        }
+                        place_values(&mut out[scales..], r, &k.u, values);
+                        continue;
+                    }
+                    let out = &mut strip[at..at + block_bytes];
+                    // SAFETY: the caller vouches for the CPU; `supports` checked the type; the
+                    // row holds `cols / 32` blocks of 32 values.
+                    let (dw, mw, u) = unsafe { unpack_block(p.ty, &row[b * p.ty.block_bytes()..]) };
+                    if !place_scales(&mut out[..scales], r, dw, mw, kind) {
+                        return None;
+                    }
+                    place_values(&mut out[scales..], r, &u, values);
+                }
+            }
+        }
+        Some(Self {
+            blocks,
+            values,
+            kind,
+            offset,
+            strip_bytes,
+            data,
+            strips,
+        })
+    }
+
+    /// Strips held.
+    fn len(&self) -> usize {
+        self.strips.len()
+    }
+
+    /// [`Strips::dot`] for this part's strip `s`.
+    ///
+    /// # Safety
+    /// As [`Strips::dot`].
+    unsafe fn dot(&self, s: usize, x: &Q8Rows, out: &mut [[f32; STRIP]]) {
         assert_eq!(x.blocks(), self.blocks, "activations of another width");
         assert_eq!(out.len(), x.rows(), "one output row per activation row");
         let base = &self.data[s * self.strip_bytes..][..self.strip_bytes];
@@ -390,39 +413,19 @@ impl Strips {
                 r => r.min(2),
             };
             let o = &mut out[j0..j0 + n];
+            let (blocks, k) = (self.blocks, self.offset);
             // SAFETY: `base` holds the strip's blocks; rows `j0..j0 + n` of `x` exist and have
             // `blocks` blocks (asserted); the CPU features are the caller's promise.
             unsafe {
-                match (self.nibbles, self.kind) {
-                    (true, F16) => {
-                        strip_dot_n::<true, F16>(base, self.blocks, self.offset, x, j0, o)
-                    }
-                    (true, F32) => {
-                        strip_dot_n::<true, F32>(base, self.blocks, self.offset, x, j0, o)
-                    }
-                    (false, F16) => {
-                        strip_dot_n::<false, F16>(base, self.blocks, self.offset, x, j0, o)
-                    }
-                    (false, F32) => {
-                        strip_dot_n::<false, F32>(base, self.blocks, self.offset, x, j0, o)
-                    }
-                    (true, K1) => strip_dot_n::<true, K1>(base, self.blocks, self.offset, x, j0, o),
-                    (false, K1) => {
-                        strip_dot_n::<false, K1>(base, self.blocks, self.offset, x, j0, o)
-                    }
-                    (false, K2) => {
-                        strip_dot_n::<false, K2>(base, self.blocks, self.offset, x, j0, o)
-                    }
-                    (true, F16S) => {
-                        strip_dot_n::<true, F16S>(base, self.blocks, self.offset, x, j0, o)
-                    }
-                    (false, F16S) => {
-                        strip_dot_n::<false, F16S>(base, self.blocks, self.offset, x, j0, o)
-                    }
-                    // Q6_K's 6-bit values never make a nibble strip.
-                    (_, _) => {
-                        strip_dot_n::<false, HALVES>(base, self.blocks, self.offset, x, j0, o)
-                    }
+                match (self.values, self.kind) {
+                    (NIB, F16) => strip_dot_n::<NIB, F16>(base, blocks, k, x, j0, o),
+                    (NIB, F16S) => strip_dot_n::<NIB, F16S>(base, blocks, k, x, j0, o),
+                    (NIB, K1) => strip_dot_n::<NIB, K1>(base, blocks, k, x, j0, o),
+                    (NIB5, F16) => strip_dot_n::<NIB5, F16>(base, blocks, k, x, j0, o),
+                    (NIB5, F16S) => strip_dot_n::<NIB5, F16S>(base, blocks, k, x, j0, o),
+                    (BYTES, F16S) => strip_dot_n::<BYTES, F16S>(base, blocks, k, x, j0, o),
+                    (BYTES, K2) => strip_dot_n::<BYTES, K2>(base, blocks, k, x, j0, o),
+                    (v, kind) => unreachable!("no type lays out values {v} with scales {kind}"),
                 }
             }
             j0 += n;
@@ -430,29 +433,9 @@ impl Strips {
     }
 }
 
-/// Writes row `r`'s `dw` and `mw` into a strip block's scales as `kind` stores them: vectors
-/// of 16 rows' values, `dw` then `mw` (for [`HALVES`]: `dw` of each half, then `mw` of each
-/// half); false when f16 would change them, or when they differ between the halves of a
-/// block that does not store halves.
-fn place_scales(scales: &mut [u8], r: usize, dw: [f32; 2], mw: [f32; 2], kind: u8) -> bool {
-    let mut put = |vector: usize, v: f32| {
-        scales[4 * (STRIP * vector + r)..][..4].copy_from_slice(&v.to_le_bytes());
-    };
-    if kind == HALVES {
-        for (i, v) in [dw[0], dw[1], mw[0], mw[1]].into_iter().enumerate() {
-            put(i, v);
-        }
-        return true;
-    }
-    if dw[0] != dw[1] || mw[0] != mw[1] {
-        return false;
-    }
-    let (dw, mw) = (dw[0], mw[0]);
-    if kind == F32 {
-        put(0, dw);
-        put(1, mw);
-        return true;
-    }
+/// Writes row `r`'s `dw` and `mw` into a strip block's scales as `kind` ([`F16`] or [`F16S`])
+/// stores them: vectors of 16 rows' values, `dw` then `mw`; false when f16 would change them.
+fn place_scales(scales: &mut [u8], r: usize, dw: f32, mw: f32, kind: u8) -> bool {
     let dh = f16::from_f32(dw);
     if dh.to_f32() != dw {
         return false;
@@ -474,7 +457,7 @@ fn place_scales(scales: &mut [u8], r: usize, dw: [f32; 2], mw: [f32; 2], kind: u
 ///
 /// # Safety
 /// As [`strip_dot`].
-unsafe fn strip_dot_n<const NIBBLES: bool, const KIND: u8>(
+unsafe fn strip_dot_n<const VALUES: u8, const KIND: u8>(
     base: &[u8],
     blocks: usize,
     offset: f32,
@@ -485,26 +468,40 @@ unsafe fn strip_dot_n<const NIBBLES: bool, const KIND: u8>(
     // SAFETY: forwarded from the caller.
     unsafe {
         match out.len() {
-            MAX_N => strip_dot::<NIBBLES, KIND, 16>(base, blocks, offset, x, j0, out),
-            8 => strip_dot::<NIBBLES, KIND, 8>(base, blocks, offset, x, j0, out),
-            4 => strip_dot::<NIBBLES, KIND, 4>(base, blocks, offset, x, j0, out),
-            2 => strip_dot::<NIBBLES, KIND, 2>(base, blocks, offset, x, j0, out),
-            _ => strip_dot::<NIBBLES, KIND, 1>(base, blocks, offset, x, j0, out),
+            MAX_N => strip_dot::<VALUES, KIND, 16>(base, blocks, offset, x, j0, out),
+            8 => strip_dot::<VALUES, KIND, 8>(base, blocks, offset, x, j0, out),
+            4 => strip_dot::<VALUES, KIND, 4>(base, blocks, offset, x, j0, out),
+            2 => strip_dot::<VALUES, KIND, 2>(base, blocks, offset, x, j0, out),
+            _ => strip_dot::<VALUES, KIND, 1>(base, blocks, offset, x, j0, out),
         }
     }
 }
 
-/// Writes row `r`'s 32 values `u` into a strip block's value vectors; see the module docs.
-fn place_values(values: &mut [u8], r: usize, u: &[u8; QK], nibbles: bool) {
-    if nibbles {
-        for v in 0..4 {
-            for t in 0..4 {
-                values[64 * v + 4 * r + t] = u[8 * v + t] | (u[8 * v + 4 + t] << 4);
-            }
-        }
-    } else {
+/// Writes row `r`'s 32 values `u` into a strip block's value vectors as `layout` stores them;
+/// see the module docs.
+fn place_values(values: &mut [u8], r: usize, u: &[u8; QK], layout: u8) {
+    if layout == BYTES {
         for g in 0..8 {
             values[64 * g + 4 * r..64 * g + 4 * r + 4].copy_from_slice(&u[4 * g..4 * g + 4]);
+        }
+        return;
+    }
+    for v in 0..4 {
+        for t in 0..4 {
+            values[64 * v + 4 * r + t] = (u[8 * v + t] & 0x0F) | ((u[8 * v + 4 + t] & 0x0F) << 4);
+        }
+    }
+    if layout == NIB5 {
+        // Mask `g`'s bit `4r + t`: the fifth bit of value `4g + t`, which the nibble vectors
+        // unpack into byte `4r + t` of vector `g`.
+        for g in 0..8 {
+            let mask = &mut values[256 + 8 * g..256 + 8 * g + 8];
+            for t in 0..4 {
+                if u[4 * g + t] & 0x10 != 0 {
+                    let bit = 4 * r + t;
+                    mask[bit / 8] |= 1 << (bit % 8);
+                }
+            }
         }
     }
 }
@@ -514,7 +511,7 @@ fn place_values(values: &mut [u8], r: usize, u: &[u8; QK], nibbles: bool) {
 /// # Safety
 /// As [`Strips::dot`], which checks the sizes.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
-unsafe fn strip_dot<const NIBBLES: bool, const KIND: u8, const N: usize>(
+unsafe fn strip_dot<const VALUES: u8, const KIND: u8, const N: usize>(
     base: &[u8],
     blocks: usize,
     offset: f32,
@@ -522,7 +519,7 @@ unsafe fn strip_dot<const NIBBLES: bool, const KIND: u8, const N: usize>(
     j0: usize,
     out: &mut [[f32; STRIP]],
 ) {
-    let block_bytes = scale_bytes(KIND) + STRIP * if NIBBLES { QK / 2 } else { QK };
+    let block_bytes = scale_bytes(KIND) + value_bytes(VALUES);
     debug_assert_eq!(base.len(), strip_bytes(KIND, blocks, block_bytes));
     let mut acc = [_mm512_setzero_ps(); N];
     // SAFETY: each block of `base` is `block_bytes` long: scales, offsets and 4 or 8 value
@@ -531,21 +528,19 @@ unsafe fn strip_dot<const NIBBLES: bool, const KIND: u8, const N: usize>(
         for b in 0..blocks {
             let p = base.as_ptr().add(block_offset(KIND, b, block_bytes));
             _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH_BYTES).cast());
-            // `dw` and `mw` of the block (`[0]`), and for HALVES of its second half (`[1]`).
-            let f32s = |i: usize| _mm512_loadu_ps(p.add(4 * STRIP * i).cast());
+            // `dw` and `mw` of the block (`[0]`), and for K2 of its second half (`[1]`).
             let (dw, mw) = match KIND {
                 F16 => {
                     let dw = _mm512_cvtph_ps(_mm256_loadu_si256(p.cast()));
                     let mw = _mm512_cvtph_ps(_mm256_loadu_si256(p.add(2 * STRIP).cast()));
                     ([dw, dw], [mw, mw])
                 }
-                F32 => ([f32s(0), f32s(0)], [f32s(1), f32s(1)]),
                 F16S => {
                     let dw = _mm512_cvtph_ps(_mm256_loadu_si256(p.cast()));
                     let mw = _mm512_mul_ps(dw, _mm512_set1_ps(offset));
                     ([dw, dw], [mw, mw])
                 }
-                K1 | K2 => {
+                _ => {
                     // The group's `D` and `M` (in L1 after its first block), times each
                     // block's (or half's) 8-bit multipliers.
                     let header = p.sub(b % GROUP * block_bytes + GROUP_HEADER);
@@ -564,16 +559,23 @@ unsafe fn strip_dot<const NIBBLES: bool, const KIND: u8, const N: usize>(
                         ([times(0, d), times(1, d)], [times(2, m), times(3, m)])
                     }
                 }
-                _ => ([f32s(0), f32s(1)], [f32s(2), f32s(3)]),
             };
             let vals = p.add(scale_bytes(KIND));
             let mut w = [_mm512_setzero_si512(); 8];
-            if NIBBLES {
+            if VALUES != BYTES {
                 let low = _mm512_set1_epi8(0x0F);
                 for v in 0..4 {
                     let raw = _mm512_loadu_si512(vals.add(64 * v).cast());
                     w[2 * v] = _mm512_and_si512(raw, low);
                     w[2 * v + 1] = _mm512_and_si512(_mm512_srli_epi16(raw, 4), low);
+                }
+                if VALUES == NIB5 {
+                    // Each byte's fifth bit from its vector's mask: + 16 where set.
+                    let sixteen = _mm512_set1_epi8(0x10);
+                    for (g, w) in w.iter_mut().enumerate() {
+                        let mask = vals.add(256 + 8 * g).cast::<u64>().read_unaligned();
+                        *w = _mm512_mask_add_epi8(*w, mask, *w, sixteen);
+                    }
                 }
             } else {
                 for (g, w) in w.iter_mut().enumerate() {
@@ -585,7 +587,7 @@ unsafe fn strip_dot<const NIBBLES: bool, const KIND: u8, const N: usize>(
                 let q = x.qs_at(row, b).cast::<i32>();
                 let xb = row * blocks + b;
                 let dx = _mm512_set1_ps(*x.d.get_unchecked(xb));
-                if KIND == HALVES || KIND == K2 {
+                if KIND == K2 {
                     // Each half's sum on its own scale and offset.
                     let mut dot = [_mm512_setzero_si512(); 2];
                     for (g, w) in w.iter().enumerate() {
