@@ -174,8 +174,8 @@ fn quantized_kernels_match_the_same_file_dequantized_at_load() {
         );
         let (a, b) = (logits(quantized, &PROMPT), logits(dequantized, &PROMPT));
         let worst = max_diff(&a, &b);
-        // Q4_0, Q4_1, Q5_0, Q8_0, Q4_K and Q6_K products may run on 8-bit activations (VNNI), as in
-        // llama.cpp: close, not equal.
+        // Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q5_K and Q6_K products may run on 8-bit activations
+        // (VNNI), as in llama.cpp: close, not equal.
         let integer = matches!(
             ty,
             QuantType::Q4_0
@@ -183,6 +183,7 @@ fn quantized_kernels_match_the_same_file_dequantized_at_load() {
                 | QuantType::Q5_0
                 | QuantType::Q8_0
                 | QuantType::Q4K
+                | QuantType::Q5K
                 | QuantType::Q6K
         );
         // bf16 weights may meet inputs rounded to bf16 (`vdpbf16ps`, as in llama.cpp): close

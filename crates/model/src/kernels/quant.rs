@@ -13,8 +13,8 @@
 //!
 //! - **8-bit activations** (the rows `forward_generated` is given, whatever their number; in
 //!   `forward`, `m` times the activation levels at most `INTEGER_MAX_QROWS`), on CPUs with
-//!   AVX-512 VNNI and matrices whose parts are all Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K or
-//!   Q6_K: the activations are quantized to 8 bits per 32-value block once (one level inside
+//!   AVX-512 VNNI and matrices whose parts are all Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K
+//!   (on strips only) or Q6_K: the activations are quantized to 8 bits per 32-value block once (one level inside
 //!   the layers, two at the output head; see `activation_levels`), and each weight row is
 //!   dotted with them in integers: on 16-row strips repacked at load (`quant_strips.rs`; the
 //!   strips are a copy, the blocks as stored stay for the f32 paths; `WAYFINDER_STRIPS=0`
@@ -222,11 +222,14 @@ impl QuantMatrix {
             });
             first += rows;
         }
-        let integer_dots =
+        let row_kernels =
             integer_dots_available() && stacked.iter().all(|p| integer_dot_type(p.ty));
         #[cfg(target_arch = "x86_64")]
         // `WAYFINDER_STRIPS=0` keeps the row kernels, for comparing the two.
-        let strips = if integer_dots && std::env::var("WAYFINDER_STRIPS").as_deref() != Ok("0") {
+        let strips = if integer_dots_available()
+            && stacked.iter().all(|p| super::quant_strips::supports(p.ty))
+            && std::env::var("WAYFINDER_STRIPS").as_deref() != Ok("0")
+        {
             let parts: Vec<_> = stacked
                 .iter()
                 .map(|p| super::quant_strips::PartRows {
@@ -236,11 +239,17 @@ impl QuantMatrix {
                     first: p.first,
                 })
                 .collect();
-            // SAFETY: `integer_dots` holds only where the VNNI kernels are available.
+            // SAFETY: `integer_dots_available` held.
             unsafe { super::quant_strips::Strips::new(&parts, cols) }.map(Arc::new)
         } else {
             None
         };
+        // The integer path needs strips or a row kernel for every part (Q5_K has strips
+        // alone).
+        #[cfg(target_arch = "x86_64")]
+        let integer_dots = row_kernels || strips.is_some();
+        #[cfg(not(target_arch = "x86_64"))]
+        let integer_dots = row_kernels;
         Ok(Self {
             rows: first,
             cols,

@@ -1,6 +1,6 @@
 //! Quantized weights repacked in strips of 16 rows, and the integer product on them that the
-//! decode path (8-bit activations, `quant.rs`) runs for Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K and
-//! Q6_K.
+//! integer path (8-bit activations, `quant.rs`) runs for Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K,
+//! Q5_K and Q6_K (Q5_K has no row kernel: on strips alone).
 //!
 //! The kernels of `quant_vnni.rs` read a weight row as ggml stores it: one `vpdpbusd` covers
 //! 64 values of one row, its 16 lanes are partial sums inside two blocks, and every such
@@ -19,8 +19,8 @@
 //! block's product is `dw · d · Σ u·q + mw · d · Σq`). Scales:
 //! - [`F16`] (Q4_1, Q5_1): 16 rows' `dw`, then their `mw`, as f16;
 //! - [`F16S`] (Q4_0, Q5_0, Q8_0): `dw` alone; the type's offset is `mw = k · dw`;
-//! - [`K1`] (Q4_K), [`K2`] (Q6_K): each 256 values' `D` and `M` once per row in a group
-//!   header (f32), and per block (Q4_K) or 16-value half (Q6_K, whose sums then take their own
+//! - [`K1`] (Q4_K, Q5_K), [`K2`] (Q6_K): each 256 values' `D` and `M` once per row in a group
+//!   header (f32), and per block (Q4_K, Q5_K) or 16-value half (Q6_K, whose sums then take their own
 //!   scale and the activations' `d · Σq` of that half) 8-bit multipliers of ggml's scales, so
 //!   that `dw = D · a` and `mw = M · c`, exact in f32.
 //!
@@ -28,16 +28,17 @@
 //! - **nibbles** ([`NIB`]: Q4_0, Q4_1, Q4_K, `u` < 16): 4 vectors of 64 bytes; in vector `v`,
 //!   row `r`'s 4 bytes hold values `8v + t` (low nibble) and `8v + 4 + t` (high nibble),
 //!   `t < 4` — the same 16 bytes per row as ggml's;
-//! - **nibbles and a fifth bit** ([`NIB5`]: Q5_0, Q5_1, `u` < 32): the same nibbles, then 8
+//! - **nibbles and a fifth bit** ([`NIB5`]: Q5_0, Q5_1, Q5_K, `u` < 32): the same nibbles, then 8
 //!   masks of 64 bits, mask `g`'s bit `4r + t` the fifth bit of row `r`'s value `4g + t`;
 //! - **bytes** ([`BYTES`]: Q8_0, Q6_K): 8 vectors; in vector `g`, row `r`'s 4 bytes are values
 //!   `4g..4g + 4`.
 //!
 //! Memory: strips cost, per 32 values, 34 bytes for Q8_0 (34 as stored), 18 for Q4_0 (18), 20
-//! for Q4_1 (20), 22 for Q5_0 (22), 24 for Q5_1 (24), 19 for Q4_K (18) and 37 for Q6_K
-//! (26.25), on top of the blocks as stored. Against f32 scales per block and bytes for every
-//! type but the 4-bit ones (the layout until 2026-12-02), a Q4_K_M file of SmolLM2-135M (Q5_0
-//! and Q8_0 where its 576 columns rule out k-quants) went from 254 to ~210 MB of weights.
+//! for Q4_1 (20), 22 for Q5_0 (22), 24 for Q5_1 (24), 19 for Q4_K (18), 22.5 for Q5_K (22)
+//! and 37 for Q6_K (26.25), on top of the blocks as stored. Against f32 scales per block and
+//! bytes for every type but the 4-bit ones (the layout until 2026-12-02), a Q4_K_M file of
+//! SmolLM2-135M (Q5_0 and Q8_0 where its 576 columns rule out k-quants) went from 254 to 212
+//! MB of weights.
 //!
 //! Rows past a part's end in its last strip are zero (scales too) and never written out. The
 //! strips are a copy: the matrix keeps its original blocks for the f32 paths.
@@ -79,14 +80,14 @@ const BYTES: u8 = 2;
 /// The scales and values layout of a part of `ty`.
 fn layout_of(ty: QuantType) -> (u8, u8) {
     let kind = match ty {
-        QuantType::Q4K => K1,
+        QuantType::Q4K | QuantType::Q5K => K1,
         QuantType::Q6K => K2,
         t if super::quant_vnni::fixed_offset(t).is_some() => F16S,
         _ => F16,
     };
     let values = match ty {
         QuantType::Q4_0 | QuantType::Q4_1 | QuantType::Q4K => NIB,
-        QuantType::Q5_0 | QuantType::Q5_1 => NIB5,
+        QuantType::Q5_0 | QuantType::Q5_1 | QuantType::Q5K => NIB5,
         _ => BYTES,
     };
     (kind, values)
@@ -144,7 +145,8 @@ const fn block_offset(kind: u8, b: usize, block_bytes: usize) -> usize {
 
 /// Whether `ty` can be repacked here.
 pub(crate) fn supports(ty: QuantType) -> bool {
-    super::quant_vnni::supports(ty) || matches!(ty, QuantType::Q4K | QuantType::Q6K)
+    super::quant_vnni::supports(ty)
+        || matches!(ty, QuantType::Q4K | QuantType::Q5K | QuantType::Q6K)
 }
 
 /// Q6_K's bytes per 256-value block.
@@ -152,6 +154,10 @@ const Q6K_BYTES: usize = 210;
 
 /// Q4_K's bytes per 256-value block.
 const Q4K_BYTES: usize = 144;
+
+/// Q5_K's bytes per 256-value block: `d`, `dmin`, 12 scale bytes, 32 of fifth bits (`qh`),
+/// 128 of nibbles (`qs`).
+const Q5K_BYTES: usize = 176;
 
 /// One 32-value block of a k-quant row as [`K1`] and [`K2`] store it: `D` and `M` of its 256
 /// values, the multipliers `a` and `c` of each half (`dw = D · a`, `mw = M · c`), and `u`.
@@ -163,17 +169,26 @@ struct KUnpacked {
     u: [u8; QK],
 }
 
-/// Block `b` of a Q4_K or Q6_K row in [`KUnpacked`] form: for Q4_K `D = d`, `a` the 6-bit
-/// scale, `M = −dmin`, `c` the 6-bit minimum; for Q6_K `D = d`, `a` each half's 8-bit scale,
+/// Block `b` of a Q4_K, Q5_K or Q6_K row in [`KUnpacked`] form: for Q4_K and Q5_K `D = d`,
+/// `a` the 6-bit scale, `M = −dmin`, `c` the 6-bit minimum; for Q6_K `D = d`, `a` each half's 8-bit scale,
 /// `M = −32 · d`, `c = a`. Each `D · a` and `M · c` is exact in f32 (at most 11 + 8 bits of
 /// mantissa), so equal to [`unpack`]'s `dw` and `mw`.
 fn unpack_k(ty: QuantType, row: &[u8], b: usize) -> KUnpacked {
-    if ty == QuantType::Q4K {
-        let block = &row[b / 8 * Q4K_BYTES..][..Q4K_BYTES];
+    if matches!(ty, QuantType::Q4K | QuantType::Q5K) {
+        let bytes = if ty == QuantType::Q4K {
+            Q4K_BYTES
+        } else {
+            Q5K_BYTES
+        };
+        let block = &row[b / 8 * bytes..][..bytes];
         let d = f16::from_le_bytes([block[0], block[1]]).to_f32();
         let dmin = f16::from_le_bytes([block[2], block[3]]).to_f32();
         let (scale, min) = super::kquant_avx512::scale_min_k4(b % 8, &block[4..16]);
-        let (_, _, u) = unpack_q4k(row, b);
+        let u = if ty == QuantType::Q4K {
+            unpack_q4k(row, b).2
+        } else {
+            q5k_values(block, b % 8)
+        };
         // 6-bit scale and minimum: they fit an i8.
         let (a, c) = (scale as i8, min as i8);
         return KUnpacked {
@@ -212,6 +227,15 @@ fn unpack_q6k(block: &[u8], c: usize) -> ([f32; 2], [f32; 2], [u8; QK]) {
     let scale = |i: usize| d * f32::from(block[192 + 8 * h + 2 * quarter + i] as i8);
     let dw = [scale(0), scale(1)];
     (dw, [-32.0 * dw[0], -32.0 * dw[1]], u)
+}
+
+/// The 5-bit values of Q5_K's sub-block `j` of `block` (ggml's `dequantize_row_q5_K`): the
+/// low nibble (`j` even) or high nibble of `qs[32 · (j / 2)..]`, and bit `j` of `qh`.
+fn q5k_values(block: &[u8], j: usize) -> [u8; QK] {
+    let qh = &block[16..48];
+    let qs = &block[48 + 32 * (j / 2)..][..32];
+    let shift = if j % 2 == 1 { 4 } else { 0 };
+    std::array::from_fn(|l| ((qs[l] >> shift) & 0x0F) | (((qh[l] >> j) & 1) << 4))
 }
 
 /// Q4_K's sub-block `b % 8` of block `b / 8`: `dw = d · scale`, `mw = −dmin · min`.
@@ -423,6 +447,7 @@ impl PartStrips {
                     (NIB, K1) => strip_dot_n::<NIB, K1>(base, blocks, k, x, j0, o),
                     (NIB5, F16) => strip_dot_n::<NIB5, F16>(base, blocks, k, x, j0, o),
                     (NIB5, F16S) => strip_dot_n::<NIB5, F16S>(base, blocks, k, x, j0, o),
+                    (NIB5, K1) => strip_dot_n::<NIB5, K1>(base, blocks, k, x, j0, o),
                     (BYTES, F16S) => strip_dot_n::<BYTES, F16S>(base, blocks, k, x, j0, o),
                     (BYTES, K2) => strip_dot_n::<BYTES, K2>(base, blocks, k, x, j0, o),
                     (v, kind) => unreachable!("no type lays out values {v} with scales {kind}"),

@@ -287,6 +287,7 @@ fn integer_kernels_cover_their_types_and_stay_close_to_f32() {
         QuantType::Q5_1,
         QuantType::Q8_0,
         QuantType::Q4K,
+        QuantType::Q5K,
         QuantType::Q6K,
     ] {
         // 7 blocks: pairs and an odd tail block (2 blocks of 256 for the k-quants).
@@ -335,8 +336,8 @@ fn integer_kernels_cover_their_types_and_stay_close_to_f32() {
             1,
         ),
         part(
-            QuantType::Q5K,
-            quantize(QuantType::Q5K, &values(cols, 2)),
+            QuantType::Q3K,
+            quantize(QuantType::Q3K, &values(cols, 2)),
             0,
             1,
         ),
