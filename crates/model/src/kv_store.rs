@@ -1,7 +1,11 @@
 //! The paged KV store: keys and values of every layer, laid out by the block manager's blocks.
 //!
-//! Per layer, V is `[num_blocks, num_kv_heads, block_size, head_dim]` f32 and K is
+//! Per layer, V is `[num_blocks, num_kv_heads, block_size, head_dim]` and K is
 //! `[num_blocks, num_kv_heads, head_dim, block_size]`: keys are transposed within their block.
+//! Both are IEEE half (as llama.cpp's default cache): attention reads every cached key and
+//! value of a request at each step, so half the bytes is half of attention's memory traffic
+//! and twice the tokens a given amount of memory holds. Keys and values are rounded to f16
+//! once, when written.
 //! A token in slot `s` (block `s / block_size`, offset `s % block_size`) keeps its value for
 //! head `g` at `block_offset(block, g) + offset · head_dim`, and dimension `d` of its key at
 //! `block_offset(block, g) + d · block_size + offset`. One head's block is contiguous in both, and
@@ -10,13 +14,16 @@
 //! The store knows nothing of sequences: the engine's block tables say which blocks a sequence
 //! owns, and a freed block is simply overwritten by its next owner.
 
+use half::f16;
+use half::slice::HalfFloatSliceExt;
+
 /// Keys and values of one layer.
 #[derive(Debug, Clone)]
 pub struct LayerKv {
     /// Keys.
-    pub k: Vec<f32>,
+    pub k: Vec<f16>,
     /// Values.
-    pub v: Vec<f32>,
+    pub v: Vec<f16>,
 }
 
 /// Geometry of the store.
@@ -33,14 +40,14 @@ pub struct KvGeometry {
 }
 
 impl KvGeometry {
-    /// Floats of K (or V) per layer.
-    pub fn floats_per_layer(&self) -> usize {
+    /// Values of K (or V) per layer.
+    pub fn values_per_layer(&self) -> usize {
         self.num_blocks * self.num_kv_heads * self.block_size * self.head_dim
     }
 
     /// Bytes one token takes across `num_layers` layers (K and V).
     pub fn bytes_per_token(&self, num_layers: usize) -> usize {
-        2 * num_layers * self.num_kv_heads * self.head_dim * std::mem::size_of::<f32>()
+        2 * num_layers * self.num_kv_heads * self.head_dim * std::mem::size_of::<f16>()
     }
 
     /// Offset of `slot`'s value vector for `head`.
@@ -67,11 +74,11 @@ pub struct PagedKvStore {
 impl PagedKvStore {
     /// A zeroed store for `num_layers` layers.
     pub fn new(geometry: KvGeometry, num_layers: usize) -> Self {
-        let n = geometry.floats_per_layer();
+        let n = geometry.values_per_layer();
         let layers = (0..num_layers)
             .map(|_| LayerKv {
-                k: vec![0.0; n],
-                v: vec![0.0; n],
+                k: vec![f16::ZERO; n],
+                v: vec![f16::ZERO; n],
             })
             .collect();
         Self { geometry, layers }
@@ -94,14 +101,17 @@ impl PagedKvStore {
         let (hd, bs) = (g.head_dim, g.block_size);
         let width = g.num_kv_heads * hd;
         let kv = &mut self.layers[layer];
+        // A token's keys rounded in one vector conversion, then spread over the block.
+        let mut key = vec![f16::ZERO; hd];
         for (t, &slot) in slots.iter().enumerate() {
             let (block, off) = (slot as usize / bs, slot as usize % bs);
             for head in 0..g.num_kv_heads {
                 let src = t * width + head * hd;
                 let dst = g.offset(slot as usize, head);
-                kv.v[dst..dst + hd].copy_from_slice(&v[src..src + hd]);
+                kv.v[dst..dst + hd].convert_from_f32_slice(&v[src..src + hd]);
+                key.convert_from_f32_slice(&k[src..src + hd]);
                 let kt = &mut kv.k[g.block_offset(block, head)..][..hd * bs];
-                for (d, &x) in k[src..src + hd].iter().enumerate() {
+                for (d, &x) in key.iter().enumerate() {
                     kt[d * bs + off] = x;
                 }
             }

@@ -248,8 +248,14 @@ fn prompt_logprobs_on_the_demo_model_match_the_sampled_ones() {
     };
     let (one_chunk, chunked) = (score(512), score(7));
     assert_eq!(one_chunk.len(), whole.len() - 1);
+    // The demo's f32 products are not bit for bit the same in chunks of 7 as in one chunk (gemm
+    // blocks by row count), and the f16 KV cache can round those last bits to neighbouring
+    // halves: close relative to the logits' size (the demo's reach ±130), not equal.
     for (a, b) in one_chunk.iter().zip(&chunked) {
-        assert!((a.logprob - b.logprob).abs() < 1e-3, "{a:?} vs {b:?}");
+        assert!(
+            (a.logprob - b.logprob).abs() < 1e-4 * (1.0 + a.logprob.abs()),
+            "{a:?} vs {b:?}"
+        );
     }
     for (k, (token, lp)) in sampled.iter().enumerate() {
         let scored = &one_chunk[prompt.len() - 1 + k];

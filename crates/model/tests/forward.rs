@@ -12,7 +12,11 @@ use wayfinder_model::arch::Architecture;
 use wayfinder_model::synth::{SynthSpec, write_model};
 use wayfinder_model::{Dtype, LoadOptions, ModelExecutor};
 
-const TOLERANCE: f32 = 1e-4;
+/// The reference rounds keys and values to f16 as the KV cache does, but the f32 kernels' keys
+/// sit a few last bits away from its f64 ones, and now and then that puts one on the other side
+/// of a rounding boundary: one f16 step (~5e-4 relative) in one key or value. Mistakes in the
+/// forward pass show as 1e-2 and more.
+const TOLERANCE: f32 = 1e-3;
 
 struct Harness {
     reference: Reference,

@@ -17,6 +17,8 @@
 
 use wayfinder_core::Batch;
 
+use half::slice::HalfFloatSliceExt;
+
 use super::attention_params::AttentionParams;
 use super::simd::dispatch;
 use super::simd::{Isa, axpy, softmax};
@@ -224,8 +226,12 @@ fn attend(
     // so the scores of a whole block are `block_size` lanes accumulated over `head_dim`
     // broadcast-multiply-adds — no horizontal sums.
     let mut acc = [0f32; MAX_BLOCK];
+    // One block's keys (or one value vector) widened from the store's f16.
+    let mut wide = vec![0f32; hd * bs];
     for b in lo / bs..=unit.position / bs {
-        let kt = &kv.k[geometry.block_offset(unit.table[b] as usize, unit.head)..][..hd * bs];
+        let stored = &kv.k[geometry.block_offset(unit.table[b] as usize, unit.head)..][..hd * bs];
+        stored.convert_to_f32_slice(&mut wide);
+        let kt = &wide;
         let (first, last) = ((b * bs).max(lo), ((b + 1) * bs - 1).min(unit.position));
         for h in 0..unit.group {
             let q = &unit.q[h * hd..(h + 1) * hd];
@@ -246,7 +252,8 @@ fn attend(
     let slot = |j: usize| unit.table[j / bs] as usize * bs + j % bs;
     for j in lo..=unit.position {
         let off = geometry.offset(slot(j), unit.head);
-        let v = &kv.v[off..off + hd];
+        let v = &mut wide[..hd];
+        kv.v[off..off + hd].convert_to_f32_slice(v);
         for h in 0..unit.group {
             axpy(&mut out[h * hd..(h + 1) * hd], scores[h * n + j - lo], v);
         }
@@ -333,7 +340,7 @@ mod tests {
                             (0..hd)
                                 .map(|d| {
                                     f64::from(qv[d])
-                                        * f64::from(kv.k[base + d * g.block_size + off])
+                                        * f64::from(kv.k[base + d * g.block_size + off].to_f32())
                                 })
                                 .sum::<f64>()
                                 * f64::from(p.scale)
@@ -345,7 +352,7 @@ mod tests {
                     for d in 0..hd {
                         let v: f64 = (lo..=pos)
                             .zip(&e)
-                            .map(|(j, w)| w * f64::from(kv.v[g.offset(slot(j), kvh) + d]))
+                            .map(|(j, w)| w * f64::from(kv.v[g.offset(slot(j), kvh) + d].to_f32()))
                             .sum();
                         out[t * width + h * hd + d] = (v / sum) as f32;
                     }
@@ -384,10 +391,10 @@ mod tests {
                 head_dim: hd,
             };
             let b = batch(&requests, bs, geometry.num_blocks);
-            let n = geometry.floats_per_layer();
+            let n = geometry.values_per_layer();
             let kv = LayerKv {
-                k: (0..n).map(|i| value(1, i)).collect(),
-                v: (0..n).map(|i| value(2, i)).collect(),
+                k: (0..n).map(|i| half::f16::from_f32(value(1, i))).collect(),
+                v: (0..n).map(|i| half::f16::from_f32(value(2, i))).collect(),
             };
             let q: Vec<f32> = (0..b.num_tokens() * heads * hd)
                 .map(|i| 3.0 * value(3, i))

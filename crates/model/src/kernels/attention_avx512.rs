@@ -16,11 +16,14 @@
 //! for tiles of up to 6 rows; two beyond): a decode tile of a grouped-query group has only 3
 //! rows, and one panel's 3 multiply-add chains stall on their latency where 12 chains do not
 //! (measured in `perf`: attention went from 16.5 % to 13.5 % of a 16-sequence Q4_K_M decode
-//! step; what remains is mostly the masked loads of the f32 keys and values from memory).
+//! step; what remains is mostly the masked loads of the keys and values from memory, which the
+//! KV store keeps as f16 since 2026-12-02: half the bytes, widened in registers).
 
 #![cfg(target_arch = "x86_64")]
 
 use std::arch::x86_64::*;
+
+use half::f16;
 
 use super::attention_params::AttentionParams;
 use super::simd::softmax;
@@ -56,7 +59,7 @@ impl Row {
 /// The CPU must have AVX-512F/BW/VL. Each row's `q` must be valid for `head_dim` reads and its
 /// `out` for `head_dim` writes that nobody else touches during the call; the keys and values of
 /// positions up to every row's `pos` must be in `kv` under `table`.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,fma")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
 pub(crate) unsafe fn attend_rows(
     rows: &[Row],
     table: &[u32],
@@ -140,7 +143,7 @@ unsafe fn tile<const R: usize, const C: usize>(
         let blocks = &table[b0..=b1];
         // Key panels (first key, keys, transposed keys), `C` at a time; a short group's
         // missing panels read nothing (mask 0) and are not stored.
-        let mut group = [(0usize, 0usize, std::ptr::null::<f32>()); C];
+        let mut group = [(0usize, 0usize, std::ptr::null::<f16>()); C];
         let mut filled = 0;
         // (No closure here: one would not inherit this function's target features, and the
         // intrinsics in it would become calls.)
@@ -232,12 +235,12 @@ unsafe fn tile<const R: usize, const C: usize>(
     }
 }
 
-/// `acc[j][r] += Σ_{i < k} a[i · R + r] · b[j][i · ldb .. + 16]` for `C` panels `b[j]` (lanes
-/// outside `masks[j]` read as 0; a panel whose mask is 0 reads nothing).
+/// `acc[j][r] += Σ_{i < k} a[i · R + r] · b[j][i · ldb .. + 16]` for `C` panels `b[j]` of the
+/// store's f16 (lanes outside `masks[j]` read as 0; a panel whose mask is 0 reads nothing).
 #[inline(always)]
 unsafe fn panels<const R: usize, const C: usize>(
     a: *const f32,
-    b: [*const f32; C],
+    b: [*const f16; C],
     ldb: usize,
     k: usize,
     masks: [__mmask16; C],
@@ -249,7 +252,8 @@ unsafe fn panels<const R: usize, const C: usize>(
         for i in 0..k {
             let mut bv = [_mm512_setzero_ps(); C];
             for j in 0..C {
-                bv[j] = _mm512_maskz_loadu_ps(masks[j], b[j].wrapping_add(i * ldb));
+                let half = _mm256_maskz_loadu_epi16(masks[j], b[j].wrapping_add(i * ldb).cast());
+                bv[j] = _mm512_cvtph_ps(half);
             }
             let ar = a.add(i * R);
             for r in 0..R {

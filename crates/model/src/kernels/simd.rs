@@ -29,7 +29,14 @@ impl Isa {
     pub fn detect() -> Self {
         #[cfg(target_arch = "x86_64")]
         {
-            if std::arch::is_x86_feature_detected!("avx512f") {
+            // Every AVX-512 kernel here also uses BW and VL (masked byte and word loads) and
+            // F16C (the KV cache's halves); Xeon Phi has AVX-512F without them.
+            if std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512bw")
+                && std::arch::is_x86_feature_detected!("avx512vl")
+                && std::arch::is_x86_feature_detected!("fma")
+                && std::arch::is_x86_feature_detected!("f16c")
+            {
                 return Self::Avx512;
             }
             if std::arch::is_x86_feature_detected!("avx2")

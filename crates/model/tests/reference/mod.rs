@@ -125,6 +125,13 @@ impl Reference {
                 self.rope(&mut q[t], t);
                 self.rope(&mut k[t], t);
             }
+            // Keys and values as the KV cache keeps them: rounded to f16.
+            let half = |rows: Vec<Vec<f64>>| -> Vec<Vec<f64>> {
+                rows.into_iter()
+                    .map(|r| r.iter().map(|&x| half::f16::from_f64(x).to_f64()).collect())
+                    .collect()
+            };
+            let (k, v) = (half(k), half(v));
             let mut attn = vec![vec![0.0; c.num_heads * hd]; n];
             for t in 0..n {
                 let lo = c.sliding_window.map_or(0, |w| (t + 1).saturating_sub(w));
