@@ -14,9 +14,9 @@
 //! - **8-bit activations** (the rows `forward_generated` is given, whatever their number; in
 //!   `forward`, `m` times the activation levels at most `INTEGER_MAX_QROWS`), on CPUs with
 //!   AVX-512 VNNI and matrices whose parts are all Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K
-//!   (on strips only) or Q6_K: the activations are quantized to 8 bits per 32-value block once (one level inside
-//!   the layers, two at the output head; see `activation_levels`), and each weight row is
-//!   dotted with them in integers: on 16-row strips repacked at load (`quant_strips.rs`; the
+//!   (on strips only) or Q6_K: the activations are quantized to 8 bits per 32-value block
+//!   once (one level inside the layers, two at the output head; see `activation_levels`),
+//!   and each weight row is dotted with them in integers: on 16-row strips repacked at load (`quant_strips.rs`; the
 //!   strips are a copy, the blocks as stored stay for the f32 paths; `WAYFINDER_STRIPS=0`
 //!   keeps the rows as stored, `quant_vnni.rs`, `kquant_vnni.rs`); `quant/integer.rs` holds
 //!   this path. The decoder sends every token's row this way by default, prompt tokens' too

@@ -170,9 +170,10 @@ struct KUnpacked {
 }
 
 /// Block `b` of a Q4_K, Q5_K or Q6_K row in [`KUnpacked`] form: for Q4_K and Q5_K `D = d`,
-/// `a` the 6-bit scale, `M = −dmin`, `c` the 6-bit minimum; for Q6_K `D = d`, `a` each half's 8-bit scale,
-/// `M = −32 · d`, `c = a`. Each `D · a` and `M · c` is exact in f32 (at most 11 + 8 bits of
-/// mantissa), so equal to [`unpack`]'s `dw` and `mw`.
+/// `a` the 6-bit scale, `M = −dmin`, `c` the 6-bit minimum; for Q6_K `D = d`, `a` each half's
+/// 8-bit scale, `M = −32 · d`, `c = a`. Each `D · a` and `M · c` is exact in f32 (at most
+/// 11 + 8 bits of mantissa), so equal to ggml's `d · scale` and `dmin · min` (or
+/// `−32 · d · scale`).
 fn unpack_k(ty: QuantType, row: &[u8], b: usize) -> KUnpacked {
     if matches!(ty, QuantType::Q4K | QuantType::Q5K) {
         let bytes = if ty == QuantType::Q4K {
@@ -185,7 +186,7 @@ fn unpack_k(ty: QuantType, row: &[u8], b: usize) -> KUnpacked {
         let dmin = f16::from_le_bytes([block[2], block[3]]).to_f32();
         let (scale, min) = super::kquant_avx512::scale_min_k4(b % 8, &block[4..16]);
         let u = if ty == QuantType::Q4K {
-            unpack_q4k(row, b).2
+            q4k_values(block, b % 8)
         } else {
             q5k_values(block, b % 8)
         };
@@ -200,7 +201,7 @@ fn unpack_k(ty: QuantType, row: &[u8], b: usize) -> KUnpacked {
         };
     }
     let block = &row[b / 8 * Q6K_BYTES..][..Q6K_BYTES];
-    let (_, _, u) = unpack_q6k(block, b % 8);
+    let u = q6k_values(block, b % 8);
     let d = f16::from_le_bytes([block[208], block[209]]).to_f32();
     let (h, quarter) = ((b % 8) / 4, (b % 8) % 4);
     let a = [0, 1].map(|i| block[192 + 8 * h + 2 * quarter + i] as i8);
@@ -214,19 +215,14 @@ fn unpack_k(ty: QuantType, row: &[u8], b: usize) -> KUnpacked {
 }
 
 /// Q6_K's values `32c..32c + 32` of `block` (ggml's `dequantize_row_q6_K`): half `h = c / 4`,
-/// quarter `c % 4`; `u` is the 6-bit value (low nibble from `ql`, two high bits from `qh`),
-/// `dw = d · scale` per 16 values and `mw = −32 · dw` (values are `u − 32`).
-fn unpack_q6k(block: &[u8], c: usize) -> ([f32; 2], [f32; 2], [u8; QK]) {
+/// quarter `c % 4`; each the 6-bit unsigned value (low nibble from `ql`, two high bits from
+/// `qh`; the value is `u − 32`).
+fn q6k_values(block: &[u8], c: usize) -> [u8; QK] {
     let (h, quarter) = (c / 4, c % 4);
     let ql = &block[64 * h + 32 * (quarter % 2)..][..32];
     let qh = &block[128 + 32 * h..][..32];
     let shift = if quarter >= 2 { 4 } else { 0 };
-    let u =
-        std::array::from_fn(|l| ((ql[l] >> shift) & 0x0F) | (((qh[l] >> (2 * quarter)) & 3) << 4));
-    let d = f16::from_le_bytes([block[208], block[209]]).to_f32();
-    let scale = |i: usize| d * f32::from(block[192 + 8 * h + 2 * quarter + i] as i8);
-    let dw = [scale(0), scale(1)];
-    (dw, [-32.0 * dw[0], -32.0 * dw[1]], u)
+    std::array::from_fn(|l| ((ql[l] >> shift) & 0x0F) | (((qh[l] >> (2 * quarter)) & 3) << 4))
 }
 
 /// The 5-bit values of Q5_K's sub-block `j` of `block` (ggml's `dequantize_row_q5_K`): the
@@ -238,22 +234,12 @@ fn q5k_values(block: &[u8], j: usize) -> [u8; QK] {
     std::array::from_fn(|l| ((qs[l] >> shift) & 0x0F) | (((qh[l] >> j) & 1) << 4))
 }
 
-/// Q4_K's sub-block `b % 8` of block `b / 8`: `dw = d · scale`, `mw = −dmin · min`.
-fn unpack_q4k(row: &[u8], b: usize) -> (f32, f32, [u8; QK]) {
-    let block = &row[b / 8 * Q4K_BYTES..][..Q4K_BYTES];
-    let (d, dmin) = (
-        f16::from_le_bytes([block[0], block[1]]).to_f32(),
-        f16::from_le_bytes([block[2], block[3]]).to_f32(),
-    );
-    let j = b % 8;
-    let (scale, min) = super::kquant_avx512::scale_min_k4(j, &block[4..16]);
+/// The 4-bit values of Q4_K's sub-block `j` of `block`: the low nibble (`j` even) or high
+/// nibble of `qs[32 · (j / 2)..]`.
+fn q4k_values(block: &[u8], j: usize) -> [u8; QK] {
     let qs = &block[16 + 32 * (j / 2)..][..32];
     let shift = if j % 2 == 1 { 4 } else { 0 };
-    (
-        d * scale,
-        -dmin * min,
-        std::array::from_fn(|t| (qs[t] >> shift) & 0x0F),
-    )
+    std::array::from_fn(|t| (qs[t] >> shift) & 0x0F)
 }
 
 /// One part of a matrix to repack: rows of one type, one after another.
