@@ -221,17 +221,18 @@ fn attend(
         .map_or(0, |w| (unit.position + 1).saturating_sub(w));
     let n = unit.position + 1 - lo;
     scores.clear();
-    scores.resize(unit.group * n, 0.0);
+    // The scores, then room for one block's keys (or one value vector) widened from the
+    // store's f16: one per-thread buffer, no allocation per task.
+    scores.resize(unit.group * n + hd * bs, 0.0);
+    let (scores, wide) = scores.split_at_mut(unit.group * n);
     // Scores block by block: keys are stored transposed within a block ([head_dim, block]),
     // so the scores of a whole block are `block_size` lanes accumulated over `head_dim`
     // broadcast-multiply-adds — no horizontal sums.
     let mut acc = [0f32; MAX_BLOCK];
-    // One block's keys (or one value vector) widened from the store's f16.
-    let mut wide = vec![0f32; hd * bs];
     for b in lo / bs..=unit.position / bs {
         let stored = &kv.k[geometry.block_offset(unit.table[b] as usize, unit.head)..][..hd * bs];
-        stored.convert_to_f32_slice(&mut wide);
-        let kt = &wide;
+        stored.convert_to_f32_slice(wide);
+        let kt = &*wide;
         let (first, last) = ((b * bs).max(lo), ((b + 1) * bs - 1).min(unit.position));
         for h in 0..unit.group {
             let q = &unit.q[h * hd..(h + 1) * hd];

@@ -215,9 +215,10 @@ impl Linear {
         self.add_bias(y);
     }
 
-    /// `forward` over rows of the kinds `kinds` (see `rows.rs`): on quantized weights,
-    /// generated tokens' rows take 8-bit activations and prompt tokens' rows f32, each kind in
-    /// one product; other weights treat every row alike.
+    /// `forward` over rows of the kinds `kinds` (see `rows.rs`): on quantized weights, rows
+    /// of the generated kind take 8-bit activations and rows of the prompt kind f32, each kind
+    /// in one product (the decoder counts prompt tokens as generated unless told to keep them
+    /// in f32); other weights treat every row alike.
     ///
     /// # Panics
     /// If `x` or `y` are not `kinds.len()` whole rows.
