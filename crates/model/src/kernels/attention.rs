@@ -96,7 +96,10 @@ pub fn paged_attention(
     debug_assert_eq!(out.len(), q.len());
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx512 {
-        let tiles = step.tiles.get_or_init(|| tiles(batch, group, num_kv_heads));
+        let members = step.team.size();
+        let tiles = step
+            .tiles
+            .get_or_init(|| tiles(batch, group, num_kv_heads, members));
         let out = super::team::SendPtr(out.as_mut_ptr());
         step.team.tasks(tiles.len(), &|i| {
             let tile = &tiles[i];
@@ -164,12 +167,24 @@ struct Tile {
 }
 
 /// The step's tiles: each at most `MAX_ROWS` query rows (tokens × heads), the tokens of later
-/// positions first so that the longest tasks start early.
+/// positions first so that the longest tasks start early. A step too small to keep `members`
+/// busy (one decode token: a tile per key/value head, 3 of them on 2 threads left one idle
+/// for a third of attention) gets a tile per query head instead: more tiles, each reading
+/// its key/value head's pages again (from cache: the group's other tiles just read them).
 #[cfg(target_arch = "x86_64")]
-fn tiles(batch: &Batch, group: usize, num_kv_heads: usize) -> Vec<Tile> {
+fn tiles(batch: &Batch, group: usize, num_kv_heads: usize, members: usize) -> Vec<Tile> {
     use super::attention_avx512::MAX_ROWS;
-    let head_parts = group.div_ceil(MAX_ROWS);
-    let per_tile = (MAX_ROWS / group.div_ceil(head_parts)).max(1);
+    let mut head_parts = group.div_ceil(MAX_ROWS);
+    let per_tile = |head_parts: usize| (MAX_ROWS / group.div_ceil(head_parts)).max(1);
+    let count: usize = batch
+        .seqs
+        .iter()
+        .map(|s| s.tokens.len().div_ceil(per_tile(head_parts)) * num_kv_heads * head_parts)
+        .sum();
+    if count < 4 * members {
+        head_parts = group;
+    }
+    let per_tile = per_tile(head_parts);
     let mut tiles = Vec::new();
     for (seq, s) in batch.seqs.iter().enumerate() {
         let mut end = s.tokens.end;

@@ -313,16 +313,15 @@ impl Linear {
         assert_eq!(y.len(), m * self.rows);
         // SAFETY: strips are made only where `has_bf16_dot` held.
         let xb = unsafe { super::linear_avx512::to_bf16(x) };
-        // Tasks of a few strips, claimed as members come free: halves fixed in advance left
-        // one member spinning for ~14 % of a batch-1 step while the other finished (`perf`).
-        const STRIPS_PER_TASK: usize = 4;
-        let (out, n) = (SendPtr(y.as_mut_ptr()), strips.len());
-        team.tasks(n.div_ceil(STRIPS_PER_TASK), &|task| {
+        // Ranges of strips claimed as members come free, largest first: halves fixed in
+        // advance left one member spinning for ~14 % of a batch-1 step while the other
+        // finished (`perf`).
+        let out = SendPtr(y.as_mut_ptr());
+        team.ranges(strips.len(), &|range| {
             let out = &out;
-            let s0 = task * STRIPS_PER_TASK;
-            // SAFETY: as above; tasks cover disjoint strips, so disjoint output columns of `y`
+            // SAFETY: as above; ranges cover disjoint strips, so disjoint output columns of `y`
             // (`m * rows` long, asserted).
-            unsafe { strips.product(s0..(s0 + STRIPS_PER_TASK).min(n), &xb, m, out.0, self.rows) };
+            unsafe { strips.product(range, &xb, m, out.0, self.rows) };
         });
     }
 

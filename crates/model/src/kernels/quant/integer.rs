@@ -63,9 +63,9 @@ impl QuantMatrix {
         transpose_into(&yt, m, rows, y);
     }
 
-    /// The integer product on the repacked rows (`quant_strips.rs`): tasks of
-    /// `STRIPS_PER_TASK` strips, each output written once, the activation levels of an input
-    /// row added as `few_rows_integer` adds them.
+    /// The integer product on the repacked rows (`quant_strips.rs`): ranges of strips claimed
+    /// by the members ([`Team::ranges`]), each output written once, the activation levels of an
+    /// input row added as `few_rows_integer` adds them.
     fn strips_product(
         &self,
         strips: &quant_strips::Strips,
@@ -75,14 +75,12 @@ impl QuantMatrix {
         team: &Team,
     ) {
         use quant_strips::STRIP;
-        const STRIPS_PER_TASK: usize = 4;
         let (rows, levels, n) = (self.rows, self.activation_levels, xq.rows());
         let out = SendPtr(y.as_mut_ptr());
-        team.tasks(strips.len().div_ceil(STRIPS_PER_TASK), &|task| {
+        team.ranges(strips.len(), &|range| {
             let out = &out;
             let mut lanes = vec![[0f32; STRIP]; n];
-            let first = task * STRIPS_PER_TASK;
-            for s in first..(first + STRIPS_PER_TASK).min(strips.len()) {
+            for s in range {
                 // SAFETY: strips exist only where the VNNI kernels are available.
                 unsafe { strips.dot(s, xq, &mut lanes) };
                 let (r0, real) = strips.rows_of(s);
@@ -95,7 +93,7 @@ impl QuantMatrix {
                     }
                     // SAFETY: `i < m` and `r0 + real <= rows`, so the `real` elements from
                     // `i * rows + r0` are inside `y` (`m * rows` long, asserted by the
-                    // callers); strips cover disjoint rows and each task owns its strips, so
+                    // callers); strips cover disjoint rows and each range is one member's, so
                     // nothing is written twice.
                     // A whole strip is one 64-byte store rather than a call to `memmove`.
                     unsafe {
