@@ -80,12 +80,6 @@ impl Decoder {
         let c = &config;
         let (h, q, kv, inter) = (c.hidden_size, c.q_size(), c.kv_size(), c.intermediate_size);
         let embed = weights.linear("model.embed_tokens", c.vocab_size, h, false)?;
-        // Tied, the embedding table is also the output head (looking rows up ignores this).
-        let embed = if c.tie_word_embeddings {
-            embed.into_output_head()
-        } else {
-            embed
-        };
         let mut layers = Vec::with_capacity(c.num_layers);
         for i in 0..c.num_layers {
             let p = format!("model.layers.{i}");
@@ -113,11 +107,7 @@ impl Decoder {
         let lm_head = if c.tie_word_embeddings {
             None
         } else {
-            Some(
-                weights
-                    .linear("lm_head", c.vocab_size, h, false)?
-                    .into_output_head(),
-            )
+            Some(weights.linear("lm_head", c.vocab_size, h, false)?)
         };
         let freq_factors = if weights.contains("rope_freqs.weight") {
             Some(weights.vector("rope_freqs.weight", c.head_dim / 2)?)

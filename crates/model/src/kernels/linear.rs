@@ -150,15 +150,6 @@ impl Linear {
         }
     }
 
-    /// This layer as the model's output projection: on quantized weights, more activation
-    /// precision on the integer path ([`QuantMatrix::into_output_head`]); otherwise unchanged.
-    pub fn into_output_head(mut self) -> Self {
-        if let Stored::Plain(WeightData::Quant(q)) = self.weight {
-            self.weight = Stored::Plain(WeightData::Quant(q.into_output_head()));
-        }
-        self
-    }
-
     /// Output features.
     pub fn out_features(&self) -> usize {
         self.rows

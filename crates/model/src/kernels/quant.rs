@@ -15,7 +15,7 @@
 //!   `forward`, `m` times the activation levels at most `INTEGER_MAX_QROWS`), on CPUs with
 //!   AVX-512 VNNI and matrices whose parts are all Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K
 //!   (on strips only) or Q6_K: the activations are quantized to 8 bits per 32-value block
-//!   once (one level inside the layers, two at the output head; see `activation_levels`),
+//!   once (one level, as llama.cpp; see `activation_levels`),
 //!   and each weight row is dotted with them in integers: on 16-row strips repacked at load (`quant_strips.rs`; the
 //!   strips are a copy, the blocks as stored stay for the f32 paths; `WAYFINDER_STRIPS=0`
 //!   keeps the rows as stored, `quant_vnni.rs`, `kquant_vnni.rs`); `quant/integer.rs` holds
@@ -44,9 +44,7 @@ use super::products::{SMALL_M, gemm_xwt, member_rows};
 pub use super::quant_type::QuantType;
 use super::simd::{Isa, dispatch, dot};
 use super::team::{SendPtr, Team};
-use integer::{
-    activation_levels, integer_dot_type, integer_dots_available, output_activation_levels,
-};
+use integer::{activation_levels, integer_dot_type, integer_dots_available};
 
 mod integer;
 
@@ -395,10 +393,12 @@ impl QuantMatrix {
         }
     }
 
-    /// This matrix as the model's output projection: two levels of activation quantization
-    /// on the integer path where the layers take one (`output_activation_levels`).
-    pub fn into_output_head(mut self) -> Self {
-        self.activation_levels = output_activation_levels();
+    /// This matrix with `levels` of activation quantization on the integer path (1 or 2),
+    /// whatever the default: the tests' way to cover both.
+    #[cfg(test)]
+    pub(crate) fn with_activation_levels(mut self, levels: usize) -> Self {
+        assert!(matches!(levels, 1 | 2), "one or two levels, not {levels}");
+        self.activation_levels = levels;
         self
     }
 

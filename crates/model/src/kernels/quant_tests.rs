@@ -180,11 +180,11 @@ fn every_type_matches_a_plain_product_over_awkward_shapes() {
                 parts.push(part(ty, padded, 8, rows - split));
             }
             let w = QuantMatrix::new(cols, parts).expect("layout");
-            // A layer's matrix and an output head (their activation levels differ).
-            let head = w.clone().into_output_head();
+            // One activation level (the default) and two.
+            let two = w.clone().with_activation_levels(2);
             for (w, m) in [1, 3, 9, 16, 17, SMALL_M, SMALL_M + 1, 40]
                 .into_iter()
-                .flat_map(|m| [(&w, m), (&head, m)])
+                .flat_map(|m| [(&w, m), (&two, m)])
             {
                 let x = values(m * cols, 100 + m as u64);
                 let mut y = vec![0f32; m * rows];
@@ -446,7 +446,7 @@ fn grouped_weight_rows_give_the_single_row_products_bit_for_bit() {
 }
 
 #[test]
-fn layers_take_one_level_of_activations_and_the_output_head_two() {
+fn matrices_take_one_level_of_activations_unless_told_two() {
     if std::env::var_os("WAYFINDER_ACTIVATION_LEVELS").is_some() {
         // Overridden for a comparison run.
         return;
@@ -456,9 +456,9 @@ fn layers_take_one_level_of_activations_and_the_output_head_two() {
         QuantMatrix::new(64, vec![part(ty, quantize(ty, &values(128, 2)), 0, 2)]).expect("layout");
     assert_eq!(w.activation_levels(), 1);
     assert_eq!(w.integer_max_m(), 16);
-    let head = w.into_output_head();
-    assert_eq!(head.activation_levels(), 2);
-    assert_eq!(head.integer_max_m(), 8);
+    let two = w.with_activation_levels(2);
+    assert_eq!(two.activation_levels(), 2);
+    assert_eq!(two.integer_max_m(), 8);
 }
 
 /// Generated tokens' rows take 8-bit activations, each computed bit for bit as it would be
