@@ -9,8 +9,10 @@
 //! - scores: `a` is the tile's queries packed as `[head_dim][R]`, `b` a block's transposed keys
 //!   (`[head_dim][block_size]`, 16 keys per panel);
 //! - softmax per row over its own causal (and sliding-window) range, in row layout;
-//! - output: `a` is the probabilities transposed to `[key][R]`, `b` the values (`[key][head_dim]`,
-//!   16 dimensions per panel).
+//! - output: `a` is the probabilities, read in row layout through a pointer per row
+//!   ([`panels_by_row`]; transposing them to `[key][R]` first was ~13 % of a 2048-token
+//!   prefill's attention, in scalar stores), `b` the values (`[key][head_dim]`, 16 dimensions
+//!   per panel).
 //!
 //! Panels go `C` at a time ([`panels`]: four key panels, or four 16-dimension column chunks,
 //! for tiles of up to 6 rows; two beyond): a decode tile of a grouped-query group has only 3
@@ -122,14 +124,14 @@ unsafe fn tile<const R: usize, const C: usize>(
     let base = b0 * bs;
     let stride = ((b1 + 1) * bs - base).next_multiple_of(16);
     // Not cleared between tiles: every element read below is written first (queries, the
-    // computed score panels, the zeros outside each row's range, the transposed
-    // probabilities), and clearing cost a memset of up to 2 · 12 · 512 floats per tile.
-    let need = hd * R + 2 * R * stride;
+    // computed score panels, the zeros outside each row's range), and clearing cost a memset
+    // of up to 2 · 12 · 512 floats per tile.
+    let need = hd * R + R * stride;
     if scratch.len() < need {
         scratch.resize(need, 0.0);
     }
     let (qt, rest) = scratch[..need].split_at_mut(hd * R);
-    let (scores, pt) = rest.split_at_mut(R * stride);
+    let scores = &mut rest[..R * stride];
 
     // SAFETY (whole body): the caller vouches for the row pointers and the store's contents;
     // block offsets come from the store's geometry; every other access is inside `scratch`.
@@ -191,9 +193,6 @@ unsafe fn tile<const R: usize, const C: usize>(
             s[..from].fill(0.0);
             s[to + 1..].fill(0.0);
             softmax(&mut s[from..=to]);
-            for (j, &p) in s.iter().enumerate() {
-                pt[j * R + r] = p;
-            }
         }
         // Output columns in groups of `C` chunks of 16 dimensions; chunks past `head_dim` read
         // nothing (mask 0) and are not stored.
@@ -214,14 +213,9 @@ unsafe fn tile<const R: usize, const C: usize>(
                         *p = v.add(16 * j);
                     }
                 }
-                panels::<R, C>(
-                    pt.as_ptr().add((j0 - base) * R),
-                    ptrs,
-                    hd,
-                    j1 + 1 - j0,
-                    masks,
-                    &mut acc,
-                );
+                let probs: [*const f32; R] =
+                    std::array::from_fn(|r| scores.as_ptr().add(r * stride + j0 - base));
+                panels_by_row::<R, C>(probs, ptrs, hd, j1 + 1 - j0, masks, &mut acc);
             }
             for (j, acc) in acc.iter().enumerate() {
                 if masks[j] == 0 {
@@ -229,6 +223,35 @@ unsafe fn tile<const R: usize, const C: usize>(
                 }
                 for (row, a) in rows.iter().zip(acc) {
                     _mm512_mask_storeu_ps(row.out.add(c0 + 16 * j), masks[j], *a);
+                }
+            }
+        }
+    }
+}
+
+/// [`panels`] with row `r`'s `a` values at `a[r][i]` instead of `a[i · R + r]`.
+#[inline(always)]
+unsafe fn panels_by_row<const R: usize, const C: usize>(
+    a: [*const f32; R],
+    b: [*const f16; C],
+    ldb: usize,
+    k: usize,
+    masks: [__mmask16; C],
+    acc: &mut [[__m512; R]; C],
+) {
+    // SAFETY: the caller keeps each `a[r][..k]` and each `b[j]`'s `k` rows of `ldb` (masked
+    // lanes) in bounds.
+    unsafe {
+        for i in 0..k {
+            let mut bv = [_mm512_setzero_ps(); C];
+            for j in 0..C {
+                let half = _mm256_maskz_loadu_epi16(masks[j], b[j].wrapping_add(i * ldb).cast());
+                bv[j] = _mm512_cvtph_ps(half);
+            }
+            for (r, ar) in a.iter().enumerate() {
+                let x = _mm512_set1_ps(*ar.add(i));
+                for (acc, bv) in acc.iter_mut().zip(&bv) {
+                    acc[r] = _mm512_fmadd_ps(x, *bv, acc[r]);
                 }
             }
         }
