@@ -10,7 +10,7 @@
 //!   (`[head_dim][block_size]`, 16 keys per panel);
 //! - softmax per row over its own causal (and sliding-window) range, in row layout;
 //! - output: `a` is the probabilities, read in row layout through a pointer per row
-//!   ([`panels_by_row`]; transposing them to `[key][R]` first was ~13 % of a 2048-token
+//!   ([`panels`]; transposing them to `[key][R]` first was ~13 % of a 2048-token
 //!   prefill's attention, in scalar stores), `b` the values (`[key][head_dim]`, 16 dimensions
 //!   per panel).
 //!
@@ -158,7 +158,7 @@ unsafe fn tile<const R: usize, const C: usize>(
                     masks[j] = lanes(group[j].1);
                     ptrs[j] = group[j].2;
                 }
-                panels::<R, C>(qt.as_ptr(), ptrs, bs, hd, masks, &mut acc);
+                panels::<R, C, false>([qt.as_ptr(); R], ptrs, bs, hd, masks, &mut acc);
                 for (&(first, n, _), acc) in group.iter().zip(&acc).take(filled) {
                     for (r, a) in acc.iter().enumerate() {
                         let dst = scores.as_mut_ptr().add(r * stride + first - base);
@@ -215,7 +215,7 @@ unsafe fn tile<const R: usize, const C: usize>(
                 }
                 let probs: [*const f32; R] =
                     std::array::from_fn(|r| scores.as_ptr().add(r * stride + j0 - base));
-                panels_by_row::<R, C>(probs, ptrs, hd, j1 + 1 - j0, masks, &mut acc);
+                panels::<R, C, true>(probs, ptrs, hd, j1 + 1 - j0, masks, &mut acc);
             }
             for (j, acc) in acc.iter().enumerate() {
                 if masks[j] == 0 {
@@ -229,9 +229,12 @@ unsafe fn tile<const R: usize, const C: usize>(
     }
 }
 
-/// [`panels`] with row `r`'s `a` values at `a[r][i]` instead of `a[i · R + r]`.
+/// `acc[j][r] += Σ_{i < k} a(r, i) · b[j][i · ldb .. + 16]` for `C` panels `b[j]` of the
+/// store's f16 (lanes outside `masks[j]` read as 0; a panel whose mask is 0 reads nothing),
+/// where `a(r, i)` is `a[r][i]` (`BY_ROW`: the probabilities, a row each) or `a[0][i · R + r]`
+/// (the queries packed `[head_dim][R]`, one pointer and constant offsets).
 #[inline(always)]
-unsafe fn panels_by_row<const R: usize, const C: usize>(
+unsafe fn panels<const R: usize, const C: usize, const BY_ROW: bool>(
     a: [*const f32; R],
     b: [*const f16; C],
     ldb: usize,
@@ -239,8 +242,8 @@ unsafe fn panels_by_row<const R: usize, const C: usize>(
     masks: [__mmask16; C],
     acc: &mut [[__m512; R]; C],
 ) {
-    // SAFETY: the caller keeps each `a[r][..k]` and each `b[j]`'s `k` rows of `ldb` (masked
-    // lanes) in bounds.
+    // SAFETY: the caller keeps every `a(r, i)` for `i < k` and each `b[j]`'s `k` rows of
+    // `ldb` (masked lanes) in bounds.
     unsafe {
         for i in 0..k {
             let mut bv = [_mm512_setzero_ps(); C];
@@ -248,39 +251,13 @@ unsafe fn panels_by_row<const R: usize, const C: usize>(
                 let half = _mm256_maskz_loadu_epi16(masks[j], b[j].wrapping_add(i * ldb).cast());
                 bv[j] = _mm512_cvtph_ps(half);
             }
-            for (r, ar) in a.iter().enumerate() {
-                let x = _mm512_set1_ps(*ar.add(i));
-                for (acc, bv) in acc.iter_mut().zip(&bv) {
-                    acc[r] = _mm512_fmadd_ps(x, *bv, acc[r]);
-                }
-            }
-        }
-    }
-}
-
-/// `acc[j][r] += Σ_{i < k} a[i · R + r] · b[j][i · ldb .. + 16]` for `C` panels `b[j]` of the
-/// store's f16 (lanes outside `masks[j]` read as 0; a panel whose mask is 0 reads nothing).
-#[inline(always)]
-unsafe fn panels<const R: usize, const C: usize>(
-    a: *const f32,
-    b: [*const f16; C],
-    ldb: usize,
-    k: usize,
-    masks: [__mmask16; C],
-    acc: &mut [[__m512; R]; C],
-) {
-    // SAFETY: the caller keeps `a[..k · R]` and each `b[j]`'s `k` rows of `ldb` (masked lanes)
-    // in bounds.
-    unsafe {
-        for i in 0..k {
-            let mut bv = [_mm512_setzero_ps(); C];
-            for j in 0..C {
-                let half = _mm256_maskz_loadu_epi16(masks[j], b[j].wrapping_add(i * ldb).cast());
-                bv[j] = _mm512_cvtph_ps(half);
-            }
-            let ar = a.add(i * R);
             for r in 0..R {
-                let x = _mm512_set1_ps(*ar.add(r));
+                let v = if BY_ROW {
+                    *a[r].add(i)
+                } else {
+                    *a[0].add(i * R + r)
+                };
+                let x = _mm512_set1_ps(v);
                 for (acc, bv) in acc.iter_mut().zip(&bv) {
                     acc[r] = _mm512_fmadd_ps(x, *bv, acc[r]);
                 }
