@@ -390,9 +390,18 @@ mod tests {
             (20, 16, 1, 32, Some(9)),
             (64, 8, 8, 64, Some(70)),
         ];
-        // A prefill chunk in the middle of a prompt, a decode token, a whole prompt.
-        let requests = [(7, 30), (90, 1), (0, 19), (33, 12)];
-        for (bs, heads, kv_heads, hd, window) in shapes {
+        // A prefill chunk in the middle of a prompt, a decode token, a whole prompt; and steps
+        // too small to keep the team busy with a tile per key/value head (one or two decode
+        // tokens), which get a tile per query head.
+        let steps: [&[(usize, usize)]; 3] = [
+            &[(7, 30), (90, 1), (0, 19), (33, 12)],
+            &[(90, 1)],
+            &[(40, 1), (3, 1)],
+        ];
+        for ((bs, heads, kv_heads, hd, window), requests) in shapes
+            .into_iter()
+            .flat_map(|shape| steps.map(|requests| (shape, requests)))
+        {
             let params = AttentionParams {
                 num_heads: heads,
                 num_kv_heads: kv_heads,
@@ -406,7 +415,7 @@ mod tests {
                 num_kv_heads: kv_heads,
                 head_dim: hd,
             };
-            let b = batch(&requests, bs, geometry.num_blocks);
+            let b = batch(requests, bs, geometry.num_blocks);
             let n = geometry.values_per_layer();
             let kv = LayerKv {
                 k: (0..n).map(|i| half::f16::from_f32(value(1, i))).collect(),
@@ -423,7 +432,7 @@ mod tests {
                 for (i, (g, w)) in out.iter().zip(&want).enumerate() {
                     assert!(
                         (g - w).abs() < 1e-5,
-                        "{isa:?} bs {bs} heads {heads}/{kv_heads} hd {hd}: [{i}] {g} vs {w}"
+                        "{isa:?} {requests:?} bs {bs} heads {heads}/{kv_heads} hd {hd}: [{i}] {g} vs {w}"
                     );
                 }
             }
