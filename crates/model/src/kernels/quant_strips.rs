@@ -290,29 +290,30 @@ impl Strips {
         (&self.parts[i], s - self.starts[i])
     }
 
-    /// Strip `s`'s first output row and real rows.
-    pub(crate) fn rows_of(&self, s: usize) -> (usize, usize) {
-        let (part, s) = self.find(s);
-        part.strips[s]
-    }
-
     /// Bytes held.
     pub(crate) fn size_in_bytes(&self) -> usize {
         self.parts.iter().map(|p| p.data.len()).sum()
     }
 
-    /// `out[j][r] = Σ_k x[j, k] · w[r0 + r, k]` for strip `s` (first row `r0`) and every row
-    /// `j` of `x`, lanes `r` past the strip's real rows left zero.
+    /// `out[j][r] = Σ_k x[j, k] · w[r0 + r, k]` for strip `s` and every row `j` of `x`, lanes
+    /// `r` past the strip's real rows left zero; returns the strip's first output row `r0` and
+    /// its real rows (one lookup of the strip's part for both).
     ///
     /// # Safety
     /// The CPU must pass `quant_vnni::available`.
     ///
     /// # Panics
     /// If `x` does not have this matrix's columns or `out` is not one row per row of `x`.
-    pub(crate) unsafe fn dot(&self, s: usize, x: &Q8Rows, out: &mut [[f32; STRIP]]) {
+    pub(crate) unsafe fn dot(
+        &self,
+        s: usize,
+        x: &Q8Rows,
+        out: &mut [[f32; STRIP]],
+    ) -> (usize, usize) {
         let (part, s) = self.find(s);
         // SAFETY: forwarded from the caller.
-        unsafe { part.dot(s, x, out) }
+        unsafe { part.dot(s, x, out) };
+        part.strips[s]
     }
 }
 

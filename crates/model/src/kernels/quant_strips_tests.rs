@@ -68,8 +68,7 @@ fn strips_match_the_row_kernels() {
             for s in 0..strips.len() {
                 let mut lanes = vec![[f32::NAN; STRIP]; m];
                 // SAFETY: as above.
-                unsafe { strips.dot(s, &x, &mut lanes) };
-                let (r0, real) = strips.rows_of(s);
+                let (r0, real) = unsafe { strips.dot(s, &x, &mut lanes) };
                 let part = parts
                     .iter()
                     .find(|p| r0 < p.first + p.rows)

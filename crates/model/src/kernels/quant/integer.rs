@@ -82,8 +82,7 @@ impl QuantMatrix {
             let mut lanes = vec![[0f32; STRIP]; n];
             for s in range {
                 // SAFETY: strips exist only where the VNNI kernels are available.
-                unsafe { strips.dot(s, xq, &mut lanes) };
-                let (r0, real) = strips.rows_of(s);
+                let (r0, real) = unsafe { strips.dot(s, xq, &mut lanes) };
                 for (i, level) in lanes.chunks_exact(levels).enumerate() {
                     let mut v = level[0];
                     for l in &level[1..] {
