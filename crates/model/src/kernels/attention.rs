@@ -96,10 +96,7 @@ pub fn paged_attention(
     debug_assert_eq!(out.len(), q.len());
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx512 {
-        let members = step.team.size();
-        let tiles = step
-            .tiles
-            .get_or_init(|| tiles(batch, group, num_kv_heads, members));
+        let tiles = step.tiles.get_or_init(|| tiles(batch, group, num_kv_heads));
         let out = super::team::SendPtr(out.as_mut_ptr());
         step.team.tasks(tiles.len(), &|i| {
             let tile = &tiles[i];
@@ -167,24 +164,19 @@ struct Tile {
 }
 
 /// The step's tiles: each at most `MAX_ROWS` query rows (tokens × heads), the tokens of later
-/// positions first so that the longest tasks start early. A step too small to keep `members`
-/// busy (one decode token: a tile per key/value head, 3 of them on 2 threads left one idle
-/// for a third of attention) gets a tile per query head instead: more tiles, each reading
-/// its key/value head's pages again (from cache: the group's other tiles just read them).
+/// positions first so that the longest tasks start early.
+///
+/// One decode token makes a tile per key/value head (3 for SmolLM2, on 2 threads). A tile per
+/// query head instead (9, better balanced) was tried and measured slower at batch 1 on
+/// longer contexts (Q8_0, 384 tokens decoded, 3 pairs: 171 / 146 / 157 against 174 / 160 /
+/// 166 tok/s): each tile then widens its key/value head's f16 pages for one row instead of
+/// three. Splitting the keys would balance without that (not done yet), at split points fixed
+/// whatever the batch: the prefix cache's exactness needs a row's result not to depend on it.
 #[cfg(target_arch = "x86_64")]
-fn tiles(batch: &Batch, group: usize, num_kv_heads: usize, members: usize) -> Vec<Tile> {
+fn tiles(batch: &Batch, group: usize, num_kv_heads: usize) -> Vec<Tile> {
     use super::attention_avx512::MAX_ROWS;
-    let mut head_parts = group.div_ceil(MAX_ROWS);
-    let per_tile = |head_parts: usize| (MAX_ROWS / group.div_ceil(head_parts)).max(1);
-    let count: usize = batch
-        .seqs
-        .iter()
-        .map(|s| s.tokens.len().div_ceil(per_tile(head_parts)) * num_kv_heads * head_parts)
-        .sum();
-    if count < 4 * members {
-        head_parts = group;
-    }
-    let per_tile = per_tile(head_parts);
+    let head_parts = group.div_ceil(MAX_ROWS);
+    let per_tile = (MAX_ROWS / group.div_ceil(head_parts)).max(1);
     let mut tiles = Vec::new();
     for (seq, s) in batch.seqs.iter().enumerate() {
         let mut end = s.tokens.end;
@@ -391,8 +383,7 @@ mod tests {
             (64, 8, 8, 64, Some(70)),
         ];
         // A prefill chunk in the middle of a prompt, a decode token, a whole prompt; and steps
-        // too small to keep the team busy with a tile per key/value head (one or two decode
-        // tokens), which get a tile per query head.
+        // of one or two decode tokens alone.
         let steps: [&[(usize, usize)]; 3] = [
             &[(7, 30), (90, 1), (0, 19), (33, 12)],
             &[(90, 1)],
