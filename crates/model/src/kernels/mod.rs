@@ -26,6 +26,7 @@
 mod attention;
 mod attention_avx512;
 mod attention_params;
+mod bf16_pack;
 mod bf16_strips;
 mod kquant_avx512;
 mod kquant_vnni;
