@@ -7,6 +7,8 @@
 //! - `linear.rs` ([`Linear`], [`WeightData`]) and its AVX-512 kernels (`linear_avx512.rs`).
 //! - `attention.rs` ([`paged_attention`], [`StepContext`]) and its AVX-512 tiled kernel
 //!   (`attention_avx512.rs`); both take [`AttentionParams`] (`attention_params.rs`).
+//! - `bf16_strips.rs`: bf16 weights in strips of 16 rows for `vdpbf16ps` (any number of
+//!   rows), held packed losslessly in 12 bits a value by `bf16_pack.rs`.
 //! - `quant_vnni.rs`: integer dot products on Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 blocks with AVX-512
 //!   VNNI, and the tile loop (`Pairs`) the k-quants share.
 //! - `quant_strips.rs`: every integer-kernel type repacked in strips of 16 rows, whose
