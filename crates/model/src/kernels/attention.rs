@@ -273,6 +273,7 @@ mod tests {
     use wayfinder_core::BatchSeq;
 
     use super::*;
+    use crate::kv_store::HalfPages;
 
     /// A deterministic value in [-1, 1) for index `i` of stream `s`.
     fn value(s: u64, i: usize) -> f32 {
@@ -408,9 +409,14 @@ mod tests {
             };
             let b = batch(requests, bs, geometry.num_blocks);
             let n = geometry.values_per_layer();
+            let values = |seed| -> Vec<half::f16> {
+                (0..n)
+                    .map(|i| half::f16::from_f32(value(seed, i)))
+                    .collect()
+            };
             let kv = LayerKv {
-                k: (0..n).map(|i| half::f16::from_f32(value(1, i))).collect(),
-                v: (0..n).map(|i| half::f16::from_f32(value(2, i))).collect(),
+                k: HalfPages::from_slice(&values(1)),
+                v: HalfPages::from_slice(&values(2)),
             };
             let q: Vec<f32> = (0..b.num_tokens() * heads * hd)
                 .map(|i| 3.0 * value(3, i))
