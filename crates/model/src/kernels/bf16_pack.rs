@@ -16,9 +16,11 @@
 //!
 //! Decoding is exact: a strip decodes to the bits [`super::bf16_strips`] would hold, so every
 //! product gives the same result packed or not. It costs a few instructions per 32 values
-//! (widen the bytes, look the codes up with `vpermw`, two shifts and an or) and runs strip by
-//! strip into a scratch the product then reads from L1/L2: per 32 weights a decode step reads
-//! 48 bytes from memory instead of 64.
+//! (widen the bytes, look the codes up with `vpermw`, two shifts and an or): a product on a
+//! few rows decodes each pair of vectors in registers as its tiles reach them
+//! ([`PackedStrips::cursor`]), one on many rows decodes each strip once into a scratch its
+//! tiles then read ([`PackedStrips::decode`]). Per 32 weights a decode step reads 48 bytes from
+//! memory instead of 64.
 //!
 //! Body layout, per pair of strip vectors `2g`, `2g + 1` (a vector: 16 rows × 2 values, the
 //! strip layout's 32 lanes): 32 bytes of sign and mantissa of vector `2g`, 32 of vector

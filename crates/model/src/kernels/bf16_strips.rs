@@ -17,8 +17,9 @@
 //! The strips replace the rows as given (every product of the layer takes them, and an
 //! embedding lookup reads its row out of them: [`Bf16Strips::row_f32`]), so they cost no
 //! memory. They are held packed in 12 bits a value where the exponents allow
-//! (`bf16_pack.rs`, lossless), and each product decodes them strip by strip into a scratch
-//! its tiles read; `WAYFINDER_BF16_PACK=0` keeps them plain, for comparing the two.
+//! (`bf16_pack.rs`, lossless): up to [`DECODE_IN_TILES`] input rows, each tile decodes the
+//! weights in registers as it goes; beyond, each strip is decoded once into a scratch all the
+//! tiles read. `WAYFINDER_BF16_PACK=0` keeps them plain, for comparing the two.
 
 #![cfg(target_arch = "x86_64")]
 
