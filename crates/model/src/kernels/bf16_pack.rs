@@ -134,46 +134,18 @@ impl PackedStrips {
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
     pub(crate) unsafe fn decode(&self, s: usize, out: &mut [bf16]) {
         assert_eq!(out.len(), LANES * self.vectors);
-        let strip = &self.data[s * self.strip_bytes..][..self.strip_bytes];
         let dst = out.as_mut_ptr().cast::<u16>();
-        // SAFETY: loads stay inside `strip` (its table and `vectors.div_ceil(2)` groups);
-        // stores go to vectors `< vectors` of `out`, which holds them all.
+        // SAFETY: the cursor reads the strip's groups in order; stores go to vectors
+        // `< vectors` of `out`, which holds them all; the caller vouches for the CPU.
         unsafe {
-            let table = _mm512_loadu_si512(strip.as_ptr().cast());
-            // (Macros, not closures: intrinsics in a closure may not inherit this function's
-            // target features and become calls.)
-            macro_rules! widen {
-                ($at:expr) => {
-                    _mm512_cvtepu8_epi16(_mm256_loadu_si256(strip.as_ptr().add($at).cast()))
-                };
-            }
-            macro_rules! join {
-                ($sm:expr, $exponent:expr) => {{
-                    let sm = $sm;
-                    let (m, sign) = (_mm512_srli_epi16::<1>(sm), _mm512_slli_epi16::<15>(sm));
-                    // m | sign | exponent
-                    _mm512_ternarylogic_epi32::<0xFE>(m, sign, $exponent)
-                }};
-            }
+            let mut cursor = self.cursor(s);
             for g in 0..self.vectors.div_ceil(2) {
-                let at = TABLE + g * GROUP;
-                // Both lines a group ahead spans (a prefetch never faults, even past the
-                // strip and the mapping).
-                let ahead = strip.as_ptr().wrapping_add(at + PREFETCH_BYTES);
-                _mm_prefetch::<_MM_HINT_T0>(ahead.cast());
-                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(GROUP - 1).cast());
-                let codes = widen!(at + 2 * LANES);
-                let low = _mm512_permutexvar_epi16(codes, table);
-                _mm512_storeu_si512(dst.add(2 * g * LANES).cast(), join!(widen!(at), low));
+                let (a, b) = cursor.group(g);
+                _mm512_storeu_si512(dst.add(2 * g * LANES).cast(), a);
                 if 2 * g + 1 < self.vectors {
-                    let high = _mm512_permutexvar_epi16(_mm512_srli_epi16::<4>(codes), table);
-                    let v = join!(widen!(at + LANES), high);
-                    _mm512_storeu_si512(dst.add((2 * g + 1) * LANES).cast(), v);
+                    _mm512_storeu_si512(dst.add((2 * g + 1) * LANES).cast(), b);
                 }
             }
-        }
-        for &(i, bits) in &self.exceptions[self.starts[s]..self.starts[s + 1]] {
-            out[i as usize] = bf16::from_bits(bits);
         }
     }
 }
