@@ -70,7 +70,7 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
         KvCacheSize::Blocks(per_request * max_conc.max(1)).num_blocks(&model.config, BLOCK_SIZE);
     let params = model.decoder.weight_bytes();
     let (arch, weight_type) = (model.config.architecture, model.weight_type);
-    let executor = ModelExecutor::new(model.decoder, num_blocks, BLOCK_SIZE);
+    let executor = ModelExecutor::try_new(model.decoder, num_blocks, BLOCK_SIZE)?;
     let engine = EngineHandle::spawn(
         EngineConfig {
             scheduler: SchedulerConfig {

@@ -127,7 +127,7 @@ impl EngineArgs {
             None => model.max_model_len,
         };
         let dtype = model.weight_type;
-        let executor = ModelExecutor::new(model.decoder, num_blocks, self.block_size);
+        let executor = ModelExecutor::try_new(model.decoder, num_blocks, self.block_size)?;
         let kv_bytes = executor.kv_cache_bytes();
         let handle = EngineHandle::spawn(
             EngineConfig {

@@ -58,6 +58,17 @@ pub enum ModelError {
     /// A tensor operation failed.
     #[error("tensor operation failed: {0}")]
     Candle(#[from] candle_core::Error),
+    /// The OS refused the KV store's memory.
+    #[error(
+        "cannot reserve {bytes} bytes for the KV cache (lower --kv-cache-memory or \
+         --num-kv-blocks): {error}"
+    )]
+    KvStore {
+        /// The bytes asked for.
+        bytes: usize,
+        /// The OS's answer (in the message, so not also a source).
+        error: std::io::Error,
+    },
 }
 
 impl From<TextError> for ModelError {

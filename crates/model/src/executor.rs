@@ -55,22 +55,30 @@ pub struct ModelExecutor {
 }
 
 impl ModelExecutor {
-    /// An executor with a KV store of `num_blocks` blocks of `block_size` slots.
-    ///
-    /// # Panics
-    /// If `block_size` is 0 or above [`MAX_BLOCK_SIZE`]; check user input with
-    /// [`ModelExecutor::check_block_size`] first.
-    pub fn new(decoder: Decoder, num_blocks: usize, block_size: usize) -> Self {
-        if let Err(e) = Self::check_block_size(block_size) {
-            panic!("{e}");
-        }
+    /// An executor with a KV store of `num_blocks` blocks of `block_size` slots; an error when
+    /// `block_size` is not one attention supports ([`Self::check_block_size`]) or the OS
+    /// refuses the store's memory.
+    pub fn try_new(
+        decoder: Decoder,
+        num_blocks: usize,
+        block_size: usize,
+    ) -> Result<Self, ModelError> {
+        Self::check_block_size(block_size)?;
         let g = geometry(decoder.config(), num_blocks, block_size);
-        let kv = PagedKvStore::new(g, decoder.config().num_layers);
-        Self {
+        let kv = PagedKvStore::try_new(g, decoder.config().num_layers)?;
+        Ok(Self {
             decoder,
             kv,
             team: Team::per_core(),
-        }
+        })
+    }
+
+    /// As [`Self::try_new`], for sizes known to be good (tests, benchmarks).
+    ///
+    /// # Panics
+    /// Where [`Self::try_new`] returns an error.
+    pub fn new(decoder: Decoder, num_blocks: usize, block_size: usize) -> Self {
+        Self::try_new(decoder, num_blocks, block_size).unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Whether attention supports `block_size`.

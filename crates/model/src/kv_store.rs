@@ -29,6 +29,8 @@ use std::ops::{Deref, DerefMut};
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 
+use crate::error::ModelError;
+
 /// `len` f16 values in an anonymous memory map of their own (see the module docs).
 pub struct HalfPages {
     map: memmap2::MmapMut,
@@ -36,19 +38,24 @@ pub struct HalfPages {
 }
 
 impl HalfPages {
-    /// `len` zeros, resident only where written.
-    ///
-    /// # Panics
-    /// If the OS refuses the mapping (as a refused allocation would abort).
-    pub fn zeroed(len: usize) -> Self {
+    /// `len` zeros, resident only where written; an error when the OS refuses the mapping.
+    pub fn try_zeroed(len: usize) -> Result<Self, ModelError> {
         let bytes = (len * std::mem::size_of::<f16>()).max(1);
         let map = memmap2::MmapMut::map_anon(bytes)
-            .unwrap_or_else(|e| panic!("mapping {bytes} bytes for the KV store: {e}"));
+            .map_err(|error| ModelError::KvStore { bytes, error })?;
         // Huge pages where the kernel grants them on request: fewer TLB misses in attention.
         // Advice only: without them the store works the same.
         #[cfg(target_os = "linux")]
         let _ = map.advise(memmap2::Advice::HugePage);
-        Self { map, len }
+        Ok(Self { map, len })
+    }
+
+    /// `len` zeros, resident only where written.
+    ///
+    /// # Panics
+    /// If the OS refuses the mapping ([`Self::try_zeroed`] says it instead).
+    pub fn zeroed(len: usize) -> Self {
+        Self::try_zeroed(len).unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// A copy of `values`.
@@ -142,16 +149,26 @@ pub struct PagedKvStore {
 }
 
 impl PagedKvStore {
-    /// A zeroed store for `num_layers` layers.
-    pub fn new(geometry: KvGeometry, num_layers: usize) -> Self {
+    /// A zeroed store for `num_layers` layers; an error when the OS refuses its memory.
+    pub fn try_new(geometry: KvGeometry, num_layers: usize) -> Result<Self, ModelError> {
         let n = geometry.values_per_layer();
         let layers = (0..num_layers)
-            .map(|_| LayerKv {
-                k: HalfPages::zeroed(n),
-                v: HalfPages::zeroed(n),
+            .map(|_| {
+                Ok(LayerKv {
+                    k: HalfPages::try_zeroed(n)?,
+                    v: HalfPages::try_zeroed(n)?,
+                })
             })
-            .collect();
-        Self { geometry, layers }
+            .collect::<Result<_, ModelError>>()?;
+        Ok(Self { geometry, layers })
+    }
+
+    /// A zeroed store for `num_layers` layers.
+    ///
+    /// # Panics
+    /// If the OS refuses its memory ([`Self::try_new`] says it instead).
+    pub fn new(geometry: KvGeometry, num_layers: usize) -> Self {
+        Self::try_new(geometry, num_layers).unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Its geometry.
@@ -233,5 +250,22 @@ mod tests {
             f16::from_f32(5.0)
         );
         assert!(kv.layer(0).k.iter().take(4096).all(|x| *x == f16::ZERO));
+    }
+
+    /// A store larger than the address space is an error naming its size, not a panic.
+    #[test]
+    fn a_store_the_os_refuses_is_an_error() {
+        let g = KvGeometry {
+            num_blocks: 1 << 37,
+            block_size: 16,
+            num_kv_heads: 1,
+            head_dim: 64,
+        };
+        let err = PagedKvStore::try_new(g, 1).expect_err("256 TiB cannot be mapped");
+        assert!(
+            matches!(err, ModelError::KvStore { bytes, .. } if bytes == 1 << 48),
+            "{err}"
+        );
+        assert!(err.to_string().contains("--kv-cache-memory"), "{err}");
     }
 }
