@@ -64,8 +64,9 @@ pub enum ModelError {
          --num-kv-blocks): {error}"
     )]
     KvStore {
-        /// The bytes asked for.
-        bytes: usize,
+        /// The bytes asked for (wider than `usize`: a size past the address space is named
+        /// as it is, not wrapped).
+        bytes: u128,
         /// The OS's answer (in the message, so not also a source).
         error: std::io::Error,
     },

@@ -31,6 +31,17 @@ use half::slice::HalfFloatSliceExt;
 
 use crate::error::ModelError;
 
+/// The error for a store of `bytes` that no address fits.
+fn past_address_space(bytes: u128) -> ModelError {
+    ModelError::KvStore {
+        bytes,
+        error: std::io::Error::new(
+            std::io::ErrorKind::OutOfMemory,
+            "more than the address space holds",
+        ),
+    }
+}
+
 /// `len` f16 values in an anonymous memory map of their own (see the module docs).
 pub struct HalfPages {
     map: memmap2::MmapMut,
@@ -40,9 +51,10 @@ pub struct HalfPages {
 impl HalfPages {
     /// `len` zeros, resident only where written; an error when the OS refuses the mapping.
     pub fn try_zeroed(len: usize) -> Result<Self, ModelError> {
-        let bytes = (len * std::mem::size_of::<f16>()).max(1);
-        let map = memmap2::MmapMut::map_anon(bytes)
-            .map_err(|error| ModelError::KvStore { bytes, error })?;
+        let want = len as u128 * std::mem::size_of::<f16>() as u128;
+        let bytes = usize::try_from(want).map_err(|_| past_address_space(want))?;
+        let map = memmap2::MmapMut::map_anon(bytes.max(1))
+            .map_err(|error| ModelError::KvStore { bytes: want, error })?;
         // Huge pages where the kernel grants them on request: fewer TLB misses in attention.
         // Advice only: without them the store works the same.
         #[cfg(target_os = "linux")]
@@ -50,17 +62,12 @@ impl HalfPages {
         Ok(Self { map, len })
     }
 
-    /// `len` zeros, resident only where written.
+    /// A copy of `values`.
     ///
     /// # Panics
-    /// If the OS refuses the mapping ([`Self::try_zeroed`] says it instead).
-    pub fn zeroed(len: usize) -> Self {
-        Self::try_zeroed(len).unwrap_or_else(|e| panic!("{e}"))
-    }
-
-    /// A copy of `values`.
+    /// If the OS refuses the mapping.
     pub fn from_slice(values: &[f16]) -> Self {
-        let mut pages = Self::zeroed(values.len());
+        let mut pages = Self::try_zeroed(values.len()).unwrap_or_else(|e| panic!("{e}"));
         pages.copy_from_slice(values);
         pages
     }
@@ -149,9 +156,15 @@ pub struct PagedKvStore {
 }
 
 impl PagedKvStore {
-    /// A zeroed store for `num_layers` layers; an error when the OS refuses its memory.
+    /// A zeroed store for `num_layers` layers; an error when the OS refuses its memory (or
+    /// a layer would not fit the address space).
     pub fn try_new(geometry: KvGeometry, num_layers: usize) -> Result<Self, ModelError> {
-        let n = geometry.values_per_layer();
+        let g = geometry;
+        let values = [g.num_kv_heads, g.block_size, g.head_dim]
+            .into_iter()
+            .fold(g.num_blocks as u128, |a, b| a.saturating_mul(b as u128));
+        let n =
+            usize::try_from(values).map_err(|_| past_address_space(values.saturating_mul(2)))?;
         let layers = (0..num_layers)
             .map(|_| {
                 Ok(LayerKv {
@@ -161,14 +174,6 @@ impl PagedKvStore {
             })
             .collect::<Result<_, ModelError>>()?;
         Ok(Self { geometry, layers })
-    }
-
-    /// A zeroed store for `num_layers` layers.
-    ///
-    /// # Panics
-    /// If the OS refuses its memory ([`Self::try_new`] says it instead).
-    pub fn new(geometry: KvGeometry, num_layers: usize) -> Self {
-        Self::try_new(geometry, num_layers).unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Its geometry.
@@ -234,7 +239,7 @@ mod tests {
             head_dim: 64,
         };
         let before = resident_anon();
-        let mut kv = PagedKvStore::new(g, 8);
+        let mut kv = PagedKvStore::try_new(g, 8).expect("a lazily resident store");
         assert_eq!(kv.layer(7).k.len() * 2 * 2 * 8, 512 << 20);
         let k: Vec<f32> = (0..128).map(|i| i as f32).collect();
         let v: Vec<f32> = (0..128).map(|i| -(i as f32)).collect();
@@ -252,7 +257,8 @@ mod tests {
         assert!(kv.layer(0).k.iter().take(4096).all(|x| *x == f16::ZERO));
     }
 
-    /// A store larger than the address space is an error naming its size, not a panic.
+    /// A store larger than the address space is an error naming its size, not a panic nor a
+    /// wrapped size.
     #[test]
     fn a_store_the_os_refuses_is_an_error() {
         let g = KvGeometry {
@@ -267,5 +273,15 @@ mod tests {
             "{err}"
         );
         assert!(err.to_string().contains("--kv-cache-memory"), "{err}");
+        // Past `usize` altogether: the size as it is, not wrapped.
+        let g = KvGeometry {
+            num_blocks: 1 << 60,
+            ..g
+        };
+        let err = PagedKvStore::try_new(g, 1).expect_err("2^71 bytes");
+        assert!(
+            matches!(err, ModelError::KvStore { bytes, .. } if bytes == 1 << 71),
+            "{err}"
+        );
     }
 }
