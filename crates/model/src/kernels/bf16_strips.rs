@@ -17,9 +17,9 @@
 //! The strips replace the rows as given (every product of the layer takes them, and an
 //! embedding lookup reads its row out of them: [`Bf16Strips::row_f32`]), so they cost no
 //! memory. They are held packed in 12 bits a value where the exponents allow
-//! (`bf16_pack.rs`, lossless): up to [`DECODE_IN_TILES`] input rows, each tile decodes the
-//! weights in registers as it goes; beyond, each strip is decoded once into a scratch all the
-//! tiles read. `WAYFINDER_BF16_PACK=0` keeps them plain, for comparing the two.
+//! (`bf16_pack.rs`, lossless): up to [`DECODE_IN_TILES`] input rows, tiles of one strip ×
+//! up to [`PACKED_ROWS`] input rows decode the weights in registers as they go; beyond, each
+//! strip is decoded once into a scratch that tiles of plain strips read. `WAYFINDER_BF16_PACK=0` keeps them plain, for comparing the two.
 
 #![cfg(target_arch = "x86_64")]
 
@@ -42,7 +42,7 @@ const ROWS: usize = 12;
 /// decoded once into a scratch all tiles read).
 const DECODE_IN_TILES: usize = 48;
 
-/// Input rows per tile of one packed strip, past [`ROWS`] rows.
+/// Input rows per tile of a packed strip.
 const PACKED_ROWS: usize = 16;
 
 /// A `[rows, cols]` bf16 matrix in strips; see the module docs.
@@ -218,9 +218,15 @@ impl Bf16Strips {
         }
     }
 
-    /// Packed strips `s..s + ns` against input rows `0..m`, decoded in registers for each tile
-    /// of input rows: both strips at once for up to [`ROWS`] rows (two streams from memory,
-    /// as a decode step wants), else one strip against up to [`PACKED_ROWS`].
+    /// Packed strips `s..s + ns` against input rows `0..m`, one strip at a time, decoded in
+    /// registers: each vector decoded serves up to [`PACKED_ROWS`] input rows.
+    ///
+    /// One strip per tile, where plain strips take two: a thread then reads one stream, and
+    /// since strips lie one after another, each tile's strip continues where the last one
+    /// ended, which the hardware prefetcher follows. With two strips per tile (two streams that
+    /// jump apart at every tile) the products of a SmolLM2-135M decode step took 14–38 % longer
+    /// on one input row (20 alternating pairs out of 20) and 12–27 % longer on 8 (10 out of 10)
+    /// (`examples/decode_products.rs`); plain strips showed no such difference.
     ///
     /// # Safety
     /// As [`Self::product`].
@@ -237,35 +243,26 @@ impl Bf16Strips {
         ldy: usize,
     ) {
         macro_rules! by_rows {
-            ($S:literal, $s:expr, $i0:expr, $rows:expr; $($n:literal)*) => {
+            ($s:expr, $i0:expr, $rows:expr; $($n:literal)*) => {
                 match $rows {
                     // SAFETY: forwarded from the caller.
-                    $($n => unsafe { self.tile_packed::<$S, $n>(packed, $s, x, $i0, y, ldy) },)*
+                    $($n => unsafe { self.tile_packed::<$n>(packed, $s, x, $i0, y, ldy) },)*
                     _ => unreachable!("at most PACKED_ROWS rows"),
                 }
             };
         }
-        if m <= ROWS {
-            if ns == 2 {
-                by_rows!(2, s, 0, m; 1 2 3 4 5 6 7 8 9 10 11 12);
-            } else {
-                by_rows!(1, s, 0, m; 1 2 3 4 5 6 7 8 9 10 11 12);
-            }
-            return;
-        }
-        // More rows: a strip at a time, so that each vector decoded serves up to 16 rows.
         for s in s..s + ns {
             for i0 in (0..m).step_by(PACKED_ROWS) {
-                by_rows!(1, s, i0, (m - i0).min(PACKED_ROWS);
+                by_rows!(s, i0, (m - i0).min(PACKED_ROWS);
                     1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16);
             }
         }
     }
 
-    /// Packed strips `s..s + S` against input rows `i0..i0 + N`, each pair of vectors decoded
-    /// in registers as it is needed.
+    /// Packed strip `s` against input rows `i0..i0 + N`, each pair of vectors decoded in
+    /// registers as it is needed.
     #[inline(always)]
-    unsafe fn tile_packed<const S: usize, const N: usize>(
+    unsafe fn tile_packed<const N: usize>(
         &self,
         packed: &PackedStrips,
         s: usize,
@@ -276,14 +273,14 @@ impl Bf16Strips {
     ) {
         let cols = self.cols;
         let pairs = cols / 2;
-        // SAFETY (whole body): the strips hold `pairs` vectors, read through the cursors a
+        // SAFETY (whole body): the strip holds `pairs` vectors, read through the cursor a
         // group at a time in order; input rows `i0..i0 + N` hold `pairs` pairs each (the caller's
         // bounds); stores as in `tile`.
         unsafe {
-            let mut cursors: [_; S] = std::array::from_fn(|j| packed.cursor(s + j));
+            let mut cursor = packed.cursor(s);
             let xp: [*const u32; N] =
                 std::array::from_fn(|i| x.as_ptr().add((i0 + i) * cols).cast::<u32>());
-            let mut acc = [[_mm512_setzero_ps(); N]; S];
+            let mut acc = [_mm512_setzero_ps(); N];
             // (Macros, not closures: intrinsics in a closure may not inherit the caller's
             // target features and become calls.)
             macro_rules! bh {
@@ -297,37 +294,25 @@ impl Bf16Strips {
                 };
             }
             for g in 0..pairs / 2 {
-                // (A loop, not `array::from_fn`: its closure would not inherit the target
-                // features, and `group` would become a call.)
-                let mut wv = [(_mm512_setzero_si512(), _mm512_setzero_si512()); S];
-                for j in 0..S {
-                    wv[j] = cursors[j].group(g);
-                }
+                let (w0, w1) = cursor.group(g);
                 for i in 0..N {
                     let (x0, x1) = (
                         broadcast!(xp[i].add(2 * g)),
                         broadcast!(xp[i].add(2 * g + 1)),
                     );
-                    for j in 0..S {
-                        acc[j][i] = _mm512_dpbf16_ps(acc[j][i], bh!(wv[j].0), x0);
-                        acc[j][i] = _mm512_dpbf16_ps(acc[j][i], bh!(wv[j].1), x1);
-                    }
+                    acc[i] = _mm512_dpbf16_ps(acc[i], bh!(w0), x0);
+                    acc[i] = _mm512_dpbf16_ps(acc[i], bh!(w1), x1);
                 }
             }
             if pairs % 2 == 1 {
                 let g = pairs / 2;
-                let mut wv = [(_mm512_setzero_si512(), _mm512_setzero_si512()); S];
-                for j in 0..S {
-                    wv[j] = cursors[j].group(g);
-                }
+                let (w0, _) = cursor.group(g);
                 for i in 0..N {
                     let x0 = broadcast!(xp[i].add(2 * g));
-                    for j in 0..S {
-                        acc[j][i] = _mm512_dpbf16_ps(acc[j][i], bh!(wv[j].0), x0);
-                    }
+                    acc[i] = _mm512_dpbf16_ps(acc[i], bh!(w0), x0);
                 }
             }
-            self.store::<S, N>(&acc, s, i0, y, ldy);
+            self.store::<1, N>(&[acc], s, i0, y, ldy);
         }
     }
 
