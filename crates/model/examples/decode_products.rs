@@ -1,13 +1,17 @@
-//! The products of one SmolLM2-135M decode step at batch 1 (every layer's four, then the tied
-//! head), on bf16 weights held packed and plain, alternating in one process: tokens/s and the
-//! read bandwidth each reaches, to set against `scripts/read_bandwidth.c`.
+//! The products of one SmolLM2-135M decode step (every layer's four, then the tied head), on
+//! random weights as bf16 (packed and plain), Q8_0 and Q4_1, alternating in one process:
+//! tokens/s and the read bandwidth each reaches, to set against `scripts/read_bandwidth.c`.
+//! Alternating in one process is what makes a few percent visible on a machine whose
+//! bandwidth swings by more than that from minute to minute.
 //!
 //! `cargo run --release -p wayfinder-model --example decode_products [ROUNDS [ROWS]]`
 
 use std::time::Instant;
 
 use half::bf16;
-use wayfinder_model::kernels::{Linear, Team, WeightData};
+use wayfinder_model::kernels::{
+    Linear, QuantMatrix, QuantPart, QuantType, SharedBytes, Team, WeightData, quantize,
+};
 
 /// `(rows, cols)` of one layer's products: qkv, o, gate_up, down.
 const LAYER: [(usize, usize); 4] = [(960, 576), (576, 576), (3072, 576), (576, 1536)];
@@ -29,30 +33,56 @@ fn main() {
         .flat_map(|_| LAYER)
         .chain(std::iter::once(HEAD))
         .collect();
-    let weights: Vec<Vec<bf16>> = shapes
+    let weights: Vec<Vec<f32>> = shapes
         .iter()
-        .map(|&(r, c)| {
-            (0..r * c)
-                .map(|_| bf16::from_f32(normal(&mut seed) * 0.02))
-                .collect()
-        })
+        .map(|&(r, c)| (0..r * c).map(|_| normal(&mut seed) * 0.02).collect())
         .collect();
-    let build = |pack: &str| -> Vec<Linear> {
+    // Each variant: its layers and the bytes a step reads.
+    let bf16_layers = |pack: &str| {
         // SAFETY: single-threaded here; the team's threads do not read the environment.
         unsafe { std::env::set_var("WAYFINDER_BF16_PACK", pack) };
-        weights
+        let layers: Vec<Linear> = weights
             .iter()
             .zip(&shapes)
-            .map(|(w, &(r, c))| Linear::new(WeightData::Bf16(w.clone()), r, c, None))
-            .collect()
+            .map(|(w, &(r, c))| {
+                let w = w.iter().map(|&v| bf16::from_f32(v)).collect();
+                Linear::new(WeightData::Bf16(w), r, c, None)
+            })
+            .collect();
+        let bytes = layers.iter().map(Linear::size_in_bytes).sum();
+        (layers, bytes)
     };
-    let variants = [("packed", build("1")), ("plain", build("0"))];
+    let quant_layers = |ty: QuantType| {
+        let mut bytes = 0;
+        let layers = weights
+            .iter()
+            .zip(&shapes)
+            .map(|(w, &(rows, cols))| {
+                let blocks = quantize(ty, w);
+                bytes += blocks.len();
+                let part = QuantPart {
+                    ty,
+                    bytes: SharedBytes::new(blocks),
+                    offset: 0,
+                    rows,
+                };
+                let matrix = QuantMatrix::new(cols, vec![part]).expect("whole blocks");
+                Linear::new(WeightData::Quant(matrix), rows, cols, None)
+            })
+            .collect();
+        (layers, bytes)
+    };
+    let variants = [
+        ("bf16 packed", bf16_layers("1")),
+        ("bf16 plain", bf16_layers("0")),
+        ("q8_0", quant_layers(QuantType::Q8_0)),
+        ("q4_1", quant_layers(QuantType::Q4_1)),
+    ];
     drop(weights);
     let x = vec![0.01f32; m * 1536];
     let mut y = vec![0f32; m * HEAD.0];
     for round in 0..rounds {
-        for (name, layers) in &variants {
-            let bytes: usize = layers.iter().map(Linear::size_in_bytes).sum();
+        for (name, (layers, bytes)) in &variants {
             let start = Instant::now();
             for _ in 0..TOKENS {
                 for l in layers {
@@ -62,10 +92,10 @@ fn main() {
             }
             let s = start.elapsed().as_secs_f64() / TOKENS as f64;
             println!(
-                "round {round} {name:>6}: {:6.1} tok/s {:5.1} GB/s ({:.1} MB)",
+                "round {round} {name:>11}: {:7.1} tok/s {:5.1} GB/s ({:.1} MB a step)",
                 m as f64 / s,
-                bytes as f64 / s / 1e9,
-                bytes as f64 / 1e6
+                *bytes as f64 / s / 1e9,
+                *bytes as f64 / 1e6
             );
         }
     }
