@@ -19,7 +19,8 @@
 //! memory. They are held packed in 12 bits a value where the exponents allow
 //! (`bf16_pack.rs`, lossless): up to [`DECODE_IN_TILES`] input rows, tiles of one strip ×
 //! up to [`PACKED_ROWS`] input rows decode the weights in registers as they go; beyond, each
-//! strip is decoded once into a scratch that tiles of plain strips read. `WAYFINDER_BF16_PACK=0` keeps them plain, for comparing the two.
+//! strip is decoded once into a scratch that tiles of plain strips read.
+//! `WAYFINDER_BF16_PACK=0` keeps them plain, for comparing the two.
 
 #![cfg(target_arch = "x86_64")]
 
